@@ -1,0 +1,778 @@
+"""The :class:`QIOChannel` contract: one I/O interface over every transport and layer.
+
+Semantics follow QEMU's ``io/channel.h``.  The public methods are implemented
+once, here, on top of a small backend contract (the ``io_*`` methods):
+
+Mandatory for a backend:
+    ``io_readv(iov, want_fds, flags) -> (n, fds)``,
+    ``io_writev(iov, fds, flags) -> n``, ``io_close()``,
+    ``io_create_watch(condition) -> WatchSource``, ``io_set_blocking(enabled)``.
+Optional:
+    ``io_shutdown(how)``, ``io_set_cork(enabled)``, ``io_set_delay(enabled)``,
+    ``io_seek(offset, whence) -> int``, ``io_flush() -> int``,
+    ``io_preadv(iov, offset) -> n``, ``io_pwritev(iov, offset) -> n``,
+    ``io_peerpid() -> int``.
+
+The base class hands ``io_readv``/``io_writev`` a list of one-dimensional,
+byte-format ``memoryview`` objects (writable ones for reads), never a copy of
+the caller's data.  In non-blocking mode they return :data:`ERR_BLOCK`
+(``io_readv``: ``(ERR_BLOCK, [])``) instead of blocking.  Errors are raised as
+:class:`~qiochan.errors.ChannelError`; an ``OSError`` that escapes a backend is
+turned into one here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Generator, Iterable, Sequence
+from enum import IntEnum, IntFlag
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from . import _hooks
+from .errors import ChannelError, closed_error, from_oserror, unsupported
+from .watch import Condition, Watch, WatchFunc, WatchSource
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "ERR_BLOCK",
+    "Buffer",
+    "Feature",
+    "QIOChannel",
+    "ReadFlag",
+    "Shutdown",
+    "WriteFlag",
+    "read_views",
+    "write_views",
+]
+
+log = logging.getLogger("qiochan.channel")
+
+#: Returned (never raised) by a non-blocking read or write that would block.
+ERR_BLOCK = -2
+
+#: Any object supporting the buffer protocol (bytes, bytearray, memoryview, mmap, array...).
+Buffer = Any
+
+_T = TypeVar("_T")
+# A step generator: yields the condition to wait for, returns the result.
+_Steps = Generator[Condition, None, _T]
+
+
+class Feature(IntEnum):
+    """Optional capabilities a channel may declare."""
+
+    FD_PASS = 0
+    SHUTDOWN = 1
+    LISTEN = 2
+    WRITE_ZERO_COPY = 3
+    SEEKABLE = 4
+    READ_MSG_PEEK = 5
+
+
+class Shutdown(IntFlag):
+    """Directions for :meth:`QIOChannel.shutdown`."""
+
+    READ = 1
+    WRITE = 2
+    BOTH = 3
+
+
+class WriteFlag(IntFlag):
+    """Flags for :meth:`QIOChannel.writev_full`."""
+
+    ZERO_COPY = 1
+
+
+class ReadFlag(IntFlag):
+    """Flags for :meth:`QIOChannel.readv_full`.
+
+    ``MSG_PEEK`` reads without consuming.  ``RELAXED_EOF`` lets a ``*_all_eof``
+    read end at EOF after a partial read without an error, and tells layers
+    (TLS) to treat a peer's bare transport close as EOF.
+    """
+
+    MSG_PEEK = 1
+    RELAXED_EOF = 2
+
+
+_NO_READ_FLAGS = ReadFlag(0)
+_NO_WRITE_FLAGS = WriteFlag(0)
+
+
+def _byte_view(buf: Buffer, index: int) -> memoryview:
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(
+            f"iov item {index} must be a bytes-like object, not {type(buf).__name__}"
+        ) from None
+    if view.ndim != 1 or view.format not in ("B", "b", "c"):
+        try:
+            view = view.cast("B")
+        except TypeError:
+            raise TypeError(f"iov item {index} is not a C-contiguous buffer") from None
+    return view
+
+
+def write_views(iov: Iterable[Buffer]) -> list[memoryview]:
+    """Return byte-format views of the buffers in ``iov``, without copying.
+
+    Raises:
+        TypeError: ``iov`` is not a sequence of bytes-like objects.
+    """
+    if isinstance(iov, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"iov must be a sequence of buffers, not a single {type(iov).__name__}")
+    try:
+        return [_byte_view(buf, i) for i, buf in enumerate(iov)]
+    except TypeError as exc:
+        if "iov item" in str(exc):
+            raise
+        raise TypeError(f"iov must be a sequence of buffers, not {type(iov).__name__}") from None
+
+
+def read_views(iov: Iterable[Buffer]) -> list[memoryview]:
+    """Return writable byte-format views of the buffers in ``iov``, without copying.
+
+    Raises:
+        TypeError: an item is not a writable bytes-like object.
+    """
+    views = write_views(iov)
+    for index, view in enumerate(views):
+        if view.readonly:
+            raise TypeError(f"iov item {index} is read-only: reads need a writable buffer")
+    return views
+
+
+def _advance(views: list[memoryview], done: int) -> list[memoryview]:
+    """Drop ``done`` bytes from the front of ``views`` (no copying)."""
+    index = 0
+    while index < len(views) and done >= views[index].nbytes:
+        done -= views[index].nbytes
+        index += 1
+    rest = views[index:]
+    if done and rest:
+        rest[0] = rest[0][done:]
+    return rest
+
+
+def _total(views: Sequence[memoryview]) -> int:
+    return sum(view.nbytes for view in views)
+
+
+class QIOChannel:
+    """Base class of every channel; backends subclass it and implement the ``io_*`` methods.
+
+    A channel starts in blocking mode.  Closing is idempotent; every other
+    operation on a closed channel raises :class:`ChannelError` (``EBADF``).
+    """
+
+    def __init__(self) -> None:
+        self._features: set[Feature] = set()
+        self._name: str | None = None
+        self._closed = False
+        self._blocking = True
+        self._aio_context: asyncio.AbstractEventLoop | None = None
+        self._watches: set[Watch] = set()
+        self._watch_lock = threading.Lock()
+        log.debug("channel new %s", type(self).__name__)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        name = f" {self._name!r}" if self._name else ""
+        return f"<{type(self).__name__}{name}{state}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- naming and features -------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The debug name used in logs and errors (settable)."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._name = value
+
+    def set_name(self, name: str) -> None:
+        """Set the debug name."""
+        self._name = name
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def blocking(self) -> bool:
+        """True when the channel is in blocking mode."""
+        return self._blocking
+
+    @property
+    def features(self) -> frozenset[Feature]:
+        """The features this channel declares."""
+        return frozenset(self._features)
+
+    @staticmethod
+    def _feature(feature: int) -> Feature:
+        try:
+            return Feature(feature)
+        except ValueError:
+            raise ChannelError(f"Unknown channel feature {feature!r}", errno.EINVAL) from None
+
+    def has_feature(self, feature: Feature | int) -> bool:
+        """Return True if the channel declares ``feature``.
+
+        Raises:
+            ChannelError: ``feature`` is not a :class:`Feature` value (``EINVAL``).
+        """
+        return self._feature(feature) in self._features
+
+    def set_feature(self, feature: Feature | int) -> None:
+        """Declare ``feature`` (for backends)."""
+        self._features.add(self._feature(feature))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed_error(self._name)
+
+    # -- basic I/O -------------------------------------------------------------
+
+    def readv_full(
+        self, iov: Iterable[Buffer], *, want_fds: bool = False, flags: ReadFlag = _NO_READ_FLAGS
+    ) -> tuple[int, list[int]]:
+        """Read into the writable buffers of ``iov`` in order.
+
+        Returns:
+            ``(n, fds)``: bytes read (0 at EOF) or :data:`ERR_BLOCK`, and the file
+            descriptors received (the caller owns them).
+        Raises:
+            ChannelError: the read failed, ``want_fds`` without ``FD_PASS``, or
+                ``MSG_PEEK`` without ``READ_MSG_PEEK``.
+            TypeError: an item of ``iov`` is not a writable buffer.
+        """
+        self._check_open()
+        if want_fds and Feature.FD_PASS not in self._features:
+            raise ChannelError("Channel does not support file descriptor passing", errno.EINVAL)
+        if flags & ReadFlag.MSG_PEEK and Feature.READ_MSG_PEEK not in self._features:
+            raise ChannelError("Channel does not support peek read", errno.EINVAL)
+        views = read_views(iov)
+        try:
+            return self.io_readv(views, want_fds, ReadFlag(flags))
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to read from channel", exc) from exc
+
+    def writev_full(
+        self, iov: Iterable[Buffer], fds: Sequence[int] = (), flags: WriteFlag = _NO_WRITE_FLAGS
+    ) -> int:
+        """Write the buffers of ``iov`` in order, passing ``fds`` along with the data.
+
+        Returns:
+            Bytes written (possibly fewer than given) or :data:`ERR_BLOCK`.
+        Raises:
+            ChannelError: the write failed, fds without ``FD_PASS``, or
+                ``ZERO_COPY`` without ``WRITE_ZERO_COPY``.
+        """
+        self._check_open()
+        if fds and Feature.FD_PASS not in self._features:
+            raise ChannelError("Channel does not support file descriptor passing", errno.EINVAL)
+        if flags & WriteFlag.ZERO_COPY and Feature.WRITE_ZERO_COPY not in self._features:
+            raise ChannelError("Requested Zero Copy feature is not available", errno.EINVAL)
+        views = write_views(iov)
+        try:
+            return self.io_writev(views, tuple(fds), WriteFlag(flags))
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to write to channel", exc) from exc
+
+    def readv(self, iov: Iterable[Buffer]) -> int:
+        """Read into ``iov``; return bytes read, 0 at EOF, or :data:`ERR_BLOCK`."""
+        return self.readv_full(iov)[0]
+
+    def writev(self, iov: Iterable[Buffer]) -> int:
+        """Write ``iov``; return bytes written or :data:`ERR_BLOCK`."""
+        return self.writev_full(iov)
+
+    def read(self, buf: Buffer) -> int:
+        """Read into the writable ``buf``; return bytes read, 0 at EOF, or :data:`ERR_BLOCK`."""
+        return self.readv_full((buf,))[0]
+
+    def write(self, data: Buffer) -> int:
+        """Write ``data``; return bytes written or :data:`ERR_BLOCK`."""
+        self._check_open()
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise TypeError(
+                f"write() needs a bytes-like object, not {type(data).__name__}"
+            ) from None
+        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+            view = _byte_view(view, 0)
+        try:
+            return self.io_writev([view], (), _NO_WRITE_FLAGS)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to write to channel", exc) from exc
+
+    # -- the *_all family, written once as step generators -------------------
+
+    def _readv_all_steps(
+        self, iov: Iterable[Buffer], want_fds: bool, flags: ReadFlag
+    ) -> _Steps[tuple[bool, list[int]]]:
+        views = read_views(iov)
+        wanted = _total(views)
+        done = 0
+        fds: list[int] = []
+        # let layers know a bare EOF is acceptable; MSG_PEEK makes no sense here
+        io_flags = ReadFlag(flags) & ReadFlag.RELAXED_EOF
+        try:
+            while done < wanted:
+                n, got = self.readv_full(views, want_fds=want_fds and not fds, flags=io_flags)
+                fds.extend(got)
+                if n == ERR_BLOCK:
+                    yield Condition.IN
+                    continue
+                if n == 0:
+                    if done == 0 and not fds:
+                        return False, []
+                    if done and flags & ReadFlag.RELAXED_EOF:
+                        return True, fds
+                    raise ChannelError(
+                        "Unexpected end-of-file before all data were read", errno.EPIPE
+                    )
+                done += n
+                if done < wanted:
+                    views = _advance(views, n)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return True, fds
+
+    def _writev_all_steps(
+        self, iov: Iterable[Buffer], fds: Sequence[int], flags: WriteFlag
+    ) -> _Steps[None]:
+        views = write_views(iov)
+        left = _total(views)
+        pending_fds: Sequence[int] = tuple(fds)
+        if left == 0 and pending_fds:
+            raise ChannelError("File descriptors need at least one byte of data", errno.EINVAL)
+        while left > 0:
+            n = self.writev_full(views, pending_fds, flags)
+            if n == ERR_BLOCK:
+                yield Condition.OUT
+                continue
+            pending_fds = ()
+            left -= n
+            if left:
+                views = _advance(views, n)
+
+    def _drive(self, steps: _Steps[_T]) -> _T:
+        try:
+            condition = next(steps)
+            while True:
+                self.wait(condition)
+                condition = steps.send(None)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+    async def _adrive(self, steps: _Steps[_T]) -> _T:
+        if self._blocking:
+            self.set_blocking(False)
+        try:
+            condition = next(steps)
+            while True:
+                await self.yield_(condition)
+                condition = steps.send(None)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+    def readv_full_all_eof(
+        self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS
+    ) -> tuple[bool, list[int]]:
+        """Read until every buffer of ``iov`` is full, receiving fds if the channel passes them.
+
+        Returns:
+            ``(True, fds)`` when all data was read; ``(False, [])`` at EOF before
+            any byte.  With ``RELAXED_EOF``, EOF after a partial read also gives
+            ``(True, fds)``.
+        Raises:
+            ChannelError: EOF after some but not all data, or a read error.
+        """
+        want = Feature.FD_PASS in self._features
+        return self._drive(self._readv_all_steps(iov, want, flags))
+
+    def readv_full_all(self, iov: Iterable[Buffer]) -> list[int]:
+        """Read until ``iov`` is full; return the fds received.
+
+        Raises:
+            ChannelError: EOF before all data were read, or a read error.
+        """
+        ok, fds = self.readv_full_all_eof(iov)
+        if not ok:
+            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+        return fds
+
+    def readv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
+        """Read until ``iov`` is full; False at EOF before any byte (see readv_full_all_eof)."""
+        return self._drive(self._readv_all_steps(iov, False, flags))[0]
+
+    def readv_all(self, iov: Iterable[Buffer]) -> None:
+        """Read until ``iov`` is full.
+
+        Raises:
+            ChannelError: EOF before all data were read, or a read error.
+        """
+        if not self.readv_all_eof(iov):
+            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+
+    def read_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
+        """Fill ``buf``; return False at EOF before any byte."""
+        return self.readv_all_eof((buf,), flags)
+
+    def read_all(self, buf: Buffer) -> None:
+        """Fill ``buf``; raise :class:`ChannelError` at EOF before it is full."""
+        self.readv_all((buf,))
+
+    def writev_full_all(
+        self, iov: Iterable[Buffer], fds: Sequence[int] = (), flags: WriteFlag = _NO_WRITE_FLAGS
+    ) -> None:
+        """Write all of ``iov`` (fds go with the first chunk).
+
+        With ``ZERO_COPY`` it returns once the data is queued: keep the buffers
+        unchanged until :meth:`flush` returns.
+        """
+        self._drive(self._writev_all_steps(iov, fds, flags))
+
+    def writev_all(self, iov: Iterable[Buffer]) -> None:
+        """Write all of ``iov``."""
+        self._drive(self._writev_all_steps(iov, (), _NO_WRITE_FLAGS))
+
+    def write_all(self, data: Buffer) -> None:
+        """Write all of ``data``."""
+        self._drive(self._writev_all_steps((data,), (), _NO_WRITE_FLAGS))
+
+    # -- async twins ----------------------------------------------------------
+
+    async def areadv_full_all_eof(
+        self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS
+    ) -> tuple[bool, list[int]]:
+        """Async :meth:`readv_full_all_eof`: non-blocking mode, awaiting readiness."""
+        want = Feature.FD_PASS in self._features
+        return await self._adrive(self._readv_all_steps(iov, want, flags))
+
+    async def areadv_full_all(self, iov: Iterable[Buffer]) -> list[int]:
+        """Async :meth:`readv_full_all`."""
+        ok, fds = await self.areadv_full_all_eof(iov)
+        if not ok:
+            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+        return fds
+
+    async def areadv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
+        """Async :meth:`readv_all_eof`."""
+        return (await self._adrive(self._readv_all_steps(iov, False, flags)))[0]
+
+    async def areadv_all(self, iov: Iterable[Buffer]) -> None:
+        """Async :meth:`readv_all`."""
+        if not await self.areadv_all_eof(iov):
+            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+
+    async def aread_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
+        """Async :meth:`read_all_eof`."""
+        return await self.areadv_all_eof((buf,), flags)
+
+    async def aread_all(self, buf: Buffer) -> None:
+        """Async :meth:`read_all`."""
+        await self.areadv_all((buf,))
+
+    async def awritev_full_all(
+        self, iov: Iterable[Buffer], fds: Sequence[int] = (), flags: WriteFlag = _NO_WRITE_FLAGS
+    ) -> None:
+        """Async :meth:`writev_full_all`."""
+        await self._adrive(self._writev_all_steps(iov, fds, WriteFlag(flags)))
+
+    async def awritev_all(self, iov: Iterable[Buffer]) -> None:
+        """Async :meth:`writev_all`."""
+        await self._adrive(self._writev_all_steps(iov, (), _NO_WRITE_FLAGS))
+
+    async def awrite_all(self, data: Buffer) -> None:
+        """Async :meth:`write_all`."""
+        await self._adrive(self._writev_all_steps((data,), (), _NO_WRITE_FLAGS))
+
+    # -- control ------------------------------------------------------------
+
+    def set_blocking(self, enabled: bool) -> None:
+        """Switch blocking mode (default: blocking)."""
+        self._check_open()
+        self.io_set_blocking(bool(enabled))
+        self._blocking = bool(enabled)
+
+    def close(self) -> None:
+        """Close the channel and remove its watches; a second call does nothing.
+
+        Raises:
+            ChannelError: the backend reported a failure while closing (for
+                example a child process that exited non-zero); the channel is
+                closed all the same.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with self._watch_lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.remove()
+        log.debug("channel close %r", self)
+        try:
+            self.io_close()
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to close channel", exc) from exc
+        finally:
+            _hooks.channel_closed(self)
+
+    def shutdown(self, how: Shutdown | int) -> None:
+        """Shut down reading, writing or both; thread-safe and never blocks.
+
+        Raises:
+            ChannelError: the channel lacks ``SHUTDOWN`` (``ENOTSUP``), or it failed.
+        """
+        self._check_open()
+        how = Shutdown(how)
+        if Feature.SHUTDOWN not in self._features:
+            raise unsupported("Shutdown")
+        try:
+            self.io_shutdown(how)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to shutdown channel", exc) from exc
+
+    def set_delay(self, enabled: bool) -> None:
+        """Hint: False disables Nagle-style delays (TCP_NODELAY); ignored where unsupported."""
+        self._check_open()
+        self.io_set_delay(bool(enabled))
+
+    def set_cork(self, enabled: bool) -> None:
+        """Hint: True holds back partial frames (TCP_CORK); ignored where unsupported."""
+        self._check_open()
+        self.io_set_cork(bool(enabled))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the channel's position; return the new position.
+
+        Raises:
+            ChannelError: not seekable (``ENOTSUP``), bad ``whence`` or a negative
+                absolute offset (``EINVAL``).
+        """
+        self._check_open()
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise ChannelError(f"Invalid seek whence {whence!r}", errno.EINVAL)
+        if whence == os.SEEK_SET and offset < 0:
+            raise ChannelError(f"Cannot seek to negative offset {offset}", errno.EINVAL)
+        try:
+            return self.io_seek(offset, whence)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to seek channel", exc) from exc
+
+    def flush(self) -> int:
+        """Wait for queued zero-copy writes to complete.
+
+        Returns:
+            0, or 1 when every zero-copy send since the last flush fell back to copying.
+        """
+        self._check_open()
+        return self.io_flush()
+
+    def _positioned(self, name: str, offset: int) -> None:
+        self._check_open()
+        if Feature.SEEKABLE not in self._features:
+            raise unsupported(f"Positioned {name} (channel is not seekable)")
+        if offset < 0:
+            raise ChannelError(f"Cannot {name} at negative offset {offset}", errno.EINVAL)
+
+    def preadv(self, iov: Iterable[Buffer], offset: int) -> int:
+        """Read into ``iov`` at ``offset`` without moving the position; return bytes read."""
+        self._positioned("read", offset)
+        return self.io_preadv(read_views(iov), offset)
+
+    def pwritev(self, iov: Iterable[Buffer], offset: int) -> int:
+        """Write ``iov`` at ``offset`` without moving the position; return bytes written."""
+        self._positioned("write", offset)
+        return self.io_pwritev(write_views(iov), offset)
+
+    def peerpid(self) -> int:
+        """Return the peer process id where the OS tells it.
+
+        Raises:
+            ChannelError: the channel cannot tell (``ENOTSUP``).
+        """
+        self._check_open()
+        return self.io_peerpid()
+
+    # -- watches and waiting -------------------------------------------------
+
+    @property
+    def aio_context(self) -> asyncio.AbstractEventLoop | None:
+        """The asyncio loop attached with :meth:`attach_aio_context`, or None."""
+        return self._aio_context
+
+    def attach_aio_context(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Use ``loop`` for this channel's watches and async calls."""
+        self._aio_context = loop
+
+    def detach_aio_context(self) -> None:
+        """Forget the attached loop (watches then use the running loop)."""
+        self._aio_context = None
+
+    def create_watch(self, condition: Condition | int) -> Watch:
+        """Return a new, not yet attached :class:`Watch` for ``condition``."""
+        self._check_open()
+        return Watch(self, self.io_create_watch(Condition(condition)))
+
+    def add_watch_source(
+        self,
+        condition: Condition | int,
+        func: WatchFunc,
+        *user_data: Any,
+        notify: Callable[..., object] | None = None,
+        context: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch:
+        """Create a watch, set its callback and attach it to ``context``; return it."""
+        watch = self.create_watch(condition)
+        watch.set_callback(func, *user_data, notify=notify)
+        watch.attach(context)
+        return watch
+
+    def add_watch_full(
+        self,
+        condition: Condition | int,
+        func: WatchFunc,
+        *user_data: Any,
+        notify: Callable[..., object] | None = None,
+        context: asyncio.AbstractEventLoop | None = None,
+    ) -> int:
+        """As :meth:`add_watch_source`, returning the watch's tag."""
+        return self.add_watch_source(
+            condition, func, *user_data, notify=notify, context=context
+        ).tag
+
+    def add_watch(
+        self,
+        condition: Condition | int,
+        func: WatchFunc,
+        *user_data: Any,
+        notify: Callable[..., object] | None = None,
+    ) -> int:
+        """Watch ``condition`` on the default context; return the tag for :func:`source_remove`."""
+        return self.add_watch_source(condition, func, *user_data, notify=notify).tag
+
+    def wait(self, condition: Condition | int, timeout: float | None = None) -> Condition:
+        """Block this thread until ``condition`` is ready; return the ready conditions.
+
+        Raises:
+            TimeoutError: not ready within ``timeout`` seconds.
+        """
+        self._check_open()
+        return self.io_create_watch(Condition(condition)).wait(timeout)
+
+    async def yield_(self, condition: Condition | int) -> None:
+        """Await ``condition`` on the running loop without blocking it."""
+        import asyncio
+
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[Condition] = loop.create_future()
+
+        def wake(_channel: QIOChannel, cond: Condition) -> bool:
+            if not ready.done():
+                ready.set_result(cond)
+            return False
+
+        watch = self.create_watch(condition)
+        watch.set_callback(wake)
+        watch.attach(loop)
+        try:
+            await ready
+        finally:
+            watch.remove()
+
+    def _track_watch(self, watch: Watch) -> None:
+        with self._watch_lock:
+            self._watches.add(watch)
+
+    def _untrack_watch(self, watch: Watch) -> None:
+        with self._watch_lock:
+            self._watches.discard(watch)
+
+    # -- the backend contract ---------------------------------------------------
+
+    def io_readv(
+        self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
+    ) -> tuple[int, list[int]]:
+        """Backend: read into ``iov``; return ``(n, fds)``: bytes, 0 at EOF, or ERR_BLOCK."""
+        raise NotImplementedError(f"{type(self).__name__} must implement io_readv")
+
+    def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        """Backend: write ``iov`` (with ``fds``); return bytes written or ERR_BLOCK."""
+        raise NotImplementedError(f"{type(self).__name__} must implement io_writev")
+
+    def io_close(self) -> None:
+        """Backend: release the OS objects."""
+        raise NotImplementedError(f"{type(self).__name__} must implement io_close")
+
+    def io_create_watch(self, condition: Condition) -> WatchSource:
+        """Backend: return the :class:`WatchSource` for ``condition``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement io_create_watch")
+
+    def io_set_blocking(self, enabled: bool) -> None:
+        """Backend: switch the OS object's blocking mode."""
+        raise NotImplementedError(f"{type(self).__name__} must implement io_set_blocking")
+
+    def io_shutdown(self, how: Shutdown) -> None:
+        """Backend (optional): shut down a direction; thread-safe, never blocking."""
+        raise unsupported("Shutdown")
+
+    def io_set_cork(self, enabled: bool) -> None:
+        """Backend (optional): cork hint; the default ignores it."""
+
+    def io_set_delay(self, enabled: bool) -> None:
+        """Backend (optional): delay hint; the default ignores it."""
+
+    def io_seek(self, offset: int, whence: int) -> int:
+        """Backend (optional): seek; return the new position."""
+        raise unsupported("Seek")
+
+    def io_flush(self) -> int:
+        """Backend (optional): complete zero-copy writes; return 0 or 1 (all copied)."""
+        return 0
+
+    def io_preadv(self, iov: list[memoryview], offset: int) -> int:
+        """Backend (optional): positioned read."""
+        raise unsupported("Positioned read")
+
+    def io_pwritev(self, iov: list[memoryview], offset: int) -> int:
+        """Backend (optional): positioned write."""
+        raise unsupported("Positioned write")
+
+    def io_peerpid(self) -> int:
+        """Backend (optional): the peer's process id."""
+        raise unsupported("Peer pid")

@@ -1,0 +1,107 @@
+"""QEMU-style ``key=value,key=value`` option lists, shared by addresses and layer specs.
+
+A literal comma inside a value is written ``,,`` as on QEMU's command line.
+"""
+
+from __future__ import annotations
+
+from .errors import AddressError
+
+__all__ = ["format_options", "parse_bool", "parse_int", "parse_options", "split_options"]
+
+_TRUE = frozenset({"on", "yes", "true", "1"})
+_FALSE = frozenset({"off", "no", "false", "0"})
+
+
+def split_options(text: str) -> list[str]:
+    """Split ``text`` on single commas, turning ``,,`` into a literal comma.
+
+    Returns the list of parts (an empty ``text`` gives ``[""]``).
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == ",":
+            if text.startswith(",,", i):
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def parse_options(parts: list[str], context: str) -> dict[str, str]:
+    """Parse ``key=value`` items into a dict with dashes in keys turned into underscores.
+
+    Raises:
+        AddressError: an item has no ``=``, an empty key, or a key given twice;
+            the message names ``context`` and the item.
+    """
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise AddressError(f"{context}: option {part!r} is not of the form key=value")
+        name = key.strip().replace("-", "_")
+        if name in options:
+            raise AddressError(f"{context}: option {key!r} given twice")
+        options[name] = value
+    return options
+
+
+def format_options(options: dict[str, str]) -> str:
+    """Format options back to ``key=value,...`` with underscores shown as dashes."""
+    return ",".join(
+        f"{key.replace('_', '-')}={value.replace(',', ',,')}" for key, value in options.items()
+    )
+
+
+def parse_bool(value: str | bool, key: str, context: str = "option") -> bool:
+    """Return the boolean an ``on``/``off`` style value means.
+
+    Raises:
+        AddressError: the value is not one of on/off, yes/no, true/false, 1/0.
+    """
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise AddressError(f"{context}: {key.replace('_', '-')}={value!r} is not a boolean (on/off)")
+
+
+def parse_int(
+    value: str | int,
+    key: str,
+    context: str = "option",
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int:
+    """Return ``value`` as an integer within ``[minimum, maximum]``.
+
+    Raises:
+        AddressError: the value is not a decimal integer or is out of range.
+    """
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip()
+        if not text.isdigit():
+            raise AddressError(f"{context}: {key.replace('_', '-')}={value!r} is not a number")
+        number = int(text)
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = "" if maximum is None else f"..{maximum}"
+        raise AddressError(
+            f"{context}: {key.replace('_', '-')}={number} is out of range {minimum}{upper}"
+        )
+    return number
