@@ -41,7 +41,7 @@ _TRANSFER = 1 << 20  # bytes per transfer check
 _CHUNKS = (1, 7, 4096, 1000, 65536, 3, 100_000, 16384)
 
 
-class CheckSkipped(Exception):
+class CheckSkipped(Exception):  # noqa: N818 - a signal, like pytest's Skipped
     """The check does not apply to this channel; the message says why."""
 
 
@@ -137,15 +137,16 @@ def _read_exactly_nonblocking(reader: QIOChannel, size: int) -> bytes:
 
 def _write_all_nonblocking(writer: QIOChannel, data: bytes) -> int:
     blocked = 0
-    for piece in _split(data):
-        while piece.nbytes:
-            n = writer.writev([piece])
+    for chunk in _split(data):
+        rest = chunk
+        while rest.nbytes:
+            n = writer.writev([rest])
             if n == ERR_BLOCK:
                 blocked += 1
                 _wait(writer, Condition.OUT, "non-blocking write")
                 continue
-            assert 0 <= n <= piece.nbytes, f"writev returned {n} for {piece.nbytes} bytes"
-            piece = piece[n:]
+            assert 0 <= n <= rest.nbytes, f"writev returned {n} for {rest.nbytes} bytes"
+            rest = rest[n:]
     return blocked
 
 
@@ -272,9 +273,9 @@ def check_close(factory: PairFactory) -> None:
         for channel in (writer, reader):
             _close_quietly(channel)
             channel.close()
-            for call in (lambda: channel.write(b"x"), lambda: channel.read(bytearray(1))):
+            for call, argument in ((channel.write, b"x"), (channel.read, bytearray(1))):
                 try:
-                    call()
+                    call(argument)
                 except ChannelError as exc:
                     assert exc.errno == errno.EBADF, f"closed channel raised errno {exc.errno}"
                 else:
@@ -388,9 +389,11 @@ def check_removed_watch_never_fires(factory: PairFactory) -> None:
 
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
-            tag = reader.add_watch_full(
-                Condition.IN, lambda _c, cond: bool(fired.append(cond)) or True, context=loop
-            )
+            def first(_channel: QIOChannel, condition: Condition) -> bool:
+                fired.append(condition)
+                return True
+
+            tag = reader.add_watch_full(Condition.IN, first, context=loop)
             assert source_remove(tag) is True
             writer.write_all(b"too late")
             # a second watch proves the data arrived while the first stayed silent
