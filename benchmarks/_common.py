@@ -1,0 +1,143 @@
+"""Shared timing helpers for the benchmarks: best-of-N / median timing and a ratio table.
+
+The machine running the benchmarks is noisy, so absolute times mean little:
+each benchmark times qiochan and the raw Python I/O doing the same work in the
+same run, interleaving the two, and reports the ratio.
+
+Typical use::
+
+    from _common import compare, print_table
+
+    rows = [compare("write_all 1 MiB", ours=run_qiochan, raw=run_raw, target=0.90,
+                    work_bytes=64 * MIB)]
+    print_table("socket", rows)
+
+``ratio`` is ``raw time / our time``: 1.0 means as fast as raw Python I/O,
+0.90 means 10 % slower.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+__all__ = ["KIB", "MIB", "Comparison", "compare", "print_table", "time_best", "time_median"]
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+def _samples(func: Callable[[], object], repeat: int, number: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            func()
+        samples.append((time.perf_counter() - start) / number)
+    return samples
+
+
+def time_best(func: Callable[[], object], *, repeat: int = 5, number: int = 1) -> float:
+    """Return the best per-call time of ``func`` in seconds over ``repeat`` runs of ``number``."""
+    return min(_samples(func, repeat, number))
+
+
+def time_median(func: Callable[[], object], *, repeat: int = 5, number: int = 1) -> float:
+    """Return the median per-call time of ``func`` in seconds over ``repeat`` runs of ``number``."""
+    return statistics.median(_samples(func, repeat, number))
+
+
+@dataclass
+class Comparison:
+    """One benchmark row: our time and the raw time for the same work, in seconds per call.
+
+    Attributes:
+        name: what was measured.
+        ours: qiochan's time per call.
+        raw: raw Python I/O's time per call.
+        target: the minimum acceptable :attr:`ratio`, if there is one.
+        work_bytes: bytes moved per call (for the throughput column), 0 if not meaningful.
+    """
+
+    name: str
+    ours: float
+    raw: float
+    target: float | None = None
+    work_bytes: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """``raw / ours``: 1.0 is as fast as raw Python I/O."""
+        return self.raw / self.ours if self.ours > 0 else float("inf")
+
+    @property
+    def overhead(self) -> float:
+        """Our extra time per call over raw, in seconds."""
+        return self.ours - self.raw
+
+    @property
+    def met(self) -> bool | None:
+        """True/False against :attr:`target`; None without one."""
+        return None if self.target is None else self.ratio >= self.target
+
+
+def compare(
+    name: str,
+    ours: Callable[[], object],
+    raw: Callable[[], object],
+    *,
+    repeat: int = 7,
+    number: int = 1,
+    target: float | None = None,
+    work_bytes: int = 0,
+    use_median: bool = False,
+) -> Comparison:
+    """Time ``ours`` and ``raw`` alternately and return their best (or median) times.
+
+    Interleaving the runs spreads the machine's noise evenly over both sides.
+    Each side runs once untimed first, as a warm-up.
+    """
+    ours()
+    raw()
+    ours_samples: list[float] = []
+    raw_samples: list[float] = []
+    for _ in range(repeat):
+        ours_samples += _samples(ours, 1, number)
+        raw_samples += _samples(raw, 1, number)
+    pick: Callable[[list[float]], float] = statistics.median if use_median else min
+    return Comparison(name, pick(ours_samples), pick(raw_samples), target, work_bytes)
+
+
+def _format_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _format_rate(work_bytes: int, seconds: float) -> str:
+    if not work_bytes or seconds <= 0:
+        return "-"
+    return f"{work_bytes / seconds / MIB:,.0f} MiB/s"
+
+
+def print_table(title: str, rows: list[Comparison], file: TextIO | None = None) -> None:
+    """Print ``rows`` as a table: times, throughput, ratio, overhead and target status."""
+    out = file if file is not None else sys.stdout
+    header = (
+        f"{'benchmark':<38} {'qiochan':>10} {'raw':>10} {'qiochan rate':>14} "
+        f"{'ratio':>6} {'overhead':>10} {'target':>8}"
+    )
+    lines = [f"== {title} ==", header, "-" * len(header)]
+    for row in rows:
+        status = "-" if row.met is None else f"{row.target:.2f} {'ok' if row.met else 'MISS'}"
+        lines.append(
+            f"{row.name:<38} {_format_time(row.ours):>10} {_format_time(row.raw):>10} "
+            f"{_format_rate(row.work_bytes, row.ours):>14} {row.ratio:>6.2f} "
+            f"{_format_time(abs(row.overhead)) if row.overhead >= 0 else '-':>10} {status:>8}"
+        )
+    print("\n".join(lines), file=out)
