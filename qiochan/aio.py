@@ -1,0 +1,822 @@
+"""asyncio embedding: any :class:`~qiochan.QIOChannel` as an asyncio transport or stream pair.
+
+Existing asyncio code runs unchanged over every qiochan transport and layer
+chain::
+
+    reader, writer = await qiochan.aio.open_connection(
+        "tcp:127.0.0.1:4444", layers=["tls:creds=/etc/pki/qemu"]
+    )
+    writer.write(b"hello")
+    await writer.drain()
+    reply = await reader.readexactly(5)
+    writer.close()
+    await writer.wait_closed()
+
+The channel is put in non-blocking mode and driven by its own watches on the
+running loop (asyncio or uvloop), so the loop never blocks on it; data a layer
+already holds (decrypted TLS records, decoded websocket frames) is delivered at
+once.  What may block -- connecting, accepting, layer handshakes, closing a
+command pipe -- runs in a worker thread.
+
+* :class:`ChannelTransport` is an :class:`asyncio.Transport` over a channel:
+  flow control (``pause_reading``/``resume_reading``, write-buffer limits that
+  pause and resume the protocol, so ``StreamWriter.drain`` works), half-close
+  (``write_eof`` shuts the channel's write direction down when it has
+  ``Feature.SHUTDOWN``) and clean close.
+* :func:`connect_channel` / :func:`channel_streams` wrap an existing channel.
+* :func:`create_connection` / :func:`open_connection` connect to an address.
+* :func:`create_server` / :func:`start_server` listen on one and return a
+  :class:`ChannelServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import functools
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Self, TypeVar
+
+from . import transport as _transport
+from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
+from .errors import ChannelError, HandshakeError, unsupported
+from .watch import Condition, Watch
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "ChannelServer",
+    "ChannelTransport",
+    "channel_streams",
+    "connect_channel",
+    "create_connection",
+    "create_server",
+    "open_connection",
+    "start_server",
+]
+
+log = logging.getLogger("qiochan.aio")
+
+#: The default buffer limit of the stream readers made here (asyncio's own default).
+DEFAULT_LIMIT = 2**16
+
+_READ_CHUNK = 256 * 1024
+_READS_PER_EVENT = 4  # reads per readiness event before other callbacks get a turn
+_MAX_IOV = 64
+_DEFAULT_HIGH_WATER = 64 * 1024
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+ProtocolFactory = Callable[[], _P]
+ClientConnectedCallback = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
+]
+
+_QUIET_ERRNOS = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ESHUTDOWN, errno.EBADF}
+)
+
+
+def _address_info(address: Any) -> Any:
+    """Return ``(host, port)`` for an inet address object, else the address as given."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return (host, port)
+    return address
+
+
+def _channel_chain(channel: QIOChannel) -> Iterable[Any]:
+    """Yield ``channel`` and the masters of the layers it is made of, outermost first."""
+    current: Any = channel
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "master", None)
+
+
+def _extra_info(channel: QIOChannel) -> dict[str, Any]:
+    extra: dict[str, Any] = {"qiochan_channel": channel}
+    for item in _channel_chain(channel):
+        for attr, key in (("remote_address", "peername"), ("local_address", "sockname")):
+            if key in extra:
+                continue
+            try:
+                value = getattr(item, attr, None)
+            except (ChannelError, OSError):
+                value = None
+            if value is not None:
+                extra[key] = _address_info(value)
+        pid = getattr(item, "pid", None)
+        if isinstance(pid, int) and "pid" not in extra:
+            extra["pid"] = pid
+    return extra
+
+
+def _write_limits(high: int | None, low: int | None) -> tuple[int, int]:
+    if high is None:
+        high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+class ChannelTransport(asyncio.Transport):
+    """An asyncio transport over a :class:`~qiochan.QIOChannel`.
+
+    Made by :func:`connect_channel`; the transport owns the channel from then
+    on: it switches it to non-blocking mode and closes it when the transport
+    closes.  ``get_extra_info("qiochan_channel")`` returns the channel;
+    ``"peername"``/``"sockname"`` are ``(host, port)`` for inet sockets, the
+    address object for others; ``"pid"`` is a command pipe's child pid.
+
+    Args:
+        channel: the connected channel.
+        protocol: the protocol that receives the data (``Protocol`` or
+            ``BufferedProtocol``).
+        loop: the loop whose watches drive the channel (default: the running loop).
+        extra: more ``get_extra_info`` entries.
+        waiter: a future resolved once ``connection_made`` has run.
+    """
+
+    def __init__(
+        self,
+        channel: QIOChannel,
+        protocol: asyncio.BaseProtocol,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        waiter: asyncio.Future[None] | None = None,
+    ) -> None:
+        info = _extra_info(channel)
+        info.update(extra or {})
+        super().__init__(info)
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._channel = channel
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._read_buffer = bytearray(_READ_CHUNK)
+        self._buffer: collections.deque[memoryview] = collections.deque()
+        self._buffer_size = 0
+        self._high_water, self._low_water = _write_limits(None, None)
+        self._read_watch: Watch | None = None
+        self._write_watch: Watch | None = None
+        self._reading_paused = False
+        self._read_eof = False
+        self._eof_requested = False
+        self._closing = False
+        self._lost = False
+        self._protocol_paused = False
+        channel.set_blocking(False)
+        self._loop.call_soon(self._protocol.connection_made, self)
+        self._loop.call_soon(self._start_reading)
+        if waiter is not None:
+            self._loop.call_soon(_resolve_waiter, waiter)
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<ChannelTransport {state} {self._channel!r} buffered={self._buffer_size}>"
+
+    # -- the asyncio.BaseTransport interface ------------------------------------
+
+    @property
+    def channel(self) -> QIOChannel:
+        """The channel this transport drives."""
+        return self._channel
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """Return the current protocol."""
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Switch to a new protocol (``Protocol`` or ``BufferedProtocol``)."""
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def is_closing(self) -> bool:
+        """Return True once the transport is closing or closed."""
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading, flush the write buffer, then close the channel.
+
+        The protocol's ``connection_lost(None)`` runs once the channel is closed.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:
+            self._connection_lost(None)
+
+    def abort(self) -> None:
+        """Close at once, dropping buffered data; ``connection_lost(None)`` follows."""
+        self._force_close(None)
+
+    # -- reading --------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        """Return True while the transport delivers incoming data."""
+        return not self._reading_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        """Stop delivering data until :meth:`resume_reading`; the channel buffers it."""
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        """Deliver data again after :meth:`pause_reading`."""
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._start_reading()
+
+    def _start_reading(self) -> None:
+        if (
+            self._read_watch is not None
+            or self._reading_paused
+            or self._closing
+            or self._read_eof
+            or self._lost
+        ):
+            return
+        self._read_watch = self._channel.add_watch_source(
+            Condition.IN, self._on_readable, context=self._loop
+        )
+
+    def _stop_reading(self) -> None:
+        watch, self._read_watch = self._read_watch, None
+        if watch is not None:
+            watch.remove()
+
+    def _read_once(self) -> int:
+        if self._buffered:
+            protocol: Any = self._protocol
+            buf = protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = self._channel.read(buf)
+            if n > 0:
+                protocol.buffer_updated(n)
+            return n
+        n = self._channel.read(self._read_buffer)
+        if n > 0:
+            data = bytes(memoryview(self._read_buffer)[:n])
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        return n
+
+    def _on_readable(self, _channel: QIOChannel, _condition: Condition) -> bool:
+        watch = self._read_watch
+        if watch is None:
+            return False
+        for _ in range(_READS_PER_EVENT):
+            try:
+                n = self._read_once()
+            except ChannelError as exc:
+                self._fatal_error(exc, "read from the channel failed")
+                return False
+            except Exception as exc:
+                self._fatal_error(exc, "the protocol failed to take the data")
+                return False
+            if n == ERR_BLOCK:
+                return True
+            if n == 0:
+                self._on_eof()
+                return False
+            if self._read_watch is not watch:
+                return False  # paused or closed by the protocol
+        return True
+
+    def _on_eof(self) -> None:
+        self._read_eof = True
+        self._read_watch = None
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._fatal_error(exc, "the protocol failed to handle end of file")
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing --------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        """Return the number of bytes waiting to be written."""
+        return self._buffer_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """Return the ``(low, high)`` water marks of the write buffer."""
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks that pause (above ``high``) and resume (at ``low``) writing.
+
+        Raises:
+            ValueError: ``high`` < ``low`` or a negative mark.
+        """
+        self._high_water, self._low_water = _write_limits(high, low)
+        self._maybe_pause_protocol()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; what the channel does not take at once is written as it drains.
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+            RuntimeError: called after :meth:`write_eof`.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._eof_requested:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._lost or self._closing:
+            log.debug("write() on a closing transport %r ignored", self)
+            return
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        if not self._buffer:
+            try:
+                n = self._channel.write(view)
+            except ChannelError as exc:
+                self._fatal_error(exc, "write to the channel failed")
+                return
+            if n == ERR_BLOCK:
+                n = 0
+            if n == view.nbytes:
+                return
+            view = view[n:]
+            self._start_writing()
+        self._buffer.append(memoryview(bytes(view)))
+        self._buffer_size += view.nbytes
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write every buffer of ``list_of_data`` in order."""
+        for data in list_of_data:
+            self.write(data)
+
+    def can_write_eof(self) -> bool:
+        """Return True when the channel can half-close (it has ``Feature.SHUTDOWN``)."""
+        return self._channel.has_feature(Feature.SHUTDOWN)
+
+    def write_eof(self) -> None:
+        """Half-close: shut the channel's write direction once the buffer is flushed.
+
+        Reading goes on until the peer's end of stream.
+
+        Raises:
+            ChannelError: the channel cannot half-close (``ENOTSUP``; see :meth:`can_write_eof`).
+        """
+        if self._closing or self._eof_requested:
+            return
+        if not self.can_write_eof():
+            raise unsupported(f"Half-close of {type(self._channel).__name__}")
+        self._eof_requested = True
+        if not self._buffer:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._channel.shutdown(Shutdown.WRITE)
+        except ChannelError as exc:
+            self._fatal_error(exc, "half-close of the channel failed")
+
+    def _start_writing(self) -> None:
+        if self._write_watch is None and not self._lost:
+            self._write_watch = self._channel.add_watch_source(
+                Condition.OUT, self._on_writable, context=self._loop
+            )
+
+    def _on_writable(self, _channel: QIOChannel, _condition: Condition) -> bool:
+        if self._write_watch is None:
+            return False
+        try:
+            n = self._channel.writev(list(itertools.islice(self._buffer, _MAX_IOV)))
+        except ChannelError as exc:
+            self._fatal_error(exc, "write to the channel failed")
+            return False
+        if n == ERR_BLOCK:
+            return True
+        self._consume(n)
+        self._maybe_resume_protocol()
+        if self._buffer:
+            return True
+        self._write_watch = None
+        if self._closing:
+            self._connection_lost(None)
+        elif self._eof_requested:
+            self._shutdown_write()
+        return False
+
+    def _consume(self, n: int) -> None:
+        self._buffer_size -= n
+        while n:
+            head = self._buffer[0]
+            if n < head.nbytes:
+                self._buffer[0] = head[n:]
+                return
+            n -= head.nbytes
+            self._buffer.popleft()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._buffer_size <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except Exception as exc:
+            self._report("protocol.pause_writing() failed", exc)
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._protocol_paused or self._buffer_size > self._low_water:
+            return
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except Exception as exc:
+            self._report("protocol.resume_writing() failed", exc)
+
+    # -- errors and closing -----------------------------------------------------
+
+    def _report(self, message: str, exc: Exception) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
+    def _fatal_error(self, exc: Exception, message: str) -> None:
+        if isinstance(exc, OSError) and (exc.errno in _QUIET_ERRNOS or exc.errno is None):
+            log.debug("%r: %s: %s", self, message, exc)
+        else:
+            self._report(f"Fatal error on qiochan transport: {message}", exc)
+        self._force_close(exc)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._buffer.clear()
+        self._buffer_size = 0
+        self._closing = True
+        self._stop_reading()
+        self._connection_lost(exc)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        """Remove the watches, close the channel in a worker thread, then tell the protocol."""
+        if self._lost:
+            return
+        self._lost = True
+        self._stop_reading()
+        watch, self._write_watch = self._write_watch, None
+        if watch is not None:
+            watch.remove()
+        # watches are gone (on this thread), so the fds may now close anywhere
+        closing = self._loop.run_in_executor(None, self._channel.close)
+        closing.add_done_callback(functools.partial(self._channel_closed, exc))
+
+    def _channel_closed(self, exc: Exception | None, closing: asyncio.Future[None]) -> None:
+        close_error = None if closing.cancelled() else closing.exception()
+        if isinstance(close_error, Exception):
+            log.debug("%r: closing the channel failed: %s", self, close_error)
+            if exc is None:
+                exc = close_error
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._read_buffer = bytearray()
+
+
+def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _in_thread(func: Callable[[], QIOChannel]) -> QIOChannel:
+    """Run ``func`` (which returns a new channel) in a worker thread and return its channel.
+
+    If the caller is cancelled meanwhile, the channel is closed when it arrives.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, func)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_orphan)
+        raise
+
+
+def _close_orphan(future: asyncio.Future[QIOChannel]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+async def _connect_in_thread(
+    address: Any, layers: Iterable[Any], timeout: float | None, options: dict[str, Any]
+) -> QIOChannel:
+    connect = functools.partial(
+        _transport.connect, address, layers=layers, timeout=timeout, **options
+    )
+    return await _in_thread(connect)
+
+
+async def connect_channel(
+    channel: QIOChannel,
+    protocol_factory: ProtocolFactory[_P],
+    *,
+    extra: dict[str, Any] | None = None,
+) -> tuple[ChannelTransport, _P]:
+    """Wrap a connected ``channel`` in a :class:`ChannelTransport` on the running loop.
+
+    The transport owns the channel from then on.
+
+    Returns:
+        ``(transport, protocol)`` once the protocol's ``connection_made`` has run.
+    Raises:
+        ChannelError: the channel is closed or cannot switch to non-blocking mode.
+    """
+    loop = asyncio.get_running_loop()
+    protocol = protocol_factory()
+    waiter: asyncio.Future[None] = loop.create_future()
+    transport = ChannelTransport(channel, protocol, loop, extra=extra, waiter=waiter)
+    try:
+        await waiter
+    except BaseException:
+        transport.abort()
+        raise
+    return transport, protocol
+
+
+def _stream_protocol(
+    limit: int,
+    callback: ClientConnectedCallback | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    return reader, asyncio.StreamReaderProtocol(reader, callback, loop=loop)
+
+
+async def channel_streams(
+    channel: QIOChannel, *, limit: int = DEFAULT_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Return an :class:`asyncio.StreamReader`/:class:`asyncio.StreamWriter` pair over ``channel``.
+
+    The streams own the channel: ``writer.close()`` closes it.
+
+    Args:
+        limit: the reader's buffer limit (reading pauses above it).
+    """
+    reader, protocol = _stream_protocol(limit)
+    transport, _ = await connect_channel(channel, lambda: protocol)
+    writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
+    return reader, writer
+
+
+async def create_connection(
+    protocol_factory: ProtocolFactory[_P],
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    timeout: float | None = None,
+    **options: Any,
+) -> tuple[ChannelTransport, _P]:
+    """Connect to ``address`` with ``layers`` (as :func:`qiochan.connect`) and wrap the channel.
+
+    The connect and the layers' handshakes run in a worker thread.
+
+    Returns:
+        ``(transport, protocol)``.
+    Raises:
+        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+    """
+    channel = await _connect_in_thread(address, layers, timeout, options)
+    return await connect_channel(channel, protocol_factory)
+
+
+async def open_connection(
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    limit: int = DEFAULT_LIMIT,
+    timeout: float | None = None,
+    **options: Any,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to ``address`` with ``layers``; return a ``(StreamReader, StreamWriter)`` pair.
+
+    The qiochan twin of :func:`asyncio.open_connection`: ``address`` is any
+    qiochan address (``"tcp:HOST:PORT"``, ``"unix:PATH"``, ``"wss://..."``, a
+    configured transport name...) and ``layers`` the layer specs to apply.
+
+    Raises:
+        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+    """
+    channel = await _connect_in_thread(address, layers, timeout, options)
+    return await channel_streams(channel, limit=limit)
+
+
+class ChannelServer:
+    """A listening qiochan address serving each accepted channel to a protocol.
+
+    Made by :func:`create_server` and :func:`start_server`; works like
+    :class:`asyncio.Server`: :meth:`close`, :meth:`wait_closed`,
+    :meth:`serve_forever`, ``async with``.  Accepting and the server side of
+    each layer's handshake run in worker threads; a client whose handshake
+    fails is logged and dropped, and the server goes on.
+
+    Args:
+        listener: what :func:`qiochan.listen` returned.
+        protocol_factory: makes one protocol per accepted channel.
+        loop: the loop that serves (default: the running loop).
+    """
+
+    def __init__(
+        self,
+        listener: Any,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._listener = listener
+        self._protocol_factory = protocol_factory
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._serving = False
+        self._closed = False
+        self._accept_thread: threading.Thread | None = None
+        self._serving_forever: asyncio.Future[None] | None = None
+        self._setups: set[asyncio.Task[None]] = set()
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<ChannelServer {self.address} serving={self._serving}>"
+
+    @property
+    def address(self) -> Any:
+        """The address listened on (the real port when port 0 was asked for)."""
+        return self._listener.address
+
+    @property
+    def listener(self) -> Any:
+        """The underlying qiochan listener."""
+        return self._listener
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """Return the loop the server runs on."""
+        return self._loop
+
+    def is_serving(self) -> bool:
+        """Return True while the server accepts new peers."""
+        return self._serving
+
+    async def start_serving(self) -> None:
+        """Start accepting peers; a second call does nothing.
+
+        Raises:
+            ChannelError: the server is closed.
+        """
+        if self._closed:
+            raise ChannelError("Server is closed", errno.EBADF)
+        if self._serving:
+            return
+        self._serving = True
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"qiochan-accept {self.address}", daemon=True
+        )
+        self._accept_thread.start()
+
+    def _accept_loop(self) -> None:
+        """Accept peers in this worker thread and hand each to the loop."""
+        while not self._closed:
+            try:
+                channel = self._listener.accept()
+            except HandshakeError as exc:
+                log.info("%r: a client's handshake failed: %s", self, exc)
+                continue
+            except (ChannelError, OSError, ValueError) as exc:
+                if not self._closed:
+                    log.warning("%r: accept failed, server stops: %s", self, exc)
+                    self._loop.call_soon_threadsafe(self.close)
+                return
+            try:
+                self._loop.call_soon_threadsafe(self._accepted, channel)
+            except RuntimeError:  # the loop is closed
+                channel.close()
+                return
+
+    def _accepted(self, channel: QIOChannel) -> None:
+        if self._closed:
+            channel.close()
+            return
+        task = self._loop.create_task(self._serve_channel(channel))
+        self._setups.add(task)
+        task.add_done_callback(self._setups.discard)
+
+    async def _serve_channel(self, channel: QIOChannel) -> None:
+        try:
+            await connect_channel(channel, self._protocol_factory)
+        except Exception as exc:
+            log.warning("%r: serving an accepted channel failed: %s", self, exc)
+            channel.close()
+
+    def close(self) -> None:
+        """Stop accepting and close the listener; connected peers stay connected."""
+        if self._closed:
+            return
+        self._closed = True
+        self._serving = False
+        try:
+            self._listener.close()
+        finally:
+            if self._serving_forever is not None and not self._serving_forever.done():
+                self._serving_forever.set_result(None)
+            self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` was called and the accepting thread has stopped."""
+        await self._closed_event.wait()
+        thread = self._accept_thread
+        if thread is not None and thread.is_alive():
+            await self._loop.run_in_executor(None, thread.join)
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (then return) or this call is cancelled.
+
+        Cancelling it closes the server and re-raises the cancellation.
+
+        Raises:
+            RuntimeError: already serving forever.
+        """
+        if self._serving_forever is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        await self.start_serving()
+        self._serving_forever = self._loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+        finally:
+            self._serving_forever = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def create_server(
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    start_serving: bool = True,
+    **options: Any,
+) -> ChannelServer:
+    """Listen on ``address`` (as :func:`qiochan.listen`); serve each peer to a new protocol.
+
+    Returns:
+        The :class:`ChannelServer`, accepting already unless ``start_serving`` is False.
+    Raises:
+        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+    """
+    loop = asyncio.get_running_loop()
+    listener = await loop.run_in_executor(
+        None, functools.partial(_transport.listen, address, layers=layers, **options)
+    )
+    server = ChannelServer(listener, protocol_factory, loop)
+    if start_serving:
+        await server.start_serving()
+    return server
+
+
+async def start_server(
+    client_connected_cb: ClientConnectedCallback,
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    limit: int = DEFAULT_LIMIT,
+    start_serving: bool = True,
+    **options: Any,
+) -> ChannelServer:
+    """Listen on ``address``; call ``client_connected_cb(reader, writer)`` for each peer.
+
+    The qiochan twin of :func:`asyncio.start_server`; the callback may be a
+    coroutine function, run as a task.
+
+    Returns:
+        The :class:`ChannelServer`.
+    Raises:
+        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+    """
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        return _stream_protocol(limit, client_connected_cb)[1]
+
+    return await create_server(
+        factory, address, layers=layers, start_serving=start_serving, **options
+    )

@@ -1,0 +1,339 @@
+"""qiochan.aio: channels as asyncio transports and streams, under asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from qiochan import ChannelError, Shutdown
+from qiochan.aio import ChannelTransport, channel_streams, connect_channel
+from qiochan_memory import QIOChannelNull, memory_pipe
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[], Awaitable[T]]], T]
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return asyncio.new_event_loop
+
+
+@pytest.fixture(scope="module")
+def _warm_loops() -> None:
+    """Let uvloop make its process-wide fds (libuv's signal pipe) before fds are counted."""
+    for kind in ("asyncio", "uvloop"):
+        with asyncio.Runner(loop_factory=_loop_factory(kind)) as runner:
+            runner.run(asyncio.sleep(0))
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(
+    request: pytest.FixtureRequest, _warm_loops: None, no_fd_leak: None
+) -> Iterator[Runner[Any]]:
+    """Run a coroutine function on a fresh loop of the parametrized kind."""
+    factory = _loop_factory(request.param)
+
+    def runner(main: Callable[[], Awaitable[T]]) -> T:
+        async def bounded() -> T:
+            return await asyncio.wait_for(main(), 30)
+
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            return loop_runner.run(bounded())
+
+    yield runner
+
+
+def _pattern(size: int) -> bytes:
+    block = hashlib.sha256(b"qiochan aio").digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def _stream_pair(
+    capacity: int = 65536, limit: int = 2**16
+) -> tuple[
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+]:
+    a, b = memory_pipe(capacity)
+    return await channel_streams(a, limit=limit), await channel_streams(b, limit=limit)
+
+
+async def _close(*writers: asyncio.StreamWriter) -> None:
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        await writer.wait_closed()
+
+
+def test_round_trip_with_ordinary_stream_code(run: Runner[None]) -> None:
+    async def main() -> None:
+        (ra, wa), (rb, wb) = await _stream_pair()
+        wa.write(b"ping\n")
+        await wa.drain()
+        assert await rb.readline() == b"ping\n"
+        wb.write(b"pong\n")
+        await wb.drain()
+        assert await ra.readline() == b"pong\n"
+        await _close(wa, wb)
+
+    run(main)
+
+
+def test_large_transfer_with_backpressure_both_ways(run: Runner[None]) -> None:
+    size = 8 * 1024 * 1024
+    payload = _pattern(size)
+
+    async def pump(writer: asyncio.StreamWriter) -> None:
+        view = memoryview(payload)
+        for offset in range(0, size, 1024 * 1024):
+            writer.write(view[offset : offset + 1024 * 1024])
+            await writer.drain()
+            # drain returned: the buffer went back under the high-water mark
+            assert writer.transport.get_write_buffer_size() <= 64 * 1024
+        writer.write_eof()
+
+    async def main() -> None:
+        (ra, wa), (rb, wb) = await _stream_pair(capacity=32 * 1024)
+        sent_a = asyncio.create_task(pump(wa))
+        sent_b = asyncio.create_task(pump(wb))
+        got_b, got_a = await asyncio.gather(rb.read(), ra.read())
+        await asyncio.gather(sent_a, sent_b)
+        assert got_b == payload
+        assert got_a == payload
+        await _close(wa, wb)
+
+    run(main)
+
+
+def test_write_eof_half_closes_and_reading_goes_on(run: Runner[None]) -> None:
+    async def main() -> None:
+        (ra, wa), (rb, wb) = await _stream_pair()
+        assert wa.can_write_eof()
+        wa.write(b"request")
+        wa.write_eof()
+        assert await rb.read() == b"request"  # the peer sees end of stream
+        wb.write(b"answer after half-close")
+        wb.write_eof()
+        assert await ra.read() == b"answer after half-close"
+        with pytest.raises(RuntimeError, match="write_eof"):
+            wa.write(b"more")
+        await _close(wa, wb)
+
+    run(main)
+
+
+def test_close_flushes_then_closes_the_channel(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe(4096)
+        ra, wa = await channel_streams(a)
+        rb, wb = await channel_streams(b)
+        payload = _pattern(256 * 1024)
+        wa.write(payload)  # far more than the pipe holds: most of it is buffered
+        assert wa.transport.get_write_buffer_size() > 0
+        wa.close()
+        assert wa.is_closing()
+        assert await rb.read() == payload  # close waited for the buffer to drain
+        await wa.wait_closed()
+        assert a.closed
+        assert await ra.read() == b""
+        await _close(wb)
+        assert b.closed
+
+    run(main)
+
+
+def test_abort_drops_buffered_data(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe(4096)
+        _ra, wa = await channel_streams(a)
+        rb, wb = await channel_streams(b)
+        wa.write(_pattern(1024 * 1024))
+        wa.transport.abort()
+        await wa.wait_closed()
+        received = await rb.read()
+        assert 0 < len(received) < 1024 * 1024
+        await _close(wb)
+
+    run(main)
+
+
+class _Recorder(asyncio.Protocol):
+    """Records what a transport delivers, with events to wait on."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.transport: ChannelTransport | None = None
+        self.arrived = asyncio.Event()
+        self.eof = asyncio.Event()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.pauses = 0
+        self.resumes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, ChannelTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.arrived.set()
+
+    def eof_received(self) -> bool:
+        self.eof.set()
+        return True
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+
+    def resume_writing(self) -> None:
+        self.resumes += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+async def _spin(rounds: int = 20) -> None:
+    """Let the loop run every ready callback a number of times (no timing involved)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def test_pause_and_resume_reading(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        transport, protocol = await connect_channel(a, _Recorder)
+        transport.pause_reading()
+        assert not transport.is_reading()
+        b.write_all(b"held back")
+        await _spin()
+        assert protocol.data == b""  # paused: nothing delivered although data waits
+        transport.resume_reading()
+        assert transport.is_reading()
+        await protocol.arrived.wait()
+        assert protocol.data == b"held back"
+        b.close()
+        await protocol.eof.wait()  # eof_received returned True: the transport stays open
+        assert not transport.is_closing()
+        transport.close()
+        assert await protocol.lost is None
+
+    run(main)
+
+
+def test_write_buffer_limits_pause_and_resume_the_protocol(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe(1024)
+        transport, protocol = await connect_channel(a, _Recorder)
+        assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+        with pytest.raises(ValueError, match="must be >="):
+            transport.set_write_buffer_limits(high=10, low=20)
+        transport.set_write_buffer_limits(high=8192, low=1024)
+        transport.write(_pattern(32 * 1024))
+        assert protocol.pauses == 1
+        reader_r, reader_w = await channel_streams(b)
+        assert await reader_r.readexactly(32 * 1024) == _pattern(32 * 1024)
+        assert protocol.resumes == 1
+        assert transport.get_write_buffer_size() == 0
+        transport.close()
+        await protocol.lost
+        await _close(reader_w)
+
+    run(main)
+
+
+class _Buffered(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.buffer = bytearray(1000)
+        self.received = bytearray()
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += self.buffer[:nbytes]
+
+    def eof_received(self) -> bool:
+        self.done.set_result(bytes(self.received))
+        return False
+
+
+def test_buffered_protocol_reads_into_its_own_buffer(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        transport, protocol = await connect_channel(a, _Buffered)
+        payload = _pattern(100_000)
+        _writer_r, writer_w = await channel_streams(b)
+        writer_w.write(payload)
+        writer_w.write_eof()
+        assert await protocol.done == payload
+        await _close(writer_w)
+        assert transport.is_closing()  # eof_received returned False: the transport closes
+
+    run(main)
+
+
+def test_channel_error_reaches_connection_lost(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        transport, protocol = await connect_channel(a, _Recorder)
+        b.shutdown(Shutdown.READ)  # the peer stops reading: our next write breaks
+        transport.write(b"nobody reads this")
+        exc = await protocol.lost
+        assert isinstance(exc, ChannelError)
+        assert exc.errno == errno.EPIPE
+        assert a.closed
+        b.close()
+
+    run(main)
+
+
+def test_half_close_needs_shutdown_support(run: Runner[None]) -> None:
+    async def main() -> None:
+        transport, protocol = await connect_channel(QIOChannelNull(), _Recorder)
+        assert not transport.can_write_eof()
+        with pytest.raises(ChannelError) as info:
+            transport.write_eof()
+        assert info.value.errno == errno.ENOTSUP
+        transport.close()
+        await protocol.lost
+
+    run(main)
+
+
+def test_extra_info_exposes_the_channel(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        _reader, writer = await channel_streams(a)
+        assert writer.get_extra_info("qiochan_channel") is a
+        assert writer.get_extra_info("peername") is None
+        with pytest.raises(TypeError, match="bytes-like"):
+            writer.write("text")  # type: ignore[arg-type]
+        await _close(writer)
+        b.close()
+
+    run(main)
+
+
+def test_the_loop_never_blocks_while_a_transfer_waits(run: Runner[None]) -> None:
+    async def main() -> None:
+        a, b = memory_pipe(1024)
+        reader, writer = await channel_streams(a)
+        writer.write(_pattern(256 * 1024))  # above the high-water mark: drain must wait
+        drained = asyncio.create_task(writer.drain())
+        await _spin()
+        assert not drained.done()  # nobody reads b: the writer waits, the loop runs on
+        peer_reader, peer_writer = await channel_streams(b)
+        assert await peer_reader.readexactly(256 * 1024) == _pattern(256 * 1024)
+        await drained
+        await _close(writer, peer_writer)
+        assert reader.at_eof() or await reader.read() == b""
+
+    run(main)
