@@ -111,11 +111,10 @@ def _byte_view(buf: Buffer, index: int) -> memoryview:
         raise TypeError(
             f"iov item {index} must be a bytes-like object, not {type(buf).__name__}"
         ) from None
+    if not view.c_contiguous:
+        raise TypeError(f"iov item {index} is not a C-contiguous buffer")
     if view.ndim != 1 or view.format not in ("B", "b", "c"):
-        try:
-            view = view.cast("B")
-        except TypeError:
-            raise TypeError(f"iov item {index} is not a C-contiguous buffer") from None
+        view = view.cast("B")
     return view
 
 
@@ -318,7 +317,7 @@ class QIOChannel:
             raise TypeError(
                 f"write() needs a bytes-like object, not {type(data).__name__}"
             ) from None
-        if view.ndim != 1 or view.format not in ("B", "b", "c"):
+        if view.ndim != 1 or view.format not in ("B", "b", "c") or not view.c_contiguous:
             view = _byte_view(view, 0)
         try:
             return self.io_writev([view], (), _NO_WRITE_FLAGS)

@@ -21,6 +21,7 @@ import os
 __all__ = [
     "AddressError",
     "ChannelError",
+    "ConfigError",
     "HandshakeError",
     "PluginError",
     "TLSError",
@@ -57,6 +58,26 @@ class ChannelError(OSError):
 
 class AddressError(ChannelError, ValueError):
     """An address or layer specification is malformed; the message names the bad part."""
+
+
+class ConfigError(ChannelError):
+    """A transports configuration file is invalid; the message names the file, key and reason.
+
+    Attributes:
+        path: the file (None when the text did not come from a file).
+        key: the dotted key that is wrong (``"transports.mig.layers[0]"``), or ``""``.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: object, key: str, reason: str) -> None:
+        where = f"{path}: " if path is not None else ""
+        super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+        self.path = path
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[object, str, str]]:  # type: ignore[override]
+        return (type(self), (self.path, self.key, self.reason))
 
 
 class PluginError(ChannelError):

@@ -46,7 +46,7 @@ def run_check(name: str, factory: PairFactory, *, two_way: bool = True) -> str |
     Returns:
         None when it passed, or the reason it does not apply to this channel.
     Raises:
-        AssertionError: the channel failed the check.
+        AssertionError: the channel failed the check or raised an unexpected error.
         KeyError: no such check.
     """
     checks = TWO_WAY_CHECKS if two_way else ONE_WAY_CHECKS
@@ -58,6 +58,10 @@ def run_check(name: str, factory: PairFactory, *, two_way: bool = True) -> str |
         check(factory)
     except CheckSkipped as skipped:
         return str(skipped)
+    except AssertionError:
+        raise
+    except Exception as exc:
+        raise AssertionError(f"{name}: the channel raised {type(exc).__name__}: {exc}") from exc
     return None
 
 
