@@ -198,9 +198,7 @@ def _check_layer(layer: Any, path: Path | None, key: str) -> None:
 def _parse_transport(name: str, table: Any, path: Path | None) -> TransportConfig:
     key = f"transports.{name}"
     if not _NAME.match(name):
-        raise ConfigError(
-            path, key, "a transport name uses letters, digits, '.', '_' and '-' only"
-        )
+        raise ConfigError(path, key, "a transport name uses letters, digits, '.', '_' and '-' only")
     if not isinstance(table, dict):
         raise ConfigError(path, key, f"must be a table, not {_toml_type(table)}")
     unknown = sorted(set(table) - _TRANSPORT_KEYS)

@@ -139,7 +139,10 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
         scheme, sep, _rest = address.partition(":")
         scheme = scheme.strip().lower()
         if not sep or not scheme:
-            raise AddressError(f"Address {address!r} has no scheme (e.g. 'tcp:HOST:PORT')")
+            raise AddressError(
+                f"Address {address!r} has no scheme (e.g. 'tcp:HOST:PORT') and names no "
+                "configured transport"
+            )
         backend = find_backend(scheme)
         if backend.parse is not None:
             return backend, backend.parse(address)
@@ -154,16 +157,43 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
     return find_backend(object_scheme), address
 
 
+def _configured(
+    address: Any, layers: Iterable[Any], options: dict[str, Any]
+) -> tuple[Any, Iterable[Any], dict[str, Any], float | None]:
+    """Expand a configured transport name (:mod:`qiochan.config`) to its address and layers.
+
+    Returns ``(address, layers, options, configured timeout)``; anything that is
+    not a configured name comes back unchanged.
+    """
+    if not isinstance(address, str) or ":" in address:
+        return address, layers, options, None
+    from .config import lookup_transport
+
+    configured = lookup_transport(address.strip())
+    if configured is None:
+        return address, layers, options, None
+    merged = {**configured.options, **options}
+    all_layers = [*configured.layers, *_layer_specs(layers)]
+    return configured.address, all_layers, merged, configured.timeout
+
+
 def connect(
     address: Any, *, layers: Iterable[Any] = (), timeout: float | None = None, **options: Any
 ) -> QIOChannel:
     """Connect to ``address`` and apply ``layers`` as a client.
 
+    ``address`` may name a configured transport (:mod:`qiochan.config`): its
+    layers come first, then ``layers``.
+
     Returns:
         The outermost channel, blocking, with every handshake done.
     Raises:
-        AddressError, PluginError, ChannelError (refused, unreachable...), HandshakeError.
+        AddressError, PluginError, ChannelError (refused, unreachable...), HandshakeError,
+        ConfigError (the transports file is invalid).
     """
+    address, layers, options, configured_timeout = _configured(address, layers, options)
+    if timeout is None:
+        timeout = configured_timeout
     backend, parsed = resolve_address(address)
     func = backend.require("connect")
     if timeout is not None:
@@ -218,11 +248,14 @@ class LayeredListener:
 def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
     """Listen on ``address``; accepted channels get ``layers`` in the server role.
 
+    ``address`` may name a configured transport (:mod:`qiochan.config`).
+
     Returns:
         A :class:`Listener` (``accept()``, ``close()``, ``address``; a context manager).
     Raises:
         AddressError, PluginError, ChannelError (address in use...).
     """
+    address, layers, options, _timeout = _configured(address, layers, options)
     backend, parsed = resolve_address(address)
     func = backend.require("listen")
     specs = _layer_specs(layers)
