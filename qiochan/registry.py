@@ -114,6 +114,8 @@ class Backend:
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _failures: dict[str, Backend] = {}
+# backends() result, valid while the same manager has the same set of plugins
+_cache: tuple[tuple[int, frozenset[int], int], dict[str, Backend]] | None = None
 
 
 def _distribution_label(entry_point: metadata.EntryPoint) -> str:
@@ -213,11 +215,18 @@ def _backends_of(manager: pluggy.PluginManager, impl: Any) -> list[Backend]:
 def backends() -> dict[str, Backend]:
     """Return every backend by name, including unavailable ones and plugins that failed.
 
+    The plugins' hooks are asked again whenever a plugin was registered or
+    unregistered since the last call.
+
     Raises:
         PluginError: a plugin's ``qiochan_backends()`` returned something that is
             not a list of :class:`Backend` (the message names the plugin and hook).
     """
     manager = plugin_manager()
+    global _cache
+    key = (id(manager), frozenset(map(id, manager.get_plugins())), len(_failures))
+    if _cache is not None and _cache[0] == key:
+        return dict(_cache[1])
     result: dict[str, Backend] = {}
     # pluggy returns implementations last-registered first; list in registration order
     for impl in reversed(manager.hook.qiochan_backends.get_hookimpls()):
@@ -234,7 +243,8 @@ def backends() -> dict[str, Backend]:
     for name, failed in _failures.items():
         if name not in result and not manager.is_blocked(name):
             result.setdefault(name, failed)
-    return result
+    _cache = (key, result)
+    return dict(result)
 
 
 def find_backend(scheme: str, kind: Literal["transport", "layer"] = "transport") -> Backend:

@@ -63,8 +63,10 @@ class Lane:
         self.users = 2
 
     def _update(self) -> None:
-        self.readable.set(bool(self.data) or self.writer_gone)
-        self.writable.set(len(self.data) < self.capacity or self.reader_gone)
+        # "ready" means a call would not block: it may return EOF or raise
+        gone = self.writer_gone or self.reader_gone
+        self.readable.set(bool(self.data) or gone)
+        self.writable.set(len(self.data) < self.capacity or gone)
         self.changed.notify_all()
 
     def read_into(self, iov: list[memoryview], blocking: bool, peek: bool) -> int:

@@ -1,0 +1,185 @@
+"""The registry: entry-point discovery, failures isolated, runtime registration, blocking."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pluggy
+import pytest
+
+import qiochan
+from qiochan import Feature, PluginError
+from qiochan.hookspecs import hookimpl
+from qiochan.registry import Backend, backends, find_backend, plugin_manager, reload_plugins
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Rediscover plugins for the test and again afterwards (env and sys.path restored)."""
+    yield monkeypatch
+    monkeypatch.undo()
+    reload_plugins()
+
+
+def make_distribution(root: Path, name: str, module_source: str) -> None:
+    """Write an installed-looking distribution with a qiochan.plugins entry point."""
+    (root / f"{name}.py").write_text(textwrap.dedent(module_source))
+    info = root / f"{name}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[qiochan.plugins]\n{name} = {name}\n")
+
+
+def test_memory_backend_is_discovered_through_entry_points() -> None:
+    found = backends()
+    memory = found["memory"]
+    assert memory.available and memory.kind == "transport"
+    assert memory.plugin == "memory" and "buffer" in memory.schemes
+    assert Feature.SEEKABLE in memory.features
+    assert plugin_manager().has_plugin("memory")
+    assert qiochan.backends() == found
+
+
+def test_runtime_registration_adds_backends(fresh_registry: pytest.MonkeyPatch) -> None:
+    class Runtime:
+        @hookimpl
+        def qiochan_backends(self) -> list[Backend]:
+            return [Backend(name="runtime", schemes=("rt",), description="registered live")]
+
+    plugin_manager().register(Runtime(), name="runtime-plugin")
+    runtime = backends()["runtime"]
+    assert runtime.plugin == "runtime-plugin" and runtime.available
+    assert find_backend("rt") is runtime
+
+
+def test_broken_plugin_is_reported_and_others_still_load(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_distribution(tmp_path, "qiochan_broken_demo", "raise ImportError('no such lib')\n")
+    fresh_registry.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="qiochan.registry"):
+        reload_plugins()
+        found = backends()
+    broken = found["qiochan_broken_demo"]
+    assert not broken.available
+    assert "qiochan_broken_demo 1.2.3" in broken.missing and "no such lib" in broken.missing
+    assert "qiochan_broken_demo 1.2.3" in caplog.text
+    assert found["memory"].available
+
+
+def test_plugin_with_missing_dependency_is_listed_unavailable(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch
+) -> None:
+    make_distribution(
+        tmp_path,
+        "qiochan_optional_demo",
+        """
+        from qiochan.hookspecs import hookimpl
+        from qiochan.registry import Backend
+
+        @hookimpl
+        def qiochan_backends():
+            return [Backend(name="optional", schemes=("opt",), available=False,
+                            missing="pip install 'qiochan-optional[extra]'")]
+        """,
+    )
+    fresh_registry.syspath_prepend(str(tmp_path))
+    reload_plugins()
+    with pytest.raises(PluginError, match="unavailable: pip install"):
+        find_backend("opt")
+    with pytest.raises(PluginError, match="unavailable"):
+        backends()["optional"].require("connect")
+
+
+def test_plugin_selection_and_autoload_switch(fresh_registry: pytest.MonkeyPatch) -> None:
+    fresh_registry.setenv("QIOCHAN_DISABLE_PLUGIN_AUTOLOAD", "1")
+    reload_plugins()
+    assert backends() == {}
+    fresh_registry.delenv("QIOCHAN_DISABLE_PLUGIN_AUTOLOAD")
+    fresh_registry.setenv("QIOCHAN_PLUGINS", "memory")
+    reload_plugins()
+    assert set(backends()) == {"memory"}
+
+
+def test_blocked_plugin_disappears(fresh_registry: pytest.MonkeyPatch) -> None:
+    reload_plugins().set_blocked("memory")
+    assert "memory" not in backends()
+    with pytest.raises(PluginError, match="No transport backend for 'buffer'"):
+        find_backend("buffer")
+
+
+def test_bad_hook_result_names_the_plugin_and_hook(fresh_registry: pytest.MonkeyPatch) -> None:
+    class Wrong:
+        @hookimpl
+        def qiochan_backends(self) -> object:
+            return ["not a backend"]
+
+    plugin_manager().register(Wrong(), name="wrong-plugin")
+    with pytest.raises(PluginError, match=r"plugin 'wrong-plugin', hook qiochan_backends\(\)"):
+        backends()
+
+
+def test_raising_hook_is_reported_not_fatal(fresh_registry: pytest.MonkeyPatch) -> None:
+    class Raising:
+        @hookimpl
+        def qiochan_backends(self) -> list[Backend]:
+            raise RuntimeError("bug in plugin")
+
+    plugin_manager().register(Raising(), name="raising-plugin")
+    found = backends()
+    assert not found["raising-plugin"].available
+    assert "bug in plugin" in found["raising-plugin"].missing
+    assert found["memory"].available
+
+
+def test_bad_hook_signature_is_rejected_with_names(fresh_registry: pytest.MonkeyPatch) -> None:
+    class BadSignature:
+        @hookimpl
+        def qiochan_channel_opened(self, channel: object, address: object, extra: int) -> None:
+            """Takes an argument the spec does not have."""
+
+    with pytest.raises(pluggy.PluginValidationError, match="qiochan_channel_opened"):
+        plugin_manager().register(BadSignature(), name="bad-signature")
+
+
+def test_backend_validation() -> None:
+    with pytest.raises(PluginError, match="kind"):
+        Backend(name="x", kind="socket")  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="non-empty"):
+        Backend(name="")
+    with pytest.raises(PluginError, match="connect must be callable"):
+        Backend(name="x", connect="nope")  # type: ignore[arg-type]
+    assert Backend(name="x", schemes="one").schemes == ("one",)  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="does not support listen"):
+        Backend(name="x").require("listen")
+
+
+def test_observer_hooks_see_open_and_close(fresh_registry: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def qiochan_channel_opened(self, channel: object, address: object) -> None:
+            events.append(f"opened {address}")
+
+        @hookimpl
+        def qiochan_channel_closed(self, channel: object) -> None:
+            events.append("closed")
+
+    plugin_manager().register(Observer(), name="observer")
+    qiochan.open_channel("null:", "w").close()
+    assert events == ["opened null:", "closed"]
+
+
+def test_import_qiochan_does_not_load_plugins() -> None:
+    code = (
+        "import sys, qiochan; "
+        "assert 'pluggy' not in sys.modules and 'qiochan_memory' not in sys.modules; "
+        "assert 'asyncio' not in sys.modules, 'asyncio imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
