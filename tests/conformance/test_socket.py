@@ -1,0 +1,51 @@
+"""The conformance kit over socket channels: TCP (IPv4, IPv6), unix sockets, socketpairs."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import qiochan
+from qiochan.channel import QIOChannel
+from qiochan_socket import QIONetListener, socket_pair
+
+Pair = tuple[QIOChannel, QIOChannel]
+Runner = Callable[..., None]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _connected_pair(address: str) -> Pair:
+    with QIONetListener() as listener:
+        listener.open_sync(address)
+        client = qiochan.connect(listener.address)
+        server = listener.wait_client()
+    return client, server
+
+
+def test_tcp_ipv4(qiochan_conformance: Runner) -> None:
+    qiochan_conformance(lambda: _connected_pair("tcp:127.0.0.1:0"))
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_tcp_ipv6(qiochan_conformance: Runner) -> None:
+    qiochan_conformance(lambda: _connected_pair("tcp:[::1]:0"))
+
+
+def test_unix_socket(qiochan_conformance: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "conformance.sock"
+    qiochan_conformance(lambda: _connected_pair(f"unix:{path}"))
+
+
+def test_socketpair(qiochan_conformance: Runner) -> None:
+    qiochan_conformance(socket_pair)
