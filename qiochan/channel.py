@@ -104,15 +104,14 @@ _NO_READ_FLAGS = ReadFlag(0)
 _NO_WRITE_FLAGS = WriteFlag(0)
 
 
-def _byte_view(buf: Buffer, index: int) -> memoryview:
+def _byte_view(buf: Buffer, what: str) -> memoryview:
+    """Return a 1-D unsigned-byte view of ``buf``; ``what`` names it in errors."""
     try:
         view = memoryview(buf)
     except TypeError:
-        raise TypeError(
-            f"iov item {index} must be a bytes-like object, not {type(buf).__name__}"
-        ) from None
+        raise TypeError(f"{what} must be a bytes-like object, not {type(buf).__name__}") from None
     if not view.c_contiguous:
-        raise TypeError(f"iov item {index} is not a C-contiguous buffer")
+        raise TypeError(f"{what} is not a C-contiguous buffer")
     if view.ndim != 1 or view.format not in ("B", "b", "c"):
         view = view.cast("B")
     return view
@@ -127,7 +126,7 @@ def write_views(iov: Iterable[Buffer]) -> list[memoryview]:
     if isinstance(iov, (bytes, bytearray, memoryview, str)):
         raise TypeError(f"iov must be a sequence of buffers, not a single {type(iov).__name__}")
     try:
-        return [_byte_view(buf, i) for i, buf in enumerate(iov)]
+        return [_byte_view(buf, f"iov item {i}") for i, buf in enumerate(iov)]
     except TypeError as exc:
         if "iov item" in str(exc):
             raise
@@ -310,15 +309,13 @@ class QIOChannel:
 
     def write(self, data: Buffer) -> int:
         """Write ``data``; return bytes written or :data:`ERR_BLOCK`."""
-        self._check_open()
-        try:
-            view = memoryview(data)
-        except TypeError:
-            raise TypeError(
-                f"write() needs a bytes-like object, not {type(data).__name__}"
-            ) from None
-        if view.ndim != 1 or view.format not in ("B", "b", "c") or not view.c_contiguous:
-            view = _byte_view(view, 0)
+        if self._closed:
+            raise closed_error(self._name)
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            view = memoryview(data)  # always 1-D, contiguous, unsigned bytes
+        else:
+            view = _byte_view(data, "write() data")
         try:
             return self.io_writev([view], (), _NO_WRITE_FLAGS)
         except ChannelError:

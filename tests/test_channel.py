@@ -7,11 +7,10 @@ import asyncio
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from pipechannel import PipeChannel, pipe_pair
-from qiochan_memory import QIOChannelBuffer, QIOChannelNull, memory_pipe
 
 from qiochan import (
     ERR_BLOCK,
@@ -23,6 +22,7 @@ from qiochan import (
     Shutdown,
     WriteFlag,
 )
+from qiochan_memory import QIOChannelBuffer, QIOChannelNull, memory_pipe
 
 
 class TricklePipe(PipeChannel):
@@ -71,7 +71,7 @@ def test_read_into_array_fills_its_bytes() -> None:
 
 @pytest.mark.parametrize("bad", [b"bytes", "text", 42, [b"ok", 3], [None]])
 def test_bad_read_iov_is_a_type_error(bad: object) -> None:
-    with QIOChannelBuffer() as buf, pytest.raises(TypeError, match="iov|buffer|read-only"):
+    with QIOChannelBuffer() as buf, pytest.raises(TypeError, match=r"iov|buffer|read-only"):
         buf.readv(bad)  # type: ignore[arg-type]
 
 
@@ -158,12 +158,12 @@ def test_closed_channel_refuses_everything() -> None:
     null.close()
     null.close()
     assert null.closed
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: null.write(b"x"),
         lambda: null.read(bytearray(1)),
         lambda: null.writev_all([b"x"]),
         lambda: null.seek(0),
-        lambda: null.flush(),
+        null.flush,
         lambda: null.set_blocking(False),
         lambda: null.set_cork(True),
         lambda: null.create_watch(Condition.IN),

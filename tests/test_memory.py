@@ -6,10 +6,10 @@ import os
 import threading
 
 import pytest
-from qiochan_memory import QIOChannelBuffer, QIOChannelNull, memory_pipe
 
 import qiochan
 from qiochan import ERR_BLOCK, AddressError, ChannelError, Condition, Feature, Shutdown
+from qiochan_memory import QIOChannelBuffer, QIOChannelNull, memory_pipe
 
 
 def test_buffer_reads_and_writes_at_offset() -> None:

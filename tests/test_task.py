@@ -12,8 +12,13 @@ from qiochan import QIOTask
 
 def test_complete_then_notify_with_data() -> None:
     order: list[str] = []
-    task = QIOTask("src", lambda t, a, b: order.append(f"complete {a}{b}"), 1, 2,
-                   notify=lambda a, b: order.append(f"notify {a}{b}"))
+    task = QIOTask(
+        "src",
+        lambda t, a, b: order.append(f"complete {a}{b}"),
+        1,
+        2,
+        notify=lambda a, b: order.append(f"notify {a}{b}"),
+    )
     task.set_result("value")
     task.complete()
     task.complete()

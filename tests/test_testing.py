@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from pipechannel import PipeChannel, pipe_pair
-from qiochan_memory import memory_pipe
 
 from qiochan import Condition, QIOChannel, ReadFlag, WriteFlag
 from qiochan.testing import (
@@ -21,6 +20,7 @@ from qiochan.testing import (
     run_check,
 )
 from qiochan.watch import FdWatchSource, WatchSource
+from qiochan_memory import memory_pipe
 
 
 @pytest.fixture
@@ -88,13 +88,13 @@ def test_kit_catches_dropped_bytes(short_timeout: None, no_fd_leak: None) -> Non
 
 
 def test_kit_catches_missing_readiness(short_timeout: None, no_fd_leak: None) -> None:
-    with pytest.raises(AssertionError, match="never became ready|did not finish"):
+    with pytest.raises(AssertionError, match=r"never became ready|did not finish"):
         run_check(
             "transfer_nonblocking",
             lambda: broken_pair(DeafPipe, broken_writer=False),
             two_way=False,
         )
-    with pytest.raises(AssertionError, match="watch|finish"):
+    with pytest.raises(AssertionError, match=r"watch|finish"):
         run_check("watch_in", lambda: broken_pair(DeafPipe, broken_writer=False), two_way=False)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from qiochan_memory import QIOChannelBuffer, memory_pipe
 
 import qiochan
 from qiochan import AddressError, HandshakeError, PluginError, QIOChannel
@@ -15,6 +14,7 @@ from qiochan.transport import (
     parse_layer,
     resolve_address,
 )
+from qiochan_memory import QIOChannelBuffer, memory_pipe
 
 
 def test_parse_layer_spec() -> None:
@@ -28,8 +28,12 @@ def test_parse_layer_spec() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [(":x=1", "no name"), ("tls:creds", "key=value"), ("tls:a=1,a=2", "given twice"),
-     ("tls:=v", "key=value")],
+    [
+        (":x=1", "no name"),
+        ("tls:creds", "key=value"),
+        ("tls:a=1,a=2", "given twice"),
+        ("tls:=v", "key=value"),
+    ],
 )
 def test_bad_layer_specs(text: str, message: str) -> None:
     with pytest.raises(AddressError, match=message):
@@ -64,9 +68,11 @@ def test_failed_layer_closes_the_channels() -> None:
 
 
 def test_unknown_layer_and_bad_layer_type() -> None:
-    with QIOChannelBuffer() as buf:
-        with pytest.raises(PluginError, match="No layer backend for 'nosuchlayer'"):
-            apply_layers(buf, ["nosuchlayer:x=1"], "client")
+    with (
+        QIOChannelBuffer() as buf,
+        pytest.raises(PluginError, match="No layer backend for 'nosuchlayer'"),
+    ):
+        apply_layers(buf, ["nosuchlayer:x=1"], "client")
     with QIOChannelBuffer() as buf, pytest.raises(TypeError, match="a layer must be"):
         apply_layers(buf, [42], "client")
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pytest
 from pipechannel import pipe_pair
-from qiochan_memory import QIOChannelBuffer, memory_pipe
 
 from qiochan import ChannelError, Condition, QIOChannel, source_remove
 from qiochan.watch import (
@@ -19,6 +18,7 @@ from qiochan.watch import (
     Watch,
     resolve_context,
 )
+from qiochan_memory import QIOChannelBuffer, memory_pipe
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -146,8 +146,9 @@ def test_watch_added_from_another_thread(any_loop: asyncio.AbstractEventLoop) ->
         any_loop.stop()
         return False
 
-    runner = threading.Thread(target=lambda: (any_loop.call_soon(started.set),
-                                              any_loop.run_forever()))
+    runner = threading.Thread(
+        target=lambda: (any_loop.call_soon(started.set), any_loop.run_forever())
+    )
     with left, right:
         runner.start()
         assert started.wait(5)
@@ -160,8 +161,9 @@ def test_watch_added_from_another_thread(any_loop: asyncio.AbstractEventLoop) ->
 def test_close_removes_the_channels_watches(any_loop: asyncio.AbstractEventLoop) -> None:
     left, right = memory_pipe()
     notified: list[int] = []
-    watch = right.add_watch_source(Condition.IN, lambda *_: True, 7, notify=notified.append,
-                                   context=any_loop)
+    watch = right.add_watch_source(
+        Condition.IN, lambda *_: True, 7, notify=notified.append, context=any_loop
+    )
     right.close()
     left.close()
     assert notified == [7] and not watch.attached

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from pipechannel import pipe_pair
-from qiochan_memory import memory_pipe
 
 from qiochan.testing import ONE_WAY_CHECKS, TWO_WAY_CHECKS, run_check
+from qiochan_memory import memory_pipe
 
 
 @pytest.mark.parametrize("name", list(TWO_WAY_CHECKS))
