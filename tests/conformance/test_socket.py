@@ -33,19 +33,19 @@ def _connected_pair(address: str) -> Pair:
     return client, server
 
 
-def test_tcp_ipv4(qiochan_conformance: Runner) -> None:
+def test_tcp_ipv4(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(lambda: _connected_pair("tcp:127.0.0.1:0"))
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
-def test_tcp_ipv6(qiochan_conformance: Runner) -> None:
+def test_tcp_ipv6(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(lambda: _connected_pair("tcp:[::1]:0"))
 
 
-def test_unix_socket(qiochan_conformance: Runner, tmp_path: Path) -> None:
+def test_unix_socket(qiochan_conformance: Runner, tmp_path: Path, no_fd_leak: None) -> None:
     path = tmp_path / "conformance.sock"
     qiochan_conformance(lambda: _connected_pair(f"unix:{path}"))
 
 
-def test_socketpair(qiochan_conformance: Runner) -> None:
+def test_socketpair(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(socket_pair)

@@ -1,0 +1,39 @@
+"""The command backend: :class:`QIOChannelCommand` over a child process's stdin/stdout.
+
+Registered through the ``qiochan.plugins`` entry point like any third-party
+plugin.  Scheme: ``exec:SHELL-COMMAND`` (run with ``/bin/sh -c``), through
+``open_channel`` (mode ``r``, ``w`` or ``rw``) or ``connect`` (``rw``).
+"""
+
+from __future__ import annotations
+
+from qiochan.channel import Feature
+from qiochan.hookspecs import hookimpl
+from qiochan.registry import Backend
+
+from .backend import connect_command, open_command
+from .channel import DEFAULT_CLOSE_TIMEOUT, QIOChannelCommand
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "QIOChannelCommand",
+    "connect_command",
+    "open_command",
+    "qiochan_backends",
+]
+
+
+@hookimpl
+def qiochan_backends() -> list[Backend]:
+    """Declare the command backend."""
+    return [
+        Backend(
+            name="command",
+            schemes=("exec",),
+            kind="transport",
+            features=frozenset({Feature.SHUTDOWN}),
+            connect=connect_command,
+            open=open_command,
+            description="a child process's stdin/stdout (exec:, run with /bin/sh -c)",
+        )
+    ]
