@@ -623,9 +623,10 @@ class ChannelServer:
 
     Made by :func:`create_server` and :func:`start_server`; works like
     :class:`asyncio.Server`: :meth:`close`, :meth:`wait_closed`,
-    :meth:`serve_forever`, ``async with``.  Accepting and the server side of
-    each layer's handshake run in worker threads; a client whose handshake
-    fails is logged and dropped, and the server goes on.
+    :meth:`serve_forever`, ``async with``.  Accepting runs in a worker thread
+    and the server side of each client's layer handshakes in another, so a
+    slow client never holds up the next one; a client whose handshake fails
+    is logged and dropped, and the server goes on.
 
     Args:
         listener: what :func:`qiochan.listen` returned.
@@ -640,6 +641,11 @@ class ChannelServer:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._listener = listener
+        # accept raw peers in one thread, run each one's handshakes in another
+        if isinstance(listener, _transport.LayeredListener):
+            self._acceptor, self._layers = listener.inner, list(listener.layers)
+        else:
+            self._acceptor, self._layers = listener, []
         self._protocol_factory = protocol_factory
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._serving = False
@@ -690,7 +696,7 @@ class ChannelServer:
         """Accept peers in this worker thread and hand each to the loop."""
         while not self._closed:
             try:
-                channel = self._listener.accept()
+                channel = self._acceptor.accept()
             except HandshakeError as exc:
                 log.info("%r: a client's handshake failed: %s", self, exc)
                 continue
@@ -714,6 +720,16 @@ class ChannelServer:
         task.add_done_callback(self._setups.discard)
 
     async def _serve_channel(self, channel: QIOChannel) -> None:
+        if self._layers:
+            handshake = functools.partial(_transport.apply_layers, channel, self._layers, "server")
+            try:
+                channel = await _in_thread(handshake)
+            except HandshakeError as exc:
+                log.info("%r: a client's handshake failed: %s", self, exc)
+                return  # apply_layers closed the channel
+            except Exception as exc:
+                log.warning("%r: setting up a client's layers failed: %s", self, exc)
+                return
         try:
             await connect_channel(channel, self._protocol_factory)
         except Exception as exc:

@@ -6,10 +6,12 @@ import asyncio
 import errno
 import hashlib
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+import qiochan.aio
 from qiochan import ChannelError, Shutdown
 from qiochan.aio import ChannelTransport, channel_streams, connect_channel
 from qiochan_memory import QIOChannelNull, memory_pipe
@@ -335,5 +337,119 @@ def test_the_loop_never_blocks_while_a_transfer_waits(run: Runner[None]) -> None
         await drained
         await _close(writer, peer_writer)
         assert reader.at_eof() or await reader.read() == b""
+
+    run(main)
+
+
+def _require(*schemes: str) -> None:
+    """Skip unless an available backend serves every scheme (transport or layer)."""
+    from qiochan.registry import backends
+
+    served = {s for b in backends().values() if b.available for s in b.schemes}
+    missing = [scheme for scheme in schemes if scheme not in served]
+    if missing:
+        pytest.skip(f"no available backend for {', '.join(missing)}")
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write_eof()
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _echo_client(address: Any, payload: bytes, **kwargs: Any) -> bytes:
+    reader, writer = await qiochan.aio.open_connection(address, **kwargs)
+
+    async def send() -> None:
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+
+    sending = asyncio.create_task(send())  # read meanwhile, or the echo would stall
+    echoed = await reader.read()
+    await sending
+    writer.close()
+    await writer.wait_closed()
+    return echoed
+
+
+@pytest.mark.parametrize("address", ["tcp:127.0.0.1:0", "unix"])
+def test_start_server_serves_concurrent_clients(
+    run: Runner[None], address: str, tmp_path: Path
+) -> None:
+    _require("tcp", "unix")
+    if address == "unix":
+        address = f"unix:{tmp_path}/echo.sock"
+
+    async def main() -> None:
+        async with await qiochan.aio.start_server(_echo, address) as server:
+            assert server.is_serving()
+            payloads = [_pattern(n) for n in (1, 70_000, 3 * 1024 * 1024)]
+            echoed = await asyncio.gather(*(_echo_client(str(server.address), p) for p in payloads))
+            assert echoed == payloads
+        assert not server.is_serving()
+
+    run(main)
+
+
+def test_extra_info_names_both_ends_of_a_tcp_connection(run: Runner[None]) -> None:
+    _require("tcp")
+
+    async def main() -> None:
+        accepted: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+
+        async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result((writer.get_extra_info("peername"), writer))
+
+        async with await qiochan.aio.start_server(record, "tcp:127.0.0.1:0") as server:
+            reader, writer = await qiochan.aio.open_connection(str(server.address))
+            peer, server_writer = await accepted
+            assert writer.get_extra_info("peername") == ("127.0.0.1", server.address.port)
+            assert writer.get_extra_info("sockname") == peer
+            server_writer.close()
+            assert await reader.read() == b""
+            await _close(writer, server_writer)
+
+    run(main)
+
+
+def test_serve_forever_returns_on_close_and_cancel_closes(run: Runner[None]) -> None:
+    _require("tcp")
+
+    async def main() -> None:
+        server = await qiochan.aio.start_server(_echo, "tcp:127.0.0.1:0", start_serving=False)
+        assert not server.is_serving()
+        serving = asyncio.create_task(server.serve_forever())
+        assert await _echo_client(str(server.address), b"x") == b"x"
+        server.close()
+        await serving  # close() ends serve_forever normally
+        await server.wait_closed()
+
+        server = await qiochan.aio.start_server(_echo, "tcp:127.0.0.1:0")
+        serving = asyncio.create_task(server.serve_forever())
+        await _spin()
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not server.is_serving()
+        with pytest.raises(ChannelError):
+            await server.start_serving()
+
+    run(main)
+
+
+def test_open_connection_errors(run: Runner[None]) -> None:
+    _require("tcp")
+
+    async def main() -> None:
+        with pytest.raises(ChannelError) as info:
+            await qiochan.aio.open_connection("tcp:127.0.0.1:1")
+        assert info.value.errno == errno.ECONNREFUSED
+        with pytest.raises(qiochan.AddressError):
+            await qiochan.aio.open_connection("tcp:127.0.0.1")
 
     run(main)
