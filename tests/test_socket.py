@@ -468,3 +468,22 @@ def test_unix_dgram_sync(tmp_path: Path, no_fd_leak: None) -> None:
         buf = bytearray(64)
         assert buf[: a.read(buf)] == b"to a"
     assert not os.path.exists(path_a), "the bound datagram socket file is removed on close"
+
+
+def test_no_fd_leak_over_1000_cycles(tmp_path: Path) -> None:
+    from conftest import open_fds
+
+    before = len(open_fds())
+    with QIOChannelSocket() as listener:
+        listener.listen_sync("tcp:127.0.0.1:0", num=8)
+        address = listener.local_address
+        for _ in range(1000):
+            with QIOChannelSocket() as client:
+                client.connect_sync(address)
+                server = listener.accept()
+                assert server is not None
+                server.close()
+            a, b = socket_pair()
+            a.close()
+            b.close()
+    assert len(open_fds()) == before

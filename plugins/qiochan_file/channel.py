@@ -7,7 +7,6 @@ says; pipes, FIFOs and character devices are streams watched through their fd.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from typing import Self
 
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, WriteFlag
-from qiochan.errors import ChannelError, from_oserror
+from qiochan.errors import from_oserror, unsupported
 from qiochan.watch import AlwaysReadySource, Condition, FdWatchSource, WatchSource
 
 __all__ = ["QIOChannelFile", "file_pipe"]
@@ -123,7 +122,7 @@ class QIOChannelFile(QIOChannel):
     def io_seek(self, offset: int, whence: int) -> int:
         fd = self._require_fd()
         if Feature.SEEKABLE not in self._features:
-            raise ChannelError("Unable to seek: the file is not seekable", errno.ESPIPE)
+            raise unsupported("Seek (the file is a stream)")
         try:
             return os.lseek(fd, offset, whence)
         except OSError as exc:
