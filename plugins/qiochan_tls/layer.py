@@ -1,0 +1,155 @@
+"""The ``tls`` layer of :func:`qiochan.connect`/:func:`qiochan.listen`.
+
+Spec: ``tls:creds=DIR[,hostname=H][,verify-peer=on|off][,priority=...]
+[,authz=GLOB][,allow-unclean-eof=on|off][,sanity-check=on|off]``; the role
+(client or server) picks the endpoint's files in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from qiochan.channel import QIOChannel
+from qiochan.errors import AddressError
+from qiochan.options import parse_bool
+
+from .authz import Authz, AuthzList
+from .channel import QIOChannelTLS
+from .creds import TLSCredsX509
+from .layout import CA_CERT, CA_CRL, Endpoint, cert_file, key_file
+
+__all__ = ["OPTIONS", "load_creds", "wrap"]
+
+_CONTEXT = "layer 'tls'"
+#: The options the layer understands (dashes written as underscores).
+OPTIONS = (
+    "creds",
+    "hostname",
+    "verify_peer",
+    "priority",
+    "authz",
+    "allow_unclean_eof",
+    "sanity_check",
+)
+_CACHE_SIZE = 16
+_cache: OrderedDict[tuple[Any, ...], TLSCredsX509] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _stamp(directory: Path, endpoint: Endpoint) -> tuple[tuple[int, int] | None, ...]:
+    stamps: list[tuple[int, int] | None] = []
+    for name in (CA_CERT, CA_CRL, cert_file(endpoint), key_file(endpoint)):
+        try:
+            info = os.stat(directory / name)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((info.st_mtime_ns, info.st_size))
+    return tuple(stamps)
+
+
+def load_creds(
+    directory: str | os.PathLike[str],
+    endpoint: Endpoint,
+    verify_peer: bool = True,
+    priority: str | None = None,
+    sanity_check: bool = True,
+) -> TLSCredsX509:
+    """Return credentials for ``endpoint`` from ``directory``, reusing a previous load.
+
+    A listener wraps every accepted client, so loads are cached; a change to
+    any of the files (mtime or size) loads them again.
+
+    Raises:
+        TLSError: as :class:`TLSCredsX509`.
+    """
+    path = Path(directory).absolute()
+    key = (path, endpoint, verify_peer, priority, sanity_check, _stamp(path, endpoint))
+    with _cache_lock:
+        creds = _cache.get(key)
+        if creds is not None:
+            _cache.move_to_end(key)
+            return creds
+    creds = TLSCredsX509(path, endpoint, verify_peer, priority, sanity_check)
+    with _cache_lock:
+        _cache[key] = creds
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return creds
+
+
+def _remote_host(channel: QIOChannel) -> str | None:
+    host = getattr(getattr(channel, "remote_address", None), "host", None)
+    return host if isinstance(host, str) and host else None
+
+
+def _authz(value: Any) -> Authz | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return AuthzList([(value, "allow")], policy="deny")
+    if isinstance(value, Authz):
+        return value
+    raise AddressError(f"{_CONTEXT}: authz must be a glob or an authorizer, not {value!r}")
+
+
+def _creds(value: Any, role: Endpoint, options: dict[str, Any]) -> TLSCredsX509:
+    if isinstance(value, TLSCredsX509):
+        return value
+    if not value:
+        raise AddressError(f"{_CONTEXT} needs creds=DIR (a QEMU x509 credentials directory)")
+    return load_creds(
+        str(value),
+        role,
+        verify_peer=parse_bool(options.get("verify_peer", True), "verify_peer", _CONTEXT),
+        priority=options.get("priority") or None,
+        sanity_check=parse_bool(options.get("sanity_check", True), "sanity_check", _CONTEXT),
+    )
+
+
+def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
+    """Wrap ``channel`` in TLS for ``role`` and complete the handshake.
+
+    A client without ``hostname=`` verifies the server against the host of the
+    channel's ``remote_address`` (a TCP peer's address), if it has one.
+
+    Returns:
+        The TLS channel, handshake done (the caller owns it).
+    Raises:
+        AddressError: an unknown or malformed option, or a client that verifies
+            its peer with no hostname to check.
+        TLSError: bad credentials.  TLSHandshakeError: the handshake failed.
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        known = ", ".join(name.replace("_", "-") for name in OPTIONS)
+        raise AddressError(f"{_CONTEXT}: unknown option(s) {', '.join(unknown)} (known: {known})")
+    creds = _creds(options.get("creds"), role, options)
+    unclean = parse_bool(options.get("allow_unclean_eof", False), "allow_unclean_eof", _CONTEXT)
+    hostname = options.get("hostname") or None
+    authz = _authz(options.get("authz"))
+    if role == "server":
+        if hostname is not None:
+            raise AddressError(f"{_CONTEXT}: hostname= applies to a client only")
+        tls = QIOChannelTLS.new_server(channel, creds, authz, allow_unclean_eof=unclean)
+    else:
+        if authz is not None:
+            raise AddressError(f"{_CONTEXT}: authz= applies to a server only")
+        if hostname is None and creds.verify_peer:
+            hostname = _remote_host(channel)
+            if hostname is None:
+                raise AddressError(
+                    f"{_CONTEXT}: hostname= is needed to verify the server "
+                    "(the channel has no remote host to use)"
+                )
+        tls = QIOChannelTLS.new_client(channel, creds, hostname, allow_unclean_eof=unclean)
+    try:
+        tls.handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls

@@ -1,0 +1,415 @@
+"""The TLS record layer over a master channel: an :class:`ssl.SSLObject` between two MemoryBIOs.
+
+:class:`TLSSession` moves ciphertext between the master :class:`QIOChannel`
+and OpenSSL, so the session runs over any channel (socket, command pipe,
+memory pipe, websocket).  It is safe for one reader thread and one writer
+thread at a time (plus :meth:`TLSSession.send_close_notify` from any thread):
+
+* ``_ssl_lock`` guards the SSLObject and the BIOs (held only for CPU work);
+* ``_send_lock`` serialises sending ciphertext, so records leave in order;
+* ``_recv_lock`` serialises reading the master.
+
+Non-blocking writes follow OpenSSL's ``SSL_write`` rule: when a write returns
+:data:`~qiochan.ERR_BLOCK` after its data was encrypted, the caller retries with
+the same data, and the retry reports those bytes once their records are sent.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Generator
+
+from qiochan.channel import ERR_BLOCK, QIOChannel
+from qiochan.errors import ChannelError, TLSError, TLSHandshakeError
+from qiochan.watch import Condition
+
+__all__ = ["RECV_CHUNK", "WRITE_CHUNK", "TLSSession", "describe_ssl_error"]
+
+log = logging.getLogger("qiochan.tls")
+
+#: Ciphertext bytes read from the master at a time.
+RECV_CHUNK = 256 * 1024
+#: Plaintext bytes encrypted per write call at most.
+WRITE_CHUNK = 256 * 1024
+# smaller buffers of a writev are gathered into one record-sized write
+_GATHER = 16 * 1024
+
+
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """Return a readable reason for ``exc``.
+
+    For example ``certificate verify failed: certificate has expired`` or
+    ``tlsv13 alert certificate required``.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return str(reason).replace("_", " ").lower()
+    return str(exc)
+
+
+class TLSSession:
+    """One TLS session's state over ``master``.
+
+    Args:
+        master: the channel carrying the ciphertext (not owned: the caller closes it).
+        context: the configured context (server or client).
+        server_side: True for the server end.
+        hostname: the name to send (SNI) and, if the context checks names, verify.
+        label: how messages name this end (``TLS client for 'localhost'``).
+    """
+
+    def __init__(
+        self,
+        master: QIOChannel,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        hostname: str | None,
+        label: str,
+    ) -> None:
+        self.master = master
+        self.label = label
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=hostname
+        )
+        self._ssl_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._send_buf = b""
+        self._send_off = 0
+        self._unreported = 0
+        self._stash = bytearray()  # plaintext drained before close_notify was queued
+        self._rbuf = bytearray(RECV_CHUNK)
+        self._rview = memoryview(self._rbuf)
+        self.handshake_done = False
+        self.failed = False
+        self.peer_closed = False  # the peer's close_notify arrived
+        self.transport_eof = False  # the master reached EOF
+        self.close_notify_sent = False
+
+    # -- facts about the session ------------------------------------------------
+
+    def version(self) -> str | None:
+        """The negotiated protocol (``TLSv1.3``), None before the handshake."""
+        return self._ssl.version()
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """The negotiated cipher ``(name, protocol, secret bits)``, None before the handshake."""
+        return self._ssl.cipher()
+
+    def peer_cert_der(self) -> bytes | None:
+        """The peer's certificate in DER, None when it sent none."""
+        return self._ssl.getpeercert(binary_form=True)
+
+    def readable_now(self) -> bool:
+        """True when a read would not wait for the master: data or an end is already here."""
+        if self.peer_closed or self.transport_eof or self._incoming.pending:
+            return True
+        with self._ssl_lock:
+            return bool(self._stash) or self._ssl.pending() > 0
+
+    def _error(self, what: str, exc: ssl.SSLError) -> TLSError:
+        self.failed = True
+        return TLSError(f"{self.label}: {what} failed: {describe_ssl_error(exc)}")
+
+    # -- moving ciphertext ----------------------------------------------------
+
+    def _flush(self, blocking: bool) -> bool:
+        """Send queued ciphertext (caller holds ``_send_lock``).
+
+        Returns:
+            True when everything was sent; False when the master would block
+            and ``blocking`` is False.
+        """
+        while True:
+            if self._send_off >= len(self._send_buf):
+                with self._ssl_lock:
+                    data = self._outgoing.read()
+                self._send_buf, self._send_off = data, 0
+                if not data:
+                    return True
+            n = self.master.write(memoryview(self._send_buf)[self._send_off :])
+            if n == ERR_BLOCK:
+                if not blocking:
+                    return False
+                self.master.wait(Condition.OUT)
+                continue
+            self._send_off += n
+
+    def _fill(self, blocking: bool) -> int:
+        """Read ciphertext from the master into the incoming BIO (caller holds ``_recv_lock``).
+
+        Returns:
+            Bytes read, 0 at the master's EOF, or ERR_BLOCK (only when not ``blocking``).
+        """
+        while True:
+            n = self.master.read(self._rview)
+            if n == ERR_BLOCK:
+                if not blocking:
+                    return ERR_BLOCK
+                self.master.wait(Condition.IN)
+                continue
+            if n > 0:
+                with self._ssl_lock:
+                    self._incoming.write(self._rview[:n])
+            else:
+                self.transport_eof = True
+            return n
+
+    # -- handshake ----------------------------------------------------------------
+
+    def handshake_steps(self) -> Generator[Condition, None, None]:
+        """Run the handshake; yield the master condition to wait for whenever it would block.
+
+        Raises:
+            TLSHandshakeError: the handshake failed (bad certificate, alert, early close).
+            ChannelError: the master failed.
+        """
+        while True:
+            done = self._handshake_once()
+            while not self._send_some():
+                yield Condition.OUT
+            if done:
+                self.handshake_done = True
+                return
+            while True:
+                with self._recv_lock:
+                    n = self._fill(blocking=False)
+                if n != ERR_BLOCK:
+                    break
+                yield Condition.IN
+            if n == 0:
+                self.failed = True
+                raise TLSHandshakeError(
+                    f"{self.label}: handshake failed: the peer closed the connection",
+                    errno.ECONNRESET,
+                )
+
+    def _send_some(self) -> bool:
+        with self._send_lock:
+            return self._flush(blocking=False)
+
+    def _handshake_once(self) -> bool:
+        with self._ssl_lock:
+            try:
+                self._ssl.do_handshake()
+                return True
+            except ssl.SSLWantReadError:
+                return False
+            except ssl.SSLError as exc:
+                error = exc
+        self.failed = True
+        self._send_alert()
+        raise TLSHandshakeError(
+            f"{self.label}: handshake failed: {describe_ssl_error(error)}"
+        ) from error
+
+    def _send_alert(self) -> None:
+        """Best effort: deliver the alert OpenSSL queued, so the peer learns why."""
+        try:
+            self._send_some()
+        except ChannelError as exc:
+            log.debug("%s: could not send the alert: %s", self.label, exc)
+
+    # -- application data ----------------------------------------------------
+
+    def read_into(self, iov: list[memoryview], blocking: bool, relaxed_eof: bool) -> int:
+        """Decrypt into ``iov``.
+
+        Returns:
+            Bytes read, 0 at EOF, or ERR_BLOCK (non-blocking, nothing decrypted yet).
+        Raises:
+            TLSError: a bad record or alert, or the peer ended the transport without
+                close_notify while ``relaxed_eof`` is False.
+        """
+        with self._recv_lock:
+            while True:
+                got = self._decrypt(iov)
+                if got or self.peer_closed:
+                    return got
+                if not self.transport_eof:
+                    n = self._fill(blocking)
+                    if n == ERR_BLOCK:
+                        return ERR_BLOCK
+                    if n > 0:
+                        continue
+                if relaxed_eof:
+                    return 0
+                raise TLSError(
+                    f"{self.label}: the peer closed the connection without a TLS close_notify "
+                    "(the data may be truncated; allow_unclean_eof or RELAXED_EOF accept it)",
+                    errno.ECONNABORTED,
+                )
+
+    def _decrypt(self, iov: list[memoryview]) -> int:
+        total = 0
+        with self._ssl_lock:
+            if self._stash:
+                return self._take_stash(iov)
+            for view in iov:
+                size = view.nbytes
+                filled = 0
+                while filled < size:
+                    try:
+                        n = self._read_into(view[filled:] if filled else view)
+                    except ssl.SSLWantReadError:
+                        return total + filled
+                    except ssl.SSLZeroReturnError:
+                        n = 0
+                    except ssl.SSLError as exc:
+                        raise self._error("read", exc) from exc
+                    if n == 0:
+                        self.peer_closed = True
+                        return total + filled
+                    filled += n
+                total += filled
+        return total
+
+    def _read_into(self, view: memoryview) -> int:
+        # typeshed types read() as returning bytes; with a buffer it returns a count
+        read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]
+        return read(view.nbytes, view)
+
+    def _take_stash(self, iov: list[memoryview]) -> int:
+        done = 0
+        for view in iov:
+            chunk = min(view.nbytes, len(self._stash) - done)
+            if chunk <= 0:
+                break
+            view[:chunk] = self._stash[done : done + chunk]
+            done += chunk
+        del self._stash[:done]
+        return done
+
+    def write_from(self, iov: list[memoryview], blocking: bool) -> int:
+        """Encrypt and send from ``iov``.
+
+        Returns:
+            Plaintext bytes consumed, or ERR_BLOCK: then retry with the same data.
+        Raises:
+            ChannelError: the write side was shut down (EPIPE) or the master failed.
+            TLSError: OpenSSL refused to encrypt.
+        """
+        with self._send_lock:
+            if self.close_notify_sent:
+                raise ChannelError(
+                    f"{self.label}: Unable to write: the TLS session was shut down for writing",
+                    errno.EPIPE,
+                )
+            if not self._flush(blocking):
+                return ERR_BLOCK
+            if self._unreported:
+                done = min(self._unreported, sum(view.nbytes for view in iov))
+                self._unreported -= done
+                return done
+            consumed = self._encrypt(iov)
+            if not self._flush(blocking):
+                self._unreported = consumed
+                return ERR_BLOCK
+            return consumed
+
+    def _encrypt(self, iov: list[memoryview]) -> int:
+        budget = WRITE_CHUNK
+        consumed = 0
+        gathered = bytearray()
+        with self._ssl_lock:
+            for view in iov:
+                if budget <= 0:
+                    break
+                piece = view if view.nbytes <= budget else view[:budget]
+                if piece.nbytes < _GATHER:
+                    gathered += piece
+                    if len(gathered) >= _GATHER:
+                        self._encrypt_one(gathered)
+                        gathered = bytearray()
+                elif piece.nbytes:
+                    if gathered:
+                        self._encrypt_one(gathered)
+                        gathered = bytearray()
+                    self._encrypt_one(piece)
+                consumed += piece.nbytes
+                budget -= piece.nbytes
+            if gathered:
+                self._encrypt_one(gathered)
+        return consumed
+
+    def _encrypt_one(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            raise self._error("write", exc) from exc
+
+    # -- ending -------------------------------------------------------------------
+
+    def send_close_notify(self, wait: bool) -> bool:
+        """Queue close_notify (once) and send it with whatever ciphertext is still queued.
+
+        Args:
+            wait: block until it is sent.  When False, give up at once if another
+                thread is writing or the master is not writable right now.
+        Returns:
+            True when close_notify was sent.
+        Raises:
+            ChannelError: the master failed while sending.
+        """
+        if not self.handshake_done or self.failed:
+            return False
+        if not self._send_lock.acquire(blocking=wait):
+            return False
+        try:
+            if not self.close_notify_sent:
+                self._queue_close_notify()
+            if wait:
+                return self._flush(blocking=True)
+            return self._flush_if_writable()
+        finally:
+            self._send_lock.release()
+
+    def _queue_close_notify(self) -> None:
+        with self._ssl_lock:
+            # OpenSSL discards (and complains about) application data it meets while
+            # waiting for the peer's close_notify: keep what already arrived
+            self._drain_to_stash()
+            try:
+                self._ssl.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # our close_notify is queued; the peer's has not come yet
+            except ssl.SSLError as exc:
+                raise self._error("shutdown", exc) from exc
+            self.close_notify_sent = True
+
+    def _drain_to_stash(self) -> None:
+        while not self.peer_closed:
+            try:
+                data = self._ssl.read(RECV_CHUNK)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                data = b""
+            except ssl.SSLError:
+                return  # the reader meets the same error on its next read
+            if not data:
+                self.peer_closed = True
+                return
+            self._stash += data
+
+    def _queued(self) -> bool:
+        with self._ssl_lock:
+            return self._send_off < len(self._send_buf) or self._outgoing.pending > 0
+
+    def _flush_if_writable(self) -> bool:
+        while self._queued():
+            try:
+                self.master.wait(Condition.OUT, timeout=0)
+            except TimeoutError:
+                return False
+            if self._flush(blocking=False):
+                return True
+        return True

@@ -1,0 +1,140 @@
+"""The conformance kit over TLS: on a memory pipe, TCP, a unix socket pair and a command pipe."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import qiochan
+from qiochan.channel import QIOChannel
+from qiochan_command import QIOChannelCommand
+from qiochan_memory import memory_pipe
+from qiochan_socket import QIONetListener, socket_pair
+from qiochan_tls import QIOChannelTLS, TLSCredsX509
+from qiochan_tls.certs import create_creds_dir
+from qiochan_tls.testing import handshake_pair
+
+Pair = tuple[QIOChannel, QIOChannel]
+Masters = Callable[[], Pair]
+Runner = Callable[..., None]
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> tuple[TLSCredsX509, TLSCredsX509]:
+    directory = tmp_path_factory.mktemp("tls-creds")
+    create_creds_dir(directory)
+    return TLSCredsX509(directory, "server"), TLSCredsX509(directory, "client")
+
+
+def _tls_factory(masters: Masters, creds: tuple[TLSCredsX509, TLSCredsX509]) -> Callable[[], Pair]:
+    """Pairs ``(client, server)`` of TLS channels over fresh master pairs ``(client, server)``."""
+    server_creds, client_creds = creds
+
+    def make() -> Pair:
+        client_master, server_master = masters()
+        server = QIOChannelTLS.new_server(server_master, server_creds)
+        client = QIOChannelTLS.new_client(client_master, client_creds, "localhost")
+        try:
+            handshake_pair(server, client)
+        except BaseException:
+            server.close()
+            client.close()
+            raise
+        return client, server
+
+    return make
+
+
+def _tcp_masters() -> Pair:
+    with QIONetListener() as listener:
+        listener.open_sync("tcp:127.0.0.1:0")
+        client = qiochan.connect(listener.address)
+        server = listener.wait_client()
+    return client, server
+
+
+# The relay child: copies stdin to a unix socket and the socket to stdout, keeps a
+# half-closed direction going, and exits as soon as the parent closes its stdout.
+_RELAY = """
+import os, select, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+poller = select.poll()
+poller.register(0, select.POLLIN)
+poller.register(sock, select.POLLIN)
+poller.register(1, 0)  # POLLERR once the parent closes the read end of our stdout
+ends = 2
+try:
+    while ends:
+        for fd, _events in poller.poll():
+            if fd == 1:
+                sys.exit(0)
+            if fd == 0:
+                data = os.read(0, 65536)
+                if data:
+                    sock.sendall(data)
+                    continue
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                data = sock.recv(65536)
+                if data:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(1, view):]
+                    continue
+                poller.unregister(1)
+                os.close(1)
+            poller.unregister(fd)
+            ends -= 1
+except BrokenPipeError:
+    pass
+"""
+
+
+@pytest.fixture
+def relay_masters(tmp_path: Path) -> Iterator[Masters]:
+    """A command channel whose child relays bytes to a unix socket we accept on."""
+    path = tmp_path / "relay.sock"
+    with QIONetListener() as listener:
+        listener.open_sync(f"unix:{path}")
+
+        def make() -> Pair:
+            command = QIOChannelCommand.new_spawn([sys.executable, "-c", _RELAY, str(path)])
+            try:
+                server = listener.wait_client()
+            except BaseException:
+                command.close()
+                raise
+            return command, server
+
+        yield make
+
+
+def test_tls_over_memory_pipe(
+    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
+) -> None:
+    qiochan_conformance(_tls_factory(memory_pipe, creds))
+
+
+def test_tls_over_tcp(
+    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
+) -> None:
+    qiochan_conformance(_tls_factory(_tcp_masters, creds))
+
+
+def test_tls_over_unix_socketpair(
+    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
+) -> None:
+    qiochan_conformance(_tls_factory(socket_pair, creds))
+
+
+def test_tls_over_command_pipe(
+    qiochan_conformance: Runner,
+    creds: tuple[TLSCredsX509, TLSCredsX509],
+    relay_masters: Masters,
+    no_fd_leak: None,
+) -> None:
+    qiochan_conformance(_tls_factory(relay_masters, creds))
