@@ -1,0 +1,381 @@
+"""The writing half of :class:`~qiochan.qemufile.QEMUFile`: put_*, iovec batching, flush.
+
+Bytes written with ``put_*`` are copied into the internal buffer; the buffer
+region written since the last zero-copy buffer forms one open iovec segment
+(``_buf[_seg:_index]``), so consecutive puts coalesce for free.
+``put_buffer_async`` closes that segment and queues the caller's memory itself.
+A flush sends every queued iovec with a single ``writev_all``; it happens when
+the buffer is full, when the 64th iovec is queued, and on ``fflush``.
+
+The fast paths (``put_byte``, ``put_be*``, ``put_buffer`` while the data fits)
+do one comparison, one ``pack_into`` or slice copy and one store; anything
+unusual (full buffer, error, closed, input stream) takes the slow path.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import zlib
+from typing import Any
+
+from ._qemufile_base import (
+    BE16,
+    BE32,
+    BE64,
+    BYTE,
+    IO_BUF_SIZE,
+    MAX_IOV_SIZE,
+    QEMUFileBase,
+    bad_value,
+)
+from ._qemufile_io import write_all
+from ._qemufile_pages import byte_view, merge_adjacent, release_pages
+
+__all__ = ["OutputMixin", "compress_bound"]
+
+_pack16 = BE16.pack_into
+_pack32 = BE32.pack_into
+_pack64 = BE64.pack_into
+_LENGTH_SIZE = BE32.size
+
+
+def compress_bound(size: int) -> int:
+    """Return zlib's ``compressBound(size)``: the most ``size`` bytes can deflate to."""
+    return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
+
+
+class OutputMixin(QEMUFileBase):
+    """put_* operations, the iovec queue and fflush."""
+
+    # -- values -----------------------------------------------------------------
+
+    def put_byte(self, v: int) -> None:
+        """Write one byte.
+
+        Raises:
+            ValueError: ``v`` is not in 0..255 (nothing is written).
+            ChannelError: the file is closed or is an input stream.
+        """
+        i = self._index
+        if i + 1 < self._fast_end:
+            try:
+                self._buf[i] = v
+            except ValueError:
+                raise bad_value("put_byte", 8, v) from None
+            self._index = i + 1
+        else:
+            self._put_value(BYTE, v, "put_byte")
+
+    def put_be16(self, v: int) -> None:
+        """Write ``v`` as a big-endian 16-bit value.
+
+        Raises:
+            ValueError: ``v`` is not in 0..65535 (nothing is written).
+            ChannelError: the file is closed or is an input stream.
+        """
+        i = self._index
+        if i + 2 < self._fast_end:
+            try:
+                _pack16(self._buf, i, v)
+            except struct.error:
+                raise bad_value("put_be16", 16, v) from None
+            self._index = i + 2
+        else:
+            self._put_value(BE16, v, "put_be16")
+
+    def put_be32(self, v: int) -> None:
+        """Write ``v`` as a big-endian 32-bit value.
+
+        Raises:
+            ValueError: ``v`` is not in 0..2**32-1 (nothing is written).
+            ChannelError: the file is closed or is an input stream.
+        """
+        i = self._index
+        if i + 4 < self._fast_end:
+            try:
+                _pack32(self._buf, i, v)
+            except struct.error:
+                raise bad_value("put_be32", 32, v) from None
+            self._index = i + 4
+        else:
+            self._put_value(BE32, v, "put_be32")
+
+    def put_be64(self, v: int) -> None:
+        """Write ``v`` as a big-endian 64-bit value.
+
+        Raises:
+            ValueError: ``v`` is not in 0..2**64-1 (nothing is written).
+            ChannelError: the file is closed or is an input stream.
+        """
+        i = self._index
+        if i + 8 < self._fast_end:
+            try:
+                _pack64(self._buf, i, v)
+            except struct.error:
+                raise bad_value("put_be64", 64, v) from None
+            self._index = i + 8
+        else:
+            self._put_value(BE64, v, "put_be64")
+
+    def _put_value(self, packer: struct.Struct, v: int, what: str) -> None:
+        self._check_writable(what)
+        try:
+            packer.pack_into(self._scratch, 0, v)
+        except struct.error:
+            raise bad_value(what, packer.size * 8, v) from None
+        if not self._error:
+            self._put_view(self._scratch_view, packer.size)
+
+    # -- buffers ------------------------------------------------------------------
+
+    def put_buffer(self, buf: Any) -> None:
+        """Copy the bytes-like ``buf`` into the stream.
+
+        Raises:
+            TypeError: ``buf`` is not a bytes-like object.
+            ChannelError: the file is closed or is an input stream.
+        """
+        kind = type(buf)
+        if (
+            kind is bytes
+            or kind is bytearray
+            or (kind is memoryview and buf.format == "B" and buf.ndim == 1)
+        ):
+            n = len(buf)
+        else:
+            buf = byte_view(buf, "put_buffer")
+            n = len(buf)
+        i = self._index
+        j = i + n
+        if j < self._fast_end:
+            self._view[i:j] = buf
+            self._index = j
+        else:
+            self._check_writable("put_buffer")
+            if not self._error:
+                self._put_view(buf, n)
+
+    def _put_view(self, data: Any, n: int) -> None:
+        """Copy the ``n`` bytes of ``data`` (bytes-like, byte format) through the buffer.
+
+        The buffer is flushed each time it fills (and when a new buffer segment
+        is the 64th iovec), as QEMU's put_buffer/add_buf_to_iovec do.
+        """
+        view = self._view
+        src = data if type(data) is memoryview else memoryview(data)
+        done = 0
+        while done < n:
+            i = self._index
+            chunk = min(IO_BUF_SIZE - i, n - done)
+            view[i : i + chunk] = src[done : done + chunk]
+            self._add_internal(chunk)
+            if self._error:
+                break
+            done += chunk
+        self._refresh_fast()
+
+    def _add_internal(self, n: int) -> None:
+        """Account ``n`` bytes just written at ``_index`` (QEMU's add_buf_to_iovec)."""
+        i = self._index
+        opens_iovec = i == self._seg
+        self._index = i + n
+        if (opens_iovec and len(self._iov) + 1 >= MAX_IOV_SIZE) or i + n == IO_BUF_SIZE:
+            self._flush()
+
+    def put_buffer_async(self, buf: Any, may_free: bool = False) -> None:
+        """Queue ``buf`` itself (no copy) to be sent by the next flush.
+
+        The caller must keep ``buf`` unchanged until the next flush (``fflush``,
+        a full buffer or iovec list, ``transferred``, ``fclose``).  A buffer
+        adjacent in memory to the one queued just before it (for example the
+        next page of the same ``mmap``) extends that iovec instead of taking a
+        new one.  With ``may_free``, whole pages of an ``mmap``-backed ``buf``
+        are released with ``madvise(MADV_DONTNEED)`` after the flush (a private
+        anonymous mapping then reads back as zeros).
+
+        Raises:
+            TypeError: ``buf`` is not a C-contiguous bytes-like object.
+            ChannelError: the file is closed or is an input stream.
+        """
+        kind = type(buf)
+        if kind is memoryview and buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
+            view = buf
+        elif kind is bytes or kind is bytearray:
+            view = memoryview(buf)
+        else:
+            view = byte_view(buf, "put_buffer_async")
+        if not self._fast_end:
+            self._check_writable("put_buffer_async")
+            if self._error:
+                return
+        n = len(view)
+        if not n:
+            return
+        iov = self._iov
+        i = self._index
+        seg = self._seg
+        if i > seg:
+            iov.append(self._view[seg:i])
+            iov.append(view)
+            self._iov_bytes += i - seg + n
+            self._seg = i
+        else:
+            if not (iov and view.obj is iov[-1].obj and self._coalesce(view, may_free)):
+                iov.append(view)
+            self._iov_bytes += n
+        count = len(iov)
+        if may_free and not (self._free and self._free[-1] == count - 1):
+            self._free.append(count - 1)
+        if count >= MAX_IOV_SIZE - 1:
+            if count >= MAX_IOV_SIZE:
+                self._flush()
+            else:
+                self._fast_end = 0
+
+    def _coalesce(self, view: memoryview, may_free: bool) -> bool:
+        """Extend the last queued iovec with ``view`` if adjacent and alike; return True if so."""
+        last = len(self._iov) - 1
+        prev = self._iov[last]
+        if prev.obj is self._buf:
+            return False
+        if may_free != bool(self._free and self._free[-1] == last):
+            return False
+        merged = merge_adjacent(prev, view)
+        if merged is None:
+            return False
+        self._iov[last] = merged
+        return True
+
+    def put_counted_string(self, s: str | bytes) -> None:
+        """Write a length byte followed by ``s`` (a ``str`` is encoded as UTF-8).
+
+        Raises:
+            ValueError: ``s`` is 256 bytes or longer (nothing is written).
+            TypeError: ``s`` is neither str nor bytes-like.
+            ChannelError: the file is closed or is an input stream.
+        """
+        data = s.encode() if isinstance(s, str) else byte_view(s, "put_counted_string")
+        n = len(data) if isinstance(data, bytes) else data.nbytes
+        if n >= 256:
+            raise ValueError(f"put_counted_string: string of {n} bytes is too long (max 255)")
+        self._check_writable("put_counted_string")
+        self.put_byte(n)
+        self.put_buffer(data)
+
+    def put_compression_data(self, data: Any, level: int = 1) -> int:
+        """Deflate ``data`` (zlib format) into the internal buffer, preceded by its be32 length.
+
+        Nothing is flushed to make room: the compressed block must fit in the
+        space left in the buffer, whatever ``data`` compresses to
+        (``compressBound``), as in QEMU.
+
+        Returns:
+            The bytes added to the stream (length field included), or -1 when
+            the block cannot fit.
+        Raises:
+            ValueError: ``level`` is not in -1..9.
+            TypeError: ``data`` is not bytes-like.
+            ChannelError: the file is closed or is an input stream.
+        """
+        self._check_writable("put_compression_data")
+        if not isinstance(level, int) or not -1 <= level <= 9:
+            raise ValueError(f"put_compression_data: level must be -1..9, not {level!r}")
+        view = byte_view(data, "put_compression_data")
+        i = self._index
+        room = IO_BUF_SIZE - i - _LENGTH_SIZE
+        if room < compress_bound(view.nbytes):
+            return -1
+        packed = zlib.compress(view, level)
+        blen = len(packed)
+        if self._error:
+            return blen + _LENGTH_SIZE
+        _pack32(self._buf, i, blen)
+        start = i + _LENGTH_SIZE
+        self._buf[start : start + blen] = packed
+        self._add_internal(_LENGTH_SIZE + blen)
+        self._refresh_fast()
+        return blen + _LENGTH_SIZE
+
+    def put_qemu_file(self, src: QEMUFileBase) -> int:
+        """Copy what ``src`` holds in its internal buffer into this stream and empty ``src``.
+
+        ``src`` is typically an output file over a null channel used to build a
+        block (QEMU's compression threads); its queued zero-copy buffers are
+        dropped, as in QEMU.
+
+        Returns:
+            The number of bytes moved.
+        Raises:
+            ChannelError: either file is closed, or is not an output stream.
+            ValueError: ``src`` is this file.
+        """
+        self._check_writable("put_qemu_file")
+        if not isinstance(src, OutputMixin):
+            raise TypeError(f"put_qemu_file needs a QEMUFile, not {type(src).__name__}")
+        src._check_writable("put_qemu_file source")
+        if src is self:
+            raise ValueError("put_qemu_file: a file cannot be copied into itself")
+        n = src._index
+        if n > 0:
+            self.put_buffer(src._view[:n])
+            src._discard_output()
+        return n
+
+    def _discard_output(self) -> None:
+        """Forget everything queued (the views of caller buffers are released)."""
+        self._iov = []
+        self._free = []
+        self._iov_bytes = 0
+        self._index = 0
+        self._seg = 0
+        self._refresh_fast()
+
+    # -- flushing and accounting -----------------------------------------------------
+
+    def fflush(self) -> None:
+        """Send every queued byte with one vectored write.
+
+        Does nothing on an input stream or once an error is latched.  A write
+        failure latches ``-EIO`` with the channel's exception.  ``may_free``
+        pages are released afterwards, whether the write succeeded or not.
+
+        Raises:
+            ChannelError: the file is closed.
+        """
+        self._check_open()
+        if self._writable and not self._error:
+            self._flush()
+
+    def _flush(self) -> None:
+        """fflush for an open, error-free output stream."""
+        iov = self._iov
+        i = self._index
+        seg = self._seg
+        pending = self._iov_bytes
+        if i > seg:
+            iov.append(self._view[seg:i])
+            pending += i - seg
+        if iov:
+            try:
+                write_all(self._ioc, iov, pending)
+            except OSError as exc:
+                self._latch(-errno.EIO, exc)
+            else:
+                self._total += pending
+            if self._free:
+                release_pages([iov[k] for k in self._free])
+                self._free = []
+            self._iov = []
+            self._iov_bytes = 0
+        self._index = self._seg = 0
+        self._fast_end = 0 if self._error else IO_BUF_SIZE
+
+    def buffer_empty(self) -> bool:
+        """Return True when nothing is queued for the next flush.
+
+        Raises:
+            ChannelError: the file is closed or is an input stream.
+        """
+        self._check_writable("buffer_empty")
+        return not self._iov and self._index == self._seg
