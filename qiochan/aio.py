@@ -163,6 +163,7 @@ class ChannelTransport(asyncio.Transport):
         self._read_buffer = bytearray(_READ_CHUNK)
         self._buffer: collections.deque[memoryview] = collections.deque()
         self._buffer_size = 0
+        self._written = 0
         self._high_water, self._low_water = _write_limits(None, None)
         self._read_watch: Watch | None = None
         self._write_watch: Watch | None = None
@@ -307,6 +308,11 @@ class ChannelTransport(asyncio.Transport):
 
     # -- writing --------------------------------------------------------------
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes the channel has accepted so far (what :meth:`write` got, less the buffer)."""
+        return self._written
+
     def get_write_buffer_size(self) -> int:
         """Return the number of bytes waiting to be written."""
         return self._buffer_size
@@ -349,6 +355,7 @@ class ChannelTransport(asyncio.Transport):
                 return
             if n == ERR_BLOCK:
                 n = 0
+            self._written += n
             if n == view.nbytes:
                 return
             view = view[n:]
@@ -404,6 +411,7 @@ class ChannelTransport(asyncio.Transport):
             return False
         if n == ERR_BLOCK:
             return True
+        self._written += n
         self._consume(n)
         self._maybe_resume_protocol()
         if self._buffer:
