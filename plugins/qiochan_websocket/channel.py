@@ -1,0 +1,812 @@
+"""QIOChannelWebsock: a byte stream carried in binary websocket frames over any master channel.
+
+The framing, masking, ping/pong and close handshake are the ``websockets``
+Sans-I/O protocol objects': bytes read from the master are fed to
+``receive_data()``, and whatever ``data_to_send()`` returns is written to the
+master.  This module maps that onto the :class:`~qiochan.QIOChannel`
+contract, as QEMU's ``io/channel-websock.c`` does for VNC, in both roles:
+
+* a write becomes binary frames of at most ``frame_size`` bytes, each a whole
+  message (so peers with a message size limit accept them);
+* a read returns payload bytes across frame boundaries, as a stream;
+* a text frame is a protocol error (the connection is failed with 1003);
+* a ping is answered while reading; a peer's close frame is EOF (an error
+  when its code is not a normal one), and so is the master's EOF at a frame
+  boundary;
+* :meth:`QIOChannelWebsock.close` sends a close frame with a status code;
+  ``shutdown(WRITE)`` sends it and keeps reading;
+* ``max_size`` bounds a received message: beyond it the connection is
+  closed with 1009 and reads raise :class:`~qiochan.WebsocketError`.
+
+A reader and a writer may run in two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Self
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState, PayloadTooBig, ProtocolError
+from websockets.frames import BINARY, CLOSE, CONT, OK_CLOSE_CODES, TEXT, Close, CloseCode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
+from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
+from qiochan.task import QIOTask, TaskFunc
+from qiochan.watch import ChildWatchSource, Condition, WatchSource, resolve_context
+
+from . import handshake, steps
+from .buffers import ByteQueue, Outbox
+from .handshake import Origins
+
+__all__ = [
+    "DEFAULT_FRAME_SIZE",
+    "DEFAULT_MAX_REQUEST",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_TIMEOUT",
+    "QIOChannelWebsock",
+]
+
+log = logging.getLogger("qiochan.websocket")
+
+#: Largest payload of a frame we send (websockets' default receive limit, so its peers accept it).
+DEFAULT_FRAME_SIZE = 1 << 20
+#: Largest message payload we accept by default.
+DEFAULT_MAX_SIZE = 64 << 20
+#: Seconds the opening handshake may take.
+DEFAULT_TIMEOUT = 10.0
+#: Largest upgrade request (request line and headers) a server accepts, in bytes.
+DEFAULT_MAX_REQUEST = 16 << 10
+#: Seconds close() spends flushing what is queued before giving up on a stalled peer.
+CLOSE_FLUSH_TIMEOUT = 5.0
+
+_READ_SIZE = 256 << 10
+_SERVER_HANDSHAKE_READ = 4096
+_CLOSE_MEANINGS: dict[int, int] = {
+    CloseCode.PROTOCOL_ERROR: errno.EPROTO,
+    CloseCode.UNSUPPORTED_DATA: errno.EPROTO,
+    CloseCode.INVALID_DATA: errno.EPROTO,
+    CloseCode.MESSAGE_TOO_BIG: errno.EMSGSIZE,
+}
+
+Role = Literal["client", "server"]
+_Protocol = ServerProtocol | ClientProtocol
+
+
+def _fresh(exc: ChannelError) -> ChannelError:
+    """A new exception like ``exc`` (raising one instance twice grows its traceback)."""
+    return type(exc)(exc.message, exc.errno)
+
+
+def _payloads(iov: list[memoryview], frame_size: int, budget: int) -> Iterator[Any]:
+    """Cut up to ``budget`` bytes of ``iov`` into frame payloads of at most ``frame_size``.
+
+    A payload that is one piece of one buffer is a view (no copy); small
+    buffers are joined so that many of them make one frame.
+    """
+    pieces: list[memoryview] = []
+    size = 0
+    for buffer in iov:
+        view = buffer
+        while view.nbytes and budget:
+            take = min(view.nbytes, frame_size - size, budget)
+            pieces.append(view[:take])
+            view = view[take:]
+            size += take
+            budget -= take
+            if size == frame_size:
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces, size = [], 0
+        if not budget:
+            break
+    if pieces:
+        yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+class QIOChannelWebsock(QIOChannel):
+    """A websocket session over ``master``, as a byte-stream channel.
+
+    Make one with :meth:`new_server` or :meth:`new_client`, then run
+    :meth:`handshake` (or :meth:`ahandshake`) before any I/O.  Closing it
+    closes the master.
+
+    Attributes:
+        master: the wrapped channel.
+        role: ``"server"`` or ``"client"``.
+        subprotocol: the negotiated subprotocol (``"binary"`` or None) once the
+            handshake is done.
+        origin: the request's ``Origin`` header (server) or the one sent (client).
+        request_path: the path the client asked for (server) or sent (client).
+    """
+
+    def __init__(
+        self,
+        master: QIOChannel,
+        protocol: _Protocol,
+        role: Role,
+        *,
+        path: str,
+        host: str | None = None,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_request: int = DEFAULT_MAX_REQUEST,
+    ) -> None:
+        """Use :meth:`new_server` or :meth:`new_client`."""
+        super().__init__()
+        if not isinstance(master, QIOChannel):
+            raise TypeError(f"master must be a QIOChannel, not {type(master).__name__}")
+        if frame_size <= 0:
+            raise ValueError(f"frame_size must be > 0, got {frame_size}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        if max_request <= 0:
+            raise ValueError(f"max_request must be > 0, got {max_request}")
+        self.master = master
+        self.role: Role = role
+        self.subprotocol: str | None = None
+        self.origin: str | None = None
+        self.request_path = path
+        self._path = path
+        self._protocol = protocol
+        self._host = host
+        self._frame_size = frame_size
+        self._timeout = timeout
+        self._max_request = max_request
+        self._proto_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._rx = ByteQueue()
+        self._inbuf = bytearray(_READ_SIZE)
+        self._in_view = memoryview(self._inbuf)
+        self._outbox = Outbox(master)
+        # payload bytes already framed by a non-blocking write that returned ERR_BLOCK
+        self._unacked = 0
+        # session state
+        self._handshaking = False
+        self._hs_done = False
+        self._hs_error: WebsocketHandshakeError | None = None
+        self._hs_fed = 0
+        self._eof = False
+        self._read_shut = False
+        self._read_error: ChannelError | None = None
+        self._write_error: ChannelError | None = None
+        self._close_code: int = CloseCode.NORMAL_CLOSURE
+        self._close_reason = ""
+        #: the close frame the peer sent, once received
+        self.peer_close: Close | None = None
+        self.set_feature(Feature.SHUTDOWN)
+        self.set_name(f"websocket-{role}")
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    def new_server(
+        cls,
+        master: QIOChannel,
+        *,
+        origins: Origins | None = None,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        path: str = "/",
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_request: int = DEFAULT_MAX_REQUEST,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+    ) -> Self:
+        """Return the server side of a websocket session over ``master`` (handshake not run).
+
+        Args:
+            origins: allowed ``Origin`` values (strings, compiled patterns; None
+                in the list admits a request without one); None checks nothing.
+                A refused origin gets 403.
+            max_size: largest message payload accepted; None for no limit.
+            path: the path clients must ask for (404 otherwise).
+            timeout: seconds the handshake may take (408 after); None waits forever.
+            max_request: largest upgrade request in bytes (431 beyond it).
+            frame_size: largest payload of a frame we send.
+        Raises:
+            TypeError: ``master`` is not a QIOChannel. ValueError: a bad limit or path.
+        """
+        _check_path(path)
+        protocol = handshake.make_server(origins, _check_max_size(max_size))
+        return cls(
+            master,
+            protocol,
+            "server",
+            path=path,
+            frame_size=frame_size,
+            timeout=timeout,
+            max_request=max_request,
+        )
+
+    @classmethod
+    def new_client(
+        cls,
+        master: QIOChannel,
+        host: str,
+        path: str = "/",
+        *,
+        origin: str | None = None,
+        subprotocols: Sequence[str] = (handshake.BINARY,),
+        max_size: int | None = DEFAULT_MAX_SIZE,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        secure: bool = False,
+    ) -> Self:
+        """Return the client side of a websocket session over ``master`` (handshake not run).
+
+        Args:
+            host: the ``Host`` header (``"example.com:5700"``).
+            path: the request path, with an optional ``?query``.
+            origin: the ``Origin`` header to send (servers that only admit
+                browsers check it); None sends none.
+            subprotocols: offered subprotocols; ``binary`` by default, which
+                QEMU's VNC websocket server answers.
+            max_size: largest message payload accepted; None for no limit.
+            timeout: seconds the handshake may take; None waits forever.
+            frame_size: largest payload of a frame we send.
+            secure: the URL is ``wss://`` (only changes the default port in ``Host``).
+        Raises:
+            TypeError: ``master`` is not a QIOChannel. ValueError: an empty host,
+                a path not starting with ``/``, a bad limit.
+        """
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, got {host!r}")
+        _check_path(path.partition("?")[0])
+        if isinstance(subprotocols, str):
+            subprotocols = (subprotocols,)
+        protocol = handshake.make_client(
+            host,
+            path,
+            origin=origin,
+            subprotocols=subprotocols,
+            max_size=_check_max_size(max_size),
+            secure=secure,
+        )
+        channel = cls(
+            master,
+            protocol,
+            "client",
+            path=path,
+            host=host,
+            frame_size=frame_size,
+            timeout=timeout,
+        )
+        channel.origin = origin
+        return channel
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._hs_done else "handshaking")
+        return f"<QIOChannelWebsock {self.role} {state} over {self.master!r}>"
+
+    # -- handshake --------------------------------------------------------------
+
+    @property
+    def handshake_done(self) -> bool:
+        """True once the opening handshake succeeded."""
+        return self._hs_done
+
+    def handshake(
+        self,
+        complete: TaskFunc | None = None,
+        *data: Any,
+        context: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Run the opening handshake.
+
+        Without ``complete`` it blocks until done.  With it, it returns at once
+        and the handshake runs with watches on ``context`` (default: the
+        attached aio context, else the running loop); ``complete(task, *data)``
+        then runs on that loop with a :class:`~qiochan.QIOTask` whose
+        ``error`` is None or the :class:`~qiochan.WebsocketHandshakeError`.
+
+        Raises:
+            WebsocketHandshakeError: (blocking form) the peer refused or broke
+                the upgrade, timed out, or the master failed; a server has sent
+                its 4xx answer by then.
+            ChannelError: the channel is closed.
+        """
+        self._check_open()
+        if complete is None:
+            steps.run_blocking(self.master, self._handshake_steps(), self._timeout)
+            return
+        loop = resolve_context(context, self.aio_context)
+        task = QIOTask(self, complete, *data)
+
+        def finish(error: BaseException | None) -> None:
+            if error is not None:
+                task.set_error(error)
+            task.complete()
+
+        steps.run_on_loop(self.master, self._handshake_steps(), loop, self._timeout, finish)
+
+    async def ahandshake(self) -> None:
+        """Run the opening handshake on the running loop without blocking it.
+
+        Raises:
+            WebsocketHandshakeError: as :meth:`handshake`.
+        """
+        self._check_open()
+        await steps.run_async(self.master, self._handshake_steps(), self._timeout)
+
+    def _handshake_steps(self) -> steps.Steps:
+        if self._hs_done:
+            return
+        if self._hs_error is not None:
+            raise _fresh(self._hs_error)
+        if self._handshaking:
+            raise ChannelError("Websocket handshake is already running", errno.EALREADY)
+        log.debug("websocket %s handshake start on %r", self.role, self.master)
+        self._handshaking = True
+        master = self.master
+        master.set_blocking(False)
+        try:
+            if isinstance(self._protocol, ClientProtocol):
+                self._send_request(self._protocol)
+            while True:
+                try:
+                    if self._outbox.pending and not self._outbox.flush(wait=False):
+                        yield Condition.OUT
+                        continue
+                    if self._hs_done or self._hs_error is not None:
+                        break
+                    if self._handshake_receive() == ERR_BLOCK:
+                        yield Condition.IN
+                except TimeoutError:
+                    self._handshake_timed_out()
+                    break
+                except ChannelError as exc:
+                    self._hs_error = _as_handshake_error(exc)
+                    break
+        except GeneratorExit:
+            self._hs_error = WebsocketHandshakeError("Websocket handshake was cancelled")
+            raise
+        finally:
+            self._handshaking = False
+            if not master.closed:
+                master.set_blocking(self._blocking)
+        if self._hs_error is not None:
+            log.info("websocket %s handshake failed: %s", self.role, self._hs_error)
+            self._outbox.clear()
+            raise _fresh(self._hs_error)
+        log.debug("websocket %s handshake complete (subprotocol %s)", self.role, self.subprotocol)
+
+    def _send_request(self, protocol: ClientProtocol) -> None:
+        assert self._host is not None
+        request = handshake.client_request(protocol, self._host)
+        with self._proto_lock:
+            protocol.send_request(request)
+            self._outbox.push(protocol.data_to_send())
+
+    def _handshake_receive(self) -> int:
+        """Read once from the master (non-blocking) and advance the handshake."""
+        server = isinstance(self._protocol, ServerProtocol)
+        size = _SERVER_HANDSHAKE_READ if server else _READ_SIZE
+        n = self.master.read(self._in_view[:size])
+        if n == ERR_BLOCK:
+            return n
+        protocol = self._protocol
+        with self._proto_lock:
+            if n == 0:
+                protocol.receive_eof()
+            else:
+                self._hs_fed += n
+                protocol.receive_data(self._in_view[:n])  # type: ignore[arg-type]  # copied in
+            events = protocol.events_received()
+            out = protocol.data_to_send()
+        if isinstance(protocol, ServerProtocol):
+            self._server_progress(protocol, events, out)
+        else:
+            self._client_progress(protocol, events, out)
+        if n == 0 and not (self._hs_done or self._hs_error):
+            self._hs_error = WebsocketHandshakeError(
+                "Websocket handshake failed: the peer closed the connection", errno.ECONNRESET
+            )
+        return n
+
+    def _server_progress(
+        self, protocol: ServerProtocol, events: list[Any], out: list[bytes]
+    ) -> None:
+        request = events[0] if events and isinstance(events[0], Request) else None
+        if request is not None:
+            response, why = handshake.answer_request(protocol, request, self._path)
+            self.request_path = request.path
+            with self._proto_lock:
+                protocol.send_response(response)
+                out.extend(protocol.data_to_send())
+            self._outbox.push(out)
+            if response.status_code == 101:
+                self._opened(protocol.subprotocol)
+                self.origin = protocol.origin
+                self._deliver(events[1:], protocol)
+            else:
+                self._refused(response, why)
+        elif protocol.handshake_exc is not None:
+            why = handshake.server_failure(protocol)
+            if out == [b""] and not isinstance(protocol.handshake_exc.__cause__, EOFError):
+                # websockets only closes on a malformed request: answer it first
+                response = handshake.refusal(protocol, 400, why)
+                out = [response.serialize(), b""]
+                self._refused(response, why)
+            else:
+                self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
+            self._outbox.push(out)
+        elif self._hs_fed > self._max_request:
+            self._server_refuses(
+                protocol, 431, f"the upgrade request exceeds {self._max_request} bytes"
+            )
+        else:
+            self._outbox.push(out)
+
+    def _server_refuses(self, protocol: ServerProtocol, status: int, why: str) -> None:
+        response = handshake.refusal(protocol, status, why)
+        with self._proto_lock:
+            protocol.send_response(response)
+            self._outbox.push(protocol.data_to_send())
+        self._refused(response, why)
+
+    def _refused(self, response: Response, why: str) -> None:
+        self._hs_error = WebsocketHandshakeError(
+            f"Websocket handshake failed: refused with {response.status_code} "
+            f"{response.reason_phrase}: {why}"
+        )
+
+    def _client_progress(
+        self, protocol: ClientProtocol, events: list[Any], out: list[bytes]
+    ) -> None:
+        self._outbox.push(out)
+        response = events[0] if events and isinstance(events[0], Response) else None
+        if protocol.state is OPEN:
+            self._opened(protocol.subprotocol)
+            self._deliver(events[1:], protocol)
+        elif protocol.handshake_exc is not None:
+            why = handshake.client_failure(protocol, response)
+            self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
+
+    def _opened(self, subprotocol: str | None) -> None:
+        self._hs_done = True
+        self.subprotocol = subprotocol
+
+    def _handshake_timed_out(self) -> None:
+        protocol = self._protocol
+        if self._hs_error is None:
+            why = f"the upgrade did not complete within {self._timeout} s"
+            if isinstance(protocol, ServerProtocol) and not protocol.eof_sent:
+                self._server_refuses(protocol, 408, why)
+            else:
+                self._hs_error = WebsocketHandshakeError(
+                    f"Websocket handshake failed: {why}", errno.ETIMEDOUT
+                )
+        try:
+            self._outbox.flush(wait=False)  # best effort: the peer may not be reading
+        except ChannelError:
+            pass
+        if self._hs_error is not None and self._hs_error.errno is None:
+            self._hs_error = WebsocketHandshakeError(self._hs_error.message, errno.ETIMEDOUT)
+
+    def _require_session(self) -> None:
+        if not self._hs_done:
+            if self._hs_error is not None:
+                raise _fresh(self._hs_error)
+            raise ChannelError(
+                "Websocket handshake has not completed: call handshake() first", errno.EINVAL
+            )
+
+    # -- receiving ------------------------------------------------------------------
+
+    def io_readv(
+        self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
+    ) -> tuple[int, list[int]]:
+        self._require_session()
+        with self._read_lock:
+            while True:
+                if self._rx:
+                    return self._rx.copy_into(iov), []
+                if self._read_error is not None:
+                    raise _fresh(self._read_error)
+                if self._eof or self._read_shut:
+                    return 0, []
+                if self._outbox.pending:
+                    self._flush_quietly()
+                if self._receive() == ERR_BLOCK:
+                    return ERR_BLOCK, []
+
+    def _receive(self) -> int:
+        """Read once from the master and decode; return bytes read, 0 at EOF, or ERR_BLOCK."""
+        n = self.master.read(self._in_view)
+        if n == ERR_BLOCK:
+            return n
+        protocol = self._protocol
+        mid_frame = False
+        with self._proto_lock:
+            if n:
+                protocol.receive_data(self._in_view[:n])  # type: ignore[arg-type]  # copied in
+            else:
+                mid_frame = bool(protocol.reader.buffer)
+                protocol.receive_eof()
+            events = protocol.events_received()
+            out = protocol.data_to_send()
+        if out:
+            self._outbox.push(out)
+        self._deliver(events, protocol)
+        if n == 0 and not (self._eof or self._read_error):
+            self._transport_eof(mid_frame)
+        if self._outbox.pending:
+            self._flush_quietly()
+        return n
+
+    def _deliver(self, events: list[Any], protocol: _Protocol) -> None:
+        """Queue the payload of data frames; act on text and close frames; note a failure."""
+        rx = self._rx
+        for frame in events:
+            opcode = frame.opcode
+            if opcode is BINARY or opcode is CONT:
+                rx.append(frame.data)
+            elif opcode is TEXT:
+                self._fail(
+                    CloseCode.UNSUPPORTED_DATA,
+                    "Websocket peer sent a text frame: only binary frames carry the byte stream",
+                )
+                return
+            elif opcode is CLOSE:
+                self._peer_closed(protocol.close_rcvd)
+        failure = protocol.parser_exc
+        if failure is not None and self._read_error is None and not isinstance(failure, EOFError):
+            self._protocol_failed(failure)
+
+    def _peer_closed(self, close: Close | None) -> None:
+        self.peer_close = close
+        code = CloseCode.NO_STATUS_RCVD if close is None else close.code
+        log.debug("websocket %s: peer closed with %s", self.role, close)
+        if code in OK_CLOSE_CODES:
+            self._eof = True
+        else:
+            reason = f" ({close.reason})" if close is not None and close.reason else ""
+            self._read_error = WebsocketError(
+                f"Websocket peer closed the connection with code {code}{reason}",
+                _CLOSE_MEANINGS.get(code, errno.ECONNRESET),
+            )
+        self._write_error = self._write_error or ChannelError(
+            "Unable to write to websocket: the peer closed it", errno.EPIPE
+        )
+
+    def _protocol_failed(self, failure: Exception) -> None:
+        if isinstance(failure, PayloadTooBig):
+            error = WebsocketError(f"Websocket message too big: {failure}", errno.EMSGSIZE)
+        elif isinstance(failure, (ProtocolError, UnicodeDecodeError)):
+            error = WebsocketError(f"Websocket protocol error: {failure}", errno.EPROTO)
+        else:
+            error = WebsocketError(f"Websocket frame decoding failed: {failure}", errno.EPROTO)
+        log.info("websocket %s: %s", self.role, error.message)
+        self._read_error = error
+        self._write_error = self._write_error or error
+
+    def _fail(self, code: int, message: str) -> None:
+        """Fail the connection with close ``code``; reads and writes then raise ``message``."""
+        with self._proto_lock:
+            self._protocol.fail(code, message.partition(": ")[2][:120])
+            self._outbox.push(self._protocol.data_to_send())
+        error = WebsocketError(message, errno.EPROTO)
+        log.info("websocket %s: %s", self.role, message)
+        self._read_error = error
+        self._write_error = self._write_error or error
+
+    def _transport_eof(self, mid_frame: bool) -> None:
+        if mid_frame:
+            self._read_error = WebsocketError(
+                "Websocket connection closed in the middle of a frame", errno.ECONNRESET
+            )
+        else:
+            log.debug("websocket %s: master EOF without a close frame", self.role)
+            self._eof = True
+        self._write_error = self._write_error or ChannelError(
+            "Unable to write to websocket: the connection is closed", errno.EPIPE
+        )
+
+    # -- sending ---------------------------------------------------------------------
+
+    def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        self._require_session()
+        if self._write_error is not None:
+            raise _fresh(self._write_error)
+        total = sum(view.nbytes for view in iov)
+        if not total:
+            return 0
+        with self._outbox.writing():
+            try:
+                if self._unacked:
+                    return self._acknowledge(total)
+                if self._blocking:
+                    return self._write_blocking(iov, total)
+                return self._write_nonblocking(iov, total)
+            except ChannelError as exc:
+                if self._write_error is None:
+                    self._write_error = exc
+                raise
+
+    def _write_blocking(self, iov: list[memoryview], total: int) -> int:
+        for payload in _payloads(iov, self._frame_size, total):
+            self._encode(payload)
+            self._flush_blocking()
+        return total
+
+    def _flush_blocking(self) -> None:
+        while not self._outbox.flush(wait=True):
+            self.master.wait(Condition.OUT)
+
+    def _write_nonblocking(self, iov: list[memoryview], total: int) -> int:
+        """Frame at most one frame's worth; ERR_BLOCK until that frame is fully out.
+
+        As with non-blocking TLS writes, a frame the master took only part of
+        stays queued and the call returns ERR_BLOCK; the caller retries with
+        the same data, and the retry reports the frame's bytes once it is out.
+        So nothing is ever left unsent behind the caller's back.
+        """
+        outbox = self._outbox
+        if outbox.pending and not outbox.flush(wait=False):
+            return ERR_BLOCK
+        payload = next(_payloads(iov, self._frame_size, min(total, self._frame_size)))
+        self._encode(payload)
+        size = len(payload)
+        if outbox.flush(wait=False):
+            return size
+        self._unacked = size
+        return ERR_BLOCK
+
+    def _acknowledge(self, total: int) -> int:
+        """Report the frame of an earlier ERR_BLOCK write once it is fully out."""
+        if self._blocking:
+            self._flush_blocking()
+        elif not self._outbox.flush(wait=False):
+            return ERR_BLOCK
+        done, self._unacked = min(self._unacked, total), 0
+        return done
+
+    def _encode(self, payload: Any) -> None:
+        protocol = self._protocol
+        with self._proto_lock:
+            try:
+                protocol.send_binary(payload)
+            except InvalidState:
+                state = protocol.state.name.lower()
+                raise ChannelError(
+                    f"Unable to write to websocket: the connection is {state}", errno.EPIPE
+                ) from None
+            self._outbox.push(protocol.data_to_send())
+
+    def _flush_quietly(self) -> None:
+        """Write control frames (pongs, close echoes) now; a failure only affects writers."""
+        try:
+            self._outbox.flush_control()
+        except ChannelError as exc:
+            self._write_error = self._write_error or exc
+            log.debug("websocket %s: flushing control frames failed: %s", self.role, exc)
+
+    # -- close and shutdown ---------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Send a close frame with ``code`` and ``reason``, then close the master.
+
+        Idempotent.  What is queued is flushed first, for at most
+        :data:`CLOSE_FLUSH_TIMEOUT` seconds when the peer stalls.
+
+        Raises:
+            ValueError: ``code`` is not a valid close code (1000-1003,
+                1007-1011, 3000-4999) or ``reason`` is too long.
+            ChannelError: closing the master failed.
+        """
+        if not self._closed:
+            try:
+                Close(code, reason).check()
+            except ProtocolError:
+                raise ValueError(f"invalid websocket close code {code}") from None
+            if len(reason.encode()) > 123:
+                raise ValueError("a websocket close reason is at most 123 bytes of UTF-8")
+            self._close_code, self._close_reason = code, reason
+        super().close()
+
+    def io_close(self) -> None:
+        try:
+            if self._hs_done:
+                self._send_close(self._close_code, self._close_reason)
+                self._flush_before_close()
+        except ChannelError as exc:
+            log.debug("websocket %s: close handshake not sent: %s", self.role, exc)
+        finally:
+            self._outbox.clear()
+            self._rx.clear()
+            self.master.close()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        with self._proto_lock:
+            if self._protocol.state is not OPEN:
+                return
+            self._protocol.send_close(code, reason)
+            self._outbox.push(self._protocol.data_to_send())
+        log.debug("websocket %s: close frame sent (%d)", self.role, code)
+
+    def _flush_before_close(self) -> None:
+        outbox = self._outbox
+        if not outbox.pending:
+            return
+        deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+        self.master.set_blocking(False)
+        while not outbox.flush(wait=True):
+            try:
+                self.master.wait(Condition.OUT, timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning(
+                    "websocket %s: peer not reading; dropping %d unsent bytes on close",
+                    self.role,
+                    outbox.pending_bytes,
+                )
+                return
+
+    def io_shutdown(self, how: Shutdown) -> None:
+        if how & Shutdown.READ:
+            self._read_shut = True
+            if self.master.has_feature(Feature.SHUTDOWN):
+                self.master.shutdown(Shutdown.READ)
+        if how & Shutdown.WRITE and self._hs_done:
+            self._send_close(CloseCode.NORMAL_CLOSURE, "")
+            self._flush_quietly()
+
+    # -- the rest of the contract ------------------------------------------------------
+
+    def _ready_now(self) -> Condition:
+        ready = Condition(0)
+        if self._rx or self._eof or self._read_error is not None or self._read_shut:
+            ready |= Condition.IN
+        if self._write_error is not None:
+            ready |= Condition.OUT
+        return ready
+
+    def io_create_watch(self, condition: Condition) -> WatchSource:
+        master_condition = None
+        if condition & Condition.IN and self._outbox.pending:
+            # a reader must also wake to push out the pong or close echo it queued
+            master_condition = condition | Condition.OUT
+        return ChildWatchSource(
+            self.master, condition, pending=self._ready_now, master_condition=master_condition
+        )
+
+    def io_set_blocking(self, enabled: bool) -> None:
+        if not self._handshaking:
+            self.master.set_blocking(enabled)
+        self._blocking = enabled
+        if enabled and self._hs_done and self._outbox.pending:
+            try:
+                self._flush_blocking()
+            except ChannelError as exc:
+                self._write_error = self._write_error or exc
+
+    def io_set_cork(self, enabled: bool) -> None:
+        self.master.set_cork(enabled)
+
+    def io_set_delay(self, enabled: bool) -> None:
+        self.master.set_delay(enabled)
+
+    def io_peerpid(self) -> int:
+        return self.master.peerpid()
+
+
+def _as_handshake_error(exc: ChannelError) -> WebsocketHandshakeError:
+    if isinstance(exc, WebsocketHandshakeError):
+        return exc
+    return WebsocketHandshakeError(f"Websocket handshake failed: {exc.message}", exc.errno)
+
+
+def _check_path(path: str) -> None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"a websocket path must start with '/', got {path!r}")
+
+
+def _check_max_size(max_size: int | None) -> int | None:
+    if max_size is not None and max_size <= 0:
+        raise ValueError(f"max_size must be > 0 or None, got {max_size}")
+    return max_size
