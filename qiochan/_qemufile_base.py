@@ -55,6 +55,25 @@ def bad_value(what: str, bits: int, value: object) -> Exception:
     return ValueError(f"{what}: value {value!r} is out of range 0..{(1 << bits) - 1}")
 
 
+def _forget_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and of the exceptions chained to it.
+
+    A latched exception lives as long as the file; its frames (and their
+    callers, through ``f_back``) hold views of caller buffers, so an mmap could
+    not be closed, nor a bytearray resized, while the error is kept.  The
+    message says what failed, as QEMU's Error objects do.
+    """
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += (current.__cause__, current.__context__)
+
+
 class QEMUFileBase:
     """The state of a QEMUFile and the operations every direction shares.
 
@@ -142,6 +161,8 @@ class QEMUFileBase:
     def _latch(self, ret: int, exc: BaseException | None) -> None:
         """Record ``ret`` (and ``exc``) unless an error is already latched."""
         if self._error == 0 and ret:
+            if exc is not None:
+                _forget_frames(exc)
             self._error = ret
             self._error_obj = exc
             self._fast_end = 0

@@ -257,10 +257,9 @@ class InputMixin(QEMUFileBase):
         self._check_readable("get_bytes")
         if size < 0:
             raise ValueError(f"get_bytes: size must be >= 0, not {size}")
-        out = bytearray(size)
-        n = self._get_into(memoryview(out))
-        del out[n:]
-        return bytes(out)
+        out = memoryview(bytearray(size))
+        n = self._get_into(out)
+        return out[:n].tobytes()
 
     def get_buffer_in_place(self, size: int) -> memoryview:
         """Read ``size`` bytes, returning a view into the internal buffer when possible.

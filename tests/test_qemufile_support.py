@@ -64,6 +64,8 @@ class ScriptedChannel(QIOChannel):
         self.written = bytearray()
         self.writes: list[list[bytes]] = []
         self.reads = 0
+        self.failures = 0  # failed writes; reads that hit the end or the failure point
+        self.late_reads = 0  # reads attempted after the first end/failure
         self.blocked = 0
         self.position = 0
         self.shut: Shutdown | None = None
@@ -78,6 +80,7 @@ class ScriptedChannel(QIOChannel):
         if self.fail_after is not None:
             room = min(room, self.fail_after - len(self.written))
             if room <= 0:
+                self.failures += 1
                 raise ChannelError("Unable to write to scripted channel: Broken pipe", errno.EPIPE)
         self.written += wanted[:room]
         return room
@@ -92,13 +95,18 @@ class ScriptedChannel(QIOChannel):
         if self.observer is not None:
             self.observer(self)
         end = len(self.data)
-        if self.fail_after is not None and self.fail_after < end:
-            end = self.fail_after
-            if self.position >= end and not self.eof:
+        if self.fail_after is not None:
+            end = min(end, self.fail_after)
+        if self.position >= end:  # end of stream, or the failure point
+            if self.failures:
+                self.late_reads += 1
+            self.failures += 1
+            if end < len(self.data) and not self.eof:
                 raise ChannelError(
                     "Unable to read from scripted channel: Connection reset by peer",
                     errno.ECONNRESET,
                 )
+            return 0, []
         done = 0
         for view in iov:
             n = max(0, min(view.nbytes, end - self.position, self.chunk - done))
@@ -123,9 +131,15 @@ class ScriptedChannel(QIOChannel):
 # -- operation sequences -------------------------------------------------------------
 
 #: One operation: (kind, argument, read variant).  Kinds: byte, be16, be32, be64,
-#: buffer, async, counted, compress, flush.  Buffer reads use the variant:
-#: "get_buffer", "get_bytes" or "in_place".
+#: buffer, async, pages (that many consecutive 4 KiB pages of :data:`RAM` queued
+#: with put_buffer_async, so they coalesce), counted, compress, flush.  Buffer
+#: reads use the variant: "get_buffer", "get_bytes" or "in_place".
 Op = tuple[str, Any, str]
+
+PAGE_SIZE = 4096
+
+#: The "guest RAM" the pages op sends from: distinct content in every page.
+RAM = bytes(n % 251 for n in range(64 * PAGE_SIZE))
 
 _WIDTHS = {"byte": 8, "be16": 16, "be32": 32, "be64": 64}
 
@@ -141,6 +155,10 @@ def write_ops(f: QEMUFile, ops: Sequence[Op]) -> None:
             f.put_buffer(arg)
         elif kind == "async":
             f.put_buffer_async(arg)
+        elif kind == "pages":
+            ram = memoryview(RAM)
+            for n in range(arg):
+                f.put_buffer_async(ram[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
         elif kind == "counted":
             f.put_counted_string(arg)
         elif kind == "compress":
@@ -153,8 +171,12 @@ def write_ops(f: QEMUFile, ops: Sequence[Op]) -> None:
             raise AssertionError(f"unknown op {kind}")
 
 
-def _size(arg: Any) -> int:
-    return memoryview(arg).nbytes
+def _size(kind: str, arg: Any) -> int:
+    return arg * PAGE_SIZE if kind == "pages" else memoryview(arg).nbytes
+
+
+def _data(kind: str, arg: Any) -> bytes:
+    return RAM[: arg * PAGE_SIZE] if kind == "pages" else bytes(arg)
 
 
 def read_ops(f: QEMUFile, ops: Sequence[Op]) -> list[Any]:
@@ -165,8 +187,8 @@ def read_ops(f: QEMUFile, ops: Sequence[Op]) -> list[Any]:
             values.append(f.get_byte())
         elif kind in _WIDTHS:
             values.append(getattr(f, f"get_{kind}")())
-        elif kind in ("buffer", "async"):
-            size = _size(arg)
+        elif kind in ("buffer", "async", "pages"):
+            size = _size(kind, arg)
             if variant == "get_bytes":
                 values.append(f.get_bytes(size))
             elif variant == "in_place":
@@ -188,8 +210,8 @@ def expected(ops: Sequence[Op]) -> list[Any]:
     for kind, arg, _variant in ops:
         if kind in _WIDTHS:
             values.append(arg)
-        elif kind in ("buffer", "async", "compress"):
-            values.append(bytes(arg))
+        elif kind in ("buffer", "async", "pages", "compress"):
+            values.append(_data(kind, arg))
         elif kind == "counted":
             values.append(arg.encode() if isinstance(arg, str) else bytes(arg))
     return values
@@ -201,8 +223,8 @@ def encoded_sizes(ops: Sequence[Op]) -> list[int]:
     for kind, arg, _variant in ops:
         if kind in _WIDTHS:
             sizes.append(_WIDTHS[kind] // 8)
-        elif kind in ("buffer", "async"):
-            sizes.append(_size(arg))
+        elif kind in ("buffer", "async", "pages"):
+            sizes.append(_size(kind, arg))
         elif kind == "counted":
             sizes.append(1 + len(arg.encode() if isinstance(arg, str) else arg))
         elif kind == "compress":
@@ -316,6 +338,8 @@ def private_anonymous_mmap(size: int) -> mmap.mmap:
 
 __all__ = [
     "JOIN_TIMEOUT",
+    "PAGE_SIZE",
+    "RAM",
     "TRANSPORTS",
     "Op",
     "Outcome",
