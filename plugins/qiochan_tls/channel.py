@@ -218,11 +218,14 @@ class QIOChannelTLS(QIOChannel):
         dn = self.peer_dn()
         if dn is None:
             self._session.failed = True
-            raise TLSHandshakeError("TLS authorization needs a client certificate; none was sent")
+            raise TLSHandshakeError(
+                f"{self._session.label}: authorization needs a client certificate; none was sent"
+            )
         if not self._authz.is_allowed(dn):
             self._session.failed = True
             raise TLSHandshakeError(
-                f"TLS authorization denied for client {dn!r} by {self._authz!r}", errno.EACCES
+                f"{self._session.label}: authorization denied for client {dn!r} by {self._authz!r}",
+                errno.EACCES,
             )
         log.debug("TLS client %r authorized", dn)
 
