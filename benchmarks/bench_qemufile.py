@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -148,46 +148,32 @@ def writer_rows(pages: int, repeat: int) -> list[Comparison]:
                 send(view[start : start + CHUNK])
             p.wait_ack()
 
-        def copying() -> None:
-            p.drain(total)
-            put64 = f.put_be64
-            put = f.put_buffer
-            for n, page in enumerate(page_views):
-                put64(n * PAGE | 0x8)
-                put(page)
-            f.fflush()
-            p.wait_ack()
+        def page_writer(put: Callable[[memoryview], None]) -> Callable[[], None]:
+            def run() -> None:
+                p.drain(total)
+                put64 = f.put_be64
+                for n, page in enumerate(page_views):
+                    put64(n * PAGE | 0x8)
+                    put(page)
+                f.fflush()
+                p.wait_ack()
 
-        def zero_copy() -> None:
-            p.drain(total)
-            put64 = f.put_be64
-            put = f.put_buffer_async
-            for n, page in enumerate(page_views):
-                put64(n * PAGE | 0x8)
-                put(page)
-            f.fflush()
-            p.wait_ack()
+            return run
 
-        rows.append(
-            compare(
-                "page stream put_buffer / sendall",
-                copying,
-                raw,
-                repeat=repeat,
-                target=0.70,
-                work_bytes=total,
+        for name, put, target in (
+            ("put_buffer", f.put_buffer, 0.70),
+            ("put_buffer_async", f.put_buffer_async, 0.85),
+        ):
+            rows.append(
+                compare(
+                    f"page stream {name} / sendall",
+                    page_writer(put),
+                    raw,
+                    repeat=repeat,
+                    target=target,
+                    work_bytes=total,
+                )
             )
-        )
-        rows.append(
-            compare(
-                "page stream put_buffer_async / sendall",
-                zero_copy,
-                raw,
-                repeat=repeat,
-                target=0.85,
-                work_bytes=total,
-            )
-        )
         if f.fclose():
             raise RuntimeError(f"QEMUFile writer failed: {f.get_error_obj()}")
     return rows

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from ._qemufile_base import BE16, BE32, BE64, EMPTY, IO_BUF_SIZE, QEMUFileBase
@@ -25,10 +27,34 @@ from .errors import ChannelError
 
 __all__ = ["InputMixin"]
 
-_unpack16 = BE16.unpack_from
-_unpack32 = BE32.unpack_from
-_unpack64 = BE64.unpack_from
 _EIO = -errno.EIO
+
+
+def _value_reader(unpacker: struct.Struct) -> Callable[[InputMixin], int]:
+    """Return the ``get_be16/32/64`` method for ``unpacker`` (one fast path per width)."""
+    width = unpacker.size
+    name = f"get_be{8 * width}"
+    unpack = unpacker.unpack_from
+
+    def get(self: InputMixin) -> int:
+        i = self._index
+        if self._size - i >= width:
+            self._index = i + width
+            value: int = unpack(self._buf, i)[0]
+            return value
+        return self._get_value(width, name)
+
+    get.__name__ = name
+    get.__qualname__ = f"InputMixin.{name}"
+    get.__doc__ = f"""Read a big-endian {8 * width}-bit value.
+
+        Returns:
+            The value; bytes missing at end of file or after an error read as 0
+            (the error is latched, see :meth:`get_byte`).
+        Raises:
+            ChannelError: the file is closed or is an output stream.
+        """
+    return get
 
 
 class InputMixin(QEMUFileBase):
@@ -166,32 +192,9 @@ class InputMixin(QEMUFileBase):
             return self._buf[i]
         return self._get_value(1, "get_byte")
 
-    def get_be16(self) -> int:
-        """Read a big-endian 16-bit value (missing bytes read as 0, see :meth:`get_byte`)."""
-        i = self._index
-        if self._size - i >= 2:
-            self._index = i + 2
-            value: int = _unpack16(self._buf, i)[0]
-            return value
-        return self._get_value(2, "get_be16")
-
-    def get_be32(self) -> int:
-        """Read a big-endian 32-bit value (missing bytes read as 0, see :meth:`get_byte`)."""
-        i = self._index
-        if self._size - i >= 4:
-            self._index = i + 4
-            value: int = _unpack32(self._buf, i)[0]
-            return value
-        return self._get_value(4, "get_be32")
-
-    def get_be64(self) -> int:
-        """Read a big-endian 64-bit value (missing bytes read as 0, see :meth:`get_byte`)."""
-        i = self._index
-        if self._size - i >= 8:
-            self._index = i + 8
-            value: int = _unpack64(self._buf, i)[0]
-            return value
-        return self._get_value(8, "get_be64")
+    get_be16 = _value_reader(BE16)
+    get_be32 = _value_reader(BE32)
+    get_be64 = _value_reader(BE64)
 
     def _get_value(self, width: int, what: str) -> int:
         self._check_readable(what)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from ._qemufile_base import (
@@ -34,15 +35,41 @@ from ._qemufile_pages import byte_view, merge_adjacent, release_pages
 
 __all__ = ["OutputMixin", "compress_bound"]
 
-_pack16 = BE16.pack_into
-_pack32 = BE32.pack_into
-_pack64 = BE64.pack_into
 _LENGTH_SIZE = BE32.size
 
 
 def compress_bound(size: int) -> int:
     """Return zlib's ``compressBound(size)``: the most ``size`` bytes can deflate to."""
     return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
+
+
+def _value_writer(packer: struct.Struct) -> Callable[[OutputMixin, int], None]:
+    """Return the ``put_be16/32/64`` method for ``packer`` (one fast path per width)."""
+    width = packer.size
+    bits = 8 * width
+    name = f"put_be{bits}"
+    pack = packer.pack_into
+
+    def put(self: OutputMixin, v: int) -> None:
+        i = self._index
+        if i + width < self._fast_end:
+            try:
+                pack(self._buf, i, v)
+            except struct.error:
+                raise bad_value(name, bits, v) from None
+            self._index = i + width
+        else:
+            self._put_value(packer, v, name)
+
+    put.__name__ = name
+    put.__qualname__ = f"OutputMixin.{name}"
+    put.__doc__ = f"""Write ``v`` as a big-endian {bits}-bit value.
+
+        Raises:
+            ValueError: ``v`` is not in 0..{(1 << bits) - 1} (nothing is written).
+            ChannelError: the file is closed or is an input stream.
+        """
+    return put
 
 
 class OutputMixin(QEMUFileBase):
@@ -67,56 +94,9 @@ class OutputMixin(QEMUFileBase):
         else:
             self._put_value(BYTE, v, "put_byte")
 
-    def put_be16(self, v: int) -> None:
-        """Write ``v`` as a big-endian 16-bit value.
-
-        Raises:
-            ValueError: ``v`` is not in 0..65535 (nothing is written).
-            ChannelError: the file is closed or is an input stream.
-        """
-        i = self._index
-        if i + 2 < self._fast_end:
-            try:
-                _pack16(self._buf, i, v)
-            except struct.error:
-                raise bad_value("put_be16", 16, v) from None
-            self._index = i + 2
-        else:
-            self._put_value(BE16, v, "put_be16")
-
-    def put_be32(self, v: int) -> None:
-        """Write ``v`` as a big-endian 32-bit value.
-
-        Raises:
-            ValueError: ``v`` is not in 0..2**32-1 (nothing is written).
-            ChannelError: the file is closed or is an input stream.
-        """
-        i = self._index
-        if i + 4 < self._fast_end:
-            try:
-                _pack32(self._buf, i, v)
-            except struct.error:
-                raise bad_value("put_be32", 32, v) from None
-            self._index = i + 4
-        else:
-            self._put_value(BE32, v, "put_be32")
-
-    def put_be64(self, v: int) -> None:
-        """Write ``v`` as a big-endian 64-bit value.
-
-        Raises:
-            ValueError: ``v`` is not in 0..2**64-1 (nothing is written).
-            ChannelError: the file is closed or is an input stream.
-        """
-        i = self._index
-        if i + 8 < self._fast_end:
-            try:
-                _pack64(self._buf, i, v)
-            except struct.error:
-                raise bad_value("put_be64", 64, v) from None
-            self._index = i + 8
-        else:
-            self._put_value(BE64, v, "put_be64")
+    put_be16 = _value_writer(BE16)
+    put_be32 = _value_writer(BE32)
+    put_be64 = _value_writer(BE64)
 
     def _put_value(self, packer: struct.Struct, v: int, what: str) -> None:
         self._check_writable(what)
@@ -290,7 +270,7 @@ class OutputMixin(QEMUFileBase):
         blen = len(packed)
         if self._error:
             return blen + _LENGTH_SIZE
-        _pack32(self._buf, i, blen)
+        BE32.pack_into(self._buf, i, blen)
         start = i + _LENGTH_SIZE
         self._buf[start : start + blen] = packed
         self._add_internal(_LENGTH_SIZE + blen)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import errno
 import mmap
+import threading
 import zlib
 from typing import Any
 
 import pytest
-from test_qemufile_support import ScriptedChannel, private_anonymous_mmap
+from test_qemufile_support import JOIN_TIMEOUT, ScriptedChannel, private_anonymous_mmap
 
 from qiochan import ChannelError, QEMUFile
 from qiochan.qemufile import IO_BUF_SIZE, MAX_IOV_SIZE, compress_bound
-from qiochan_memory import QIOChannelNull
+from qiochan_memory import QIOChannelNull, memory_pipe
 
 PAGE = mmap.PAGESIZE
 
@@ -356,3 +357,20 @@ def test_reading_an_output_stream_raises(method: str, args: tuple[Any, ...]) -> 
     with pytest.raises(ChannelError) as info:
         getattr(f, method)(*args)
     assert info.value.errno == errno.EINVAL
+
+
+def test_non_blocking_writer_waits_for_room() -> None:
+    a, b = memory_pipe(capacity=1000)
+    f = QEMUFile.new_output(a)
+    f.set_blocking(False)
+    data = bytes(range(256)) * 200
+    received = bytearray(2 * len(data))
+    thread = threading.Thread(target=b.read_all, args=(received,))
+    thread.start()
+    f.put_buffer(data)
+    f.put_buffer_async(data)
+    f.fflush()
+    thread.join(JOIN_TIMEOUT)
+    assert received == data + data
+    assert f.fclose() == 0
+    b.close()
