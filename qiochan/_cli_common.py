@@ -132,6 +132,52 @@ class Endpoint:
         """Return ``address [+ layer ...]`` for messages."""
         return " + ".join([self.address, *self.layers])
 
+    @property
+    def role(self) -> Literal["client", "server"]:
+        """The role the layers take: server when listening."""
+        return "server" if self.listen else "client"
+
+    def check(self) -> None:
+        """Check the layers before anything connects or listens.
+
+        Every spec must parse, name an available layer and, for TLS, point at
+        a credentials directory that loads for this role: a listener must not
+        wait for a peer only to fail on its handshake.
+
+        Raises:
+            CLIError: exit status 2 for a malformed spec, 1 for an unknown or
+                unavailable layer or unusable credentials.
+        """
+        from .errors import AddressError, ChannelError
+        from .registry import find_backend
+        from .transport import parse_layer
+
+        what = f"{self.label} {self.describe()}"
+        for text in self.layers:
+            try:
+                spec = parse_layer(text)
+            except AddressError as exc:
+                raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
+            try:
+                find_backend(spec.name, kind="layer")
+                if spec.name == "tls" and spec.options.get("creds"):
+                    _check_tls_creds(spec.options, self.role)
+            except ChannelError as exc:
+                raise CLIError(f"{what}: {exc}") from None
+
+
+def _check_tls_creds(options: dict[str, str], role: str) -> None:
+    """Load the TLS credentials a ``tls:creds=DIR`` layer names, as the layer will.
+
+    Raises:
+        TLSError: the directory is missing, incomplete or fails QEMU's checks.
+    """
+    from .options import parse_bool
+
+    creds = plugin_object("layer", "tls", "TLSCredsX509")
+    verify = parse_bool(options.get("verify_peer", True), "verify_peer", "tls layer")
+    creds(options["creds"], role, verify, options.get("priority") or None)
+
 
 def _opener(address: str) -> Any:
     """Return the backend of ``address`` when it can only be opened (``file:``), else None."""

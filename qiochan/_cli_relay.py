@@ -219,6 +219,8 @@ def run_relay(args: argparse.Namespace) -> int:
     """Relay between ``args.src`` and ``args.dst``; see the module docstring for exit status."""
     src = Endpoint(args.src, args.src_layers, listen=not args.connect_src, label="source")
     dst = Endpoint(args.dst, args.dst_layers, listen=args.listen_dst, label="destination")
+    src.check()
+    dst.check()
     source = open_endpoint(src)  # accept (or connect) SRC before DST
     try:
         destination = open_endpoint(dst)

@@ -115,6 +115,7 @@ def _rate_text(count: int, seconds: float) -> str:
 def run_send(args: argparse.Namespace) -> int:
     """Send ``args.file`` to ``args.dst``; see the module docstring for the exit semantics."""
     endpoint = Endpoint(args.dst, args.layers, listen=args.listen, label="destination")
+    endpoint.check()
     source, size = _open_input(args.file)
     sent = 0
     try:
@@ -159,6 +160,7 @@ def run_send(args: argparse.Namespace) -> int:
 def run_recv(args: argparse.Namespace) -> int:
     """Receive from ``args.src`` into ``args.file`` until the peer's end of stream."""
     endpoint = Endpoint(args.src, args.layers, listen=not args.connect, label="source")
+    endpoint.check()
     target = _open_output(args.file)
     received = 0
     try:
