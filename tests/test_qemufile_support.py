@@ -43,6 +43,7 @@ class ScriptedChannel(QIOChannel):
         chunk: most bytes one read delivers.
         shutdown: declare the ``SHUTDOWN`` feature.
         would_block: every other read returns ERR_BLOCK first (non-blocking mode only).
+        max_write: most bytes one write accepts (short writes).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class ScriptedChannel(QIOChannel):
         chunk: int = 1 << 30,
         shutdown: bool = True,
         would_block: bool = False,
+        max_write: int = 1 << 30,
     ) -> None:
         super().__init__()
         self.data = data
@@ -61,6 +63,7 @@ class ScriptedChannel(QIOChannel):
         self.eof = eof
         self.chunk = chunk
         self.would_block = would_block
+        self.max_write = max_write
         self.written = bytearray()
         self.writes: list[list[bytes]] = []
         self.reads = 0
@@ -76,7 +79,7 @@ class ScriptedChannel(QIOChannel):
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
         self.writes.append([bytes(view) for view in iov])
         wanted = b"".join(self.writes[-1])
-        room = len(wanted)
+        room = min(len(wanted), self.max_write)
         if self.fail_after is not None:
             room = min(room, self.fail_after - len(self.written))
             if room <= 0:
