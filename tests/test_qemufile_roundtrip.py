@@ -26,6 +26,8 @@ from test_qemufile_support import (
 from qiochan import QEMUFile
 from qiochan.qemufile import IO_BUF_SIZE
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 VARIANTS = ("get_buffer", "get_bytes", "in_place")
 
 EVERY_PAIR: list[Op] = [
