@@ -528,12 +528,10 @@ class QIOChannelWebsock(QIOChannel):
         if n == view.nbytes and n < _MAX_READ_SIZE:
             self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
         protocol = self._protocol
-        mid_frame = False
         with self._proto_lock:
             if n:
                 protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
             else:
-                mid_frame = bool(protocol.reader.buffer)
                 protocol.receive_eof()
             events = protocol.events_received()
             out = protocol.data_to_send()
@@ -541,7 +539,7 @@ class QIOChannelWebsock(QIOChannel):
             self._outbox.push(out)
         self._deliver(events, protocol)
         if n == 0 and not (self._eof or self._read_error):
-            self._transport_eof(mid_frame)
+            self._transport_eof(_truncated(protocol.parser_exc))
         if self._outbox.pending:
             self._flush_quietly()
         return n
@@ -799,6 +797,15 @@ class QIOChannelWebsock(QIOChannel):
 
     def io_peerpid(self) -> int:
         return self.master.peerpid()
+
+
+def _truncated(failure: Exception | None) -> bool:
+    """True when the master's EOF cut a frame short (not at a frame boundary).
+
+    At a boundary the protocol reports "unexpected end of stream"; inside a
+    frame its stream reader reports how many bytes were missing.
+    """
+    return isinstance(failure, EOFError) and str(failure).startswith("stream ends after")
 
 
 def _as_handshake_error(exc: ChannelError) -> WebsocketHandshakeError:
