@@ -388,8 +388,11 @@ class QIOChannelWebsock(QIOChannel):
 
     def _handshake_receive(self) -> int:
         """Read once from the master (non-blocking) and advance the handshake."""
-        server = isinstance(self._protocol, ServerProtocol)
-        size = _SERVER_HANDSHAKE_READ if server else _FIRST_READ_SIZE
+        if isinstance(self._protocol, ServerProtocol):
+            # never read past the bound: a request larger than it cannot complete
+            size = max(1, min(_SERVER_HANDSHAKE_READ, self._max_request - self._hs_fed))
+        else:
+            size = _FIRST_READ_SIZE
         n = self.master.read(self._in_view[:size])
         if n == ERR_BLOCK:
             return n
@@ -430,16 +433,17 @@ class QIOChannelWebsock(QIOChannel):
             else:
                 self._refused(response, why)
         elif protocol.handshake_exc is not None:
+            # websockets could not parse the request: answer it our way, then close
             why = handshake.server_failure(protocol)
-            if out == [b""] and not isinstance(protocol.handshake_exc.__cause__, EOFError):
-                # websockets only closes on a malformed request: answer it first
-                response = handshake.refusal(protocol, 400, why)
-                out = [response.serialize(), b""]
-                self._refused(response, why)
-            else:
+            status = handshake.unparsable_request_status(protocol)
+            if status is None:
                 self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
-            self._outbox.push(out)
-        elif self._hs_fed > self._max_request:
+                self._outbox.push(out)
+            else:
+                response = handshake.refusal(protocol, status, why)
+                self._outbox.push([response.serialize(), b""])
+                self._refused(response, why)
+        elif self._hs_fed >= self._max_request:
             self._server_refuses(
                 protocol, 431, f"the upgrade request exceeds {self._max_request} bytes"
             )

@@ -19,8 +19,14 @@ import re
 from collections.abc import Sequence
 
 from websockets.client import ClientProtocol
-from websockets.datastructures import Headers
-from websockets.exceptions import InvalidMessage, InvalidStatus, NegotiationError
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    InvalidMessage,
+    InvalidStatus,
+    NegotiationError,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
@@ -35,6 +41,7 @@ __all__ = [
     "make_server",
     "refusal",
     "server_failure",
+    "unparsable_request_status",
 ]
 
 log = logging.getLogger("qiochan.websocket")
@@ -152,9 +159,22 @@ def answer_request(protocol: ServerProtocol, request: Request, path: str) -> tup
     if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS:
         return response, ""
     why = server_failure(protocol)
-    if response.status_code in _AS_BAD_REQUEST:
-        response = refusal(protocol, http.HTTPStatus.BAD_REQUEST, why)
-    return response, why
+    status = response.status_code
+    if status in _AS_BAD_REQUEST:
+        status = http.HTTPStatus.BAD_REQUEST
+    return refusal(protocol, status, why), why
+
+
+def unparsable_request_status(protocol: ServerProtocol) -> int | None:
+    """The status for a request websockets could not parse; None when the client left."""
+    exc = protocol.handshake_exc
+    if isinstance(exc, RequestLineTooLong):
+        return http.HTTPStatus.REQUEST_URI_TOO_LONG
+    if isinstance(exc, (HeaderLineTooLong, TooManyHeaders)):
+        return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    if exc is None or isinstance(exc.__cause__, EOFError):
+        return None
+    return http.HTTPStatus.BAD_REQUEST
 
 
 def server_failure(protocol: ServerProtocol) -> str:
@@ -197,8 +217,3 @@ def client_failure(protocol: ClientProtocol, response: Response | None) -> str:
     if response is not None:
         return f"server answered {_status_line(response)} but {detail}"
     return detail
-
-
-def headers_text(headers: Headers) -> str:
-    """Format ``headers`` for a debug log."""
-    return "; ".join(f"{key}: {value}" for key, value in headers.raw_items())
