@@ -30,12 +30,15 @@ __all__ = ["RECV_CHUNK", "WRITE_CHUNK", "TLSSession", "describe_ssl_error"]
 
 log = logging.getLogger("qiochan.tls")
 
-#: Ciphertext bytes read from the master at a time.
-RECV_CHUNK = 256 * 1024
+#: Ciphertext bytes read from the master at a time: the buffer starts small and
+#: doubles up to RECV_CHUNK while reads keep filling it (a bulk stream).
+RECV_CHUNK = 1024 * 1024
+RECV_FIRST = 64 * 1024
 #: Plaintext bytes encrypted per write call at most.
-WRITE_CHUNK = 256 * 1024
+WRITE_CHUNK = 1024 * 1024
 # smaller buffers of a writev are gathered into one record-sized write
 _GATHER = 16 * 1024
+_MAX_RECORD = 16 * 1024
 
 
 def describe_ssl_error(exc: ssl.SSLError) -> str:
@@ -86,8 +89,7 @@ class TLSSession:
         self._send_off = 0
         self._unreported = 0
         self._stash = bytearray()  # plaintext drained before close_notify was queued
-        self._rbuf = bytearray(RECV_CHUNK)
-        self._rview = memoryview(self._rbuf)
+        self._rview = memoryview(bytearray(RECV_FIRST))
         self.handshake_done = False
         self.failed = False
         self.peer_closed = False  # the peer's close_notify arrived
@@ -129,13 +131,16 @@ class TLSSession:
             and ``blocking`` is False.
         """
         while True:
-            if self._send_off >= len(self._send_buf):
+            data = self._send_buf
+            if self._send_off >= len(data):
+                # reading the BIO's size without the lock is safe: a stale zero
+                # only leaves data for the next flush, as if it came later
+                if not self._outgoing.pending:
+                    return True
                 with self._ssl_lock:
                     data = self._outgoing.read()
                 self._send_buf, self._send_off = data, 0
-                if not data:
-                    return True
-            n = self.master.write(memoryview(self._send_buf)[self._send_off :])
+            n = self.master.write(memoryview(data)[self._send_off :] if self._send_off else data)
             if n == ERR_BLOCK:
                 if not blocking:
                     return False
@@ -159,6 +164,8 @@ class TLSSession:
             if n > 0:
                 with self._ssl_lock:
                     self._incoming.write(self._rview[:n])
+                if n == self._rview.nbytes and n < RECV_CHUNK:
+                    self._rview = memoryview(bytearray(2 * n))
             else:
                 self.transport_eof = True
             return n
@@ -250,6 +257,8 @@ class TLSSession:
 
     def _decrypt(self, iov: list[memoryview]) -> int:
         total = 0
+        # typeshed types read() as returning bytes; with a buffer it returns a count
+        read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]
         with self._ssl_lock:
             if self._stash:
                 return self._take_stash(iov)
@@ -258,7 +267,7 @@ class TLSSession:
                 filled = 0
                 while filled < size:
                     try:
-                        n = self._read_into(view[filled:] if filled else view)
+                        n = read(size - filled, view[filled:] if filled else view)
                     except ssl.SSLWantReadError:
                         return total + filled
                     except ssl.SSLZeroReturnError:
@@ -271,11 +280,6 @@ class TLSSession:
                     filled += n
                 total += filled
         return total
-
-    def _read_into(self, view: memoryview) -> int:
-        # typeshed types read() as returning bytes; with a buffer it returns a count
-        read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]
-        return read(view.nbytes, view)
 
     def _take_stash(self, iov: list[memoryview]) -> int:
         done = 0
@@ -303,7 +307,9 @@ class TLSSession:
                     f"{self.label}: Unable to write: the TLS session was shut down for writing",
                     errno.EPIPE,
                 )
-            if not self._flush(blocking):
+            # records left over by a write that blocked go first; then that write's
+            # retry (with the same data) learns they are out
+            if self._send_off < len(self._send_buf) and not self._flush(blocking):
                 return ERR_BLOCK
             if self._unreported:
                 done = min(self._unreported, sum(view.nbytes for view in iov))
@@ -316,6 +322,12 @@ class TLSSession:
             return consumed
 
     def _encrypt(self, iov: list[memoryview]) -> int:
+        if len(iov) == 1 and iov[0].nbytes <= WRITE_CHUNK:
+            view = iov[0]  # the common case: one buffer, no gathering
+            if view.nbytes:
+                with self._ssl_lock:
+                    self._encrypt_one(view)
+            return view.nbytes
         budget = WRITE_CHUNK
         consumed = 0
         gathered = bytearray()
@@ -388,7 +400,7 @@ class TLSSession:
     def _drain_to_stash(self) -> None:
         while not self.peer_closed:
             try:
-                data = self._ssl.read(RECV_CHUNK)
+                data = self._ssl.read(_MAX_RECORD)
             except ssl.SSLWantReadError:
                 return
             except ssl.SSLZeroReturnError:

@@ -1,0 +1,186 @@
+"""TLS channel throughput and handshake rate, as ratios against ``ssl.SSLSocket``.
+
+Run: ``python benchmarks/bench_tls.py [--mib N] [--repeat N] [--handshakes N]``
+
+Each row does the same work with :class:`QIOChannelTLS` over a socket channel
+(``ssl.SSLObject`` between memory BIOs) and with ``ssl.SSLSocket`` on a plain
+socket, using the very same :class:`ssl.SSLContext` objects, interleaved in the
+same run; the ratio is SSLSocket time / qiochan time (1.0 = as fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import KIB, MIB, Comparison, compare, print_table
+
+from qiochan_socket import QIOChannelSocket
+from qiochan_tls import QIOChannelTLS, TLSCredsX509
+from qiochan_tls.certs import create_creds_dir
+
+Pair = tuple[socket.socket, socket.socket]
+
+
+def tcp_pair() -> Pair:
+    """Return ``(client, server)`` sockets connected over TCP loopback."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def _in_thread(target: Callable[[], object]) -> Callable[[], None]:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread.join
+
+
+class Contexts:
+    """The server and client contexts both sides use."""
+
+    def __init__(self, directory: Path) -> None:
+        self.server_creds = TLSCredsX509(directory, "server")
+        self.client_creds = TLSCredsX509(directory, "client")
+        self.server = self.server_creds.ssl_context()
+        self.client = self.client_creds.ssl_context()
+
+
+def sslsocket_pair(
+    contexts: Contexts, make: Callable[[], Pair]
+) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Return ``(client, server)`` SSLSockets with their handshakes done."""
+    client_sock, server_sock = make()
+    server = contexts.server.wrap_socket(
+        server_sock, server_side=True, do_handshake_on_connect=False
+    )
+    client = contexts.client.wrap_socket(
+        client_sock, server_hostname="localhost", do_handshake_on_connect=False
+    )
+    join = _in_thread(client.do_handshake)
+    server.do_handshake()
+    join()
+    return client, server
+
+
+def qiochan_pair(
+    contexts: Contexts, make: Callable[[], Pair]
+) -> tuple[QIOChannelTLS, QIOChannelTLS]:
+    """Return ``(client, server)`` TLS channels over socket channels, handshakes done."""
+    client_sock, server_sock = make()
+    server = QIOChannelTLS.new_server(
+        QIOChannelSocket.from_socket(server_sock), contexts.server_creds
+    )
+    client = QIOChannelTLS.new_client(
+        QIOChannelSocket.from_socket(client_sock), contexts.client_creds, "localhost"
+    )
+    join = _in_thread(client.handshake)
+    server.handshake()
+    join()
+    return client, server
+
+
+def _recv_exactly(sock: ssl.SSLSocket, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        n = sock.recv_into(view[done:])
+        if n == 0:
+            raise EOFError("peer closed early")
+        done += n
+
+
+def bench_stream(contexts: Contexts, write_size: int, total: int, repeat: int) -> Comparison:
+    """Client writes ``total`` bytes in ``write_size`` writes over TCP; server reads them."""
+    raw_client, raw_server = sslsocket_pair(contexts, tcp_pair)
+    ours_client, ours_server = qiochan_pair(contexts, tcp_pair)
+    chunk = bytes(range(256)) * (write_size // 256)
+    buf = bytearray(write_size)
+    view = memoryview(buf)
+    count = total // write_size
+
+    def raw() -> None:
+        def send() -> None:
+            for _ in range(count):
+                raw_client.sendall(chunk)
+
+        join = _in_thread(send)
+        for _ in range(count):
+            _recv_exactly(raw_server, view)
+        join()
+
+    def ours() -> None:
+        def send() -> None:
+            for _ in range(count):
+                ours_client.write_all(chunk)
+
+        join = _in_thread(send)
+        for _ in range(count):
+            ours_server.read_all(buf)
+        join()
+
+    name = f"TLS {write_size // KIB} KiB writes (TCP)"
+    try:
+        target = 0.85 if write_size == MIB else None
+        return compare(name, ours, raw, repeat=repeat, target=target, work_bytes=count * write_size)
+    finally:
+        for closable in (raw_client, raw_server, ours_client, ours_server):
+            closable.close()
+
+
+def bench_handshakes(contexts: Contexts, handshakes: int, repeat: int) -> Comparison:
+    """Full handshakes (TLS 1.3, ECDSA P-256, client certificate) over TCP loopback."""
+
+    def raw() -> None:
+        for _ in range(handshakes):
+            client, server = sslsocket_pair(contexts, tcp_pair)
+            client.close()
+            server.close()
+
+    def ours() -> None:
+        for _ in range(handshakes):
+            client, server = qiochan_pair(contexts, tcp_pair)
+            client.close()
+            server.close()
+
+    row = compare(f"handshake x{handshakes} (TCP)", ours, raw, repeat=repeat)
+    row.ours /= handshakes
+    row.raw /= handshakes
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per side")
+    parser.add_argument("--handshakes", type=int, default=100, help="handshakes per timed run")
+    args = parser.parse_args()
+    total = args.mib * MIB
+    with tempfile.TemporaryDirectory() as directory:
+        create_creds_dir(directory)
+        contexts = Contexts(Path(directory))
+        rows = [
+            bench_stream(contexts, MIB, total, args.repeat),
+            bench_stream(contexts, 64 * KIB, total, args.repeat),
+            bench_stream(contexts, 4 * KIB, total // 8, args.repeat),
+            bench_handshakes(contexts, args.handshakes, args.repeat),
+        ]
+    print_table("tls (ratio = ssl.SSLSocket time / qiochan time)", rows)
+    hs = rows[-1]
+    print(
+        f"handshakes per second: qiochan {1 / hs.ours:,.0f}/s, "
+        f"ssl.SSLSocket {1 / hs.raw:,.0f}/s (ratio {hs.ratio:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
