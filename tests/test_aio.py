@@ -453,3 +453,92 @@ def test_open_connection_errors(run: Runner[None]) -> None:
             await qiochan.aio.open_connection("tcp:127.0.0.1")
 
     run(main)
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require("tls")
+    from qiochan_tls.certs import create_creds_dir
+
+    directory = tmp_path_factory.mktemp("pki")
+    create_creds_dir(directory)
+    return directory
+
+
+def _chain(name: str, creds: Path) -> tuple[str, list[str], list[str]]:
+    """Return (listen address, server layers, client layers) for a chain."""
+    tls_server, tls_client = f"tls:creds={creds}", f"tls:creds={creds},hostname=localhost"
+    websocket = "websocket:path=/stream"
+    return {
+        "tls": ("tcp:127.0.0.1:0", [tls_server], [tls_client]),
+        "websocket": ("tcp:127.0.0.1:0", [websocket], [websocket]),
+        "websocket-over-tls": (
+            "tcp:127.0.0.1:0",
+            [tls_server, websocket],
+            [tls_client, websocket],
+        ),
+        "wss-url": ("wss://127.0.0.1:0/stream", [tls_server], [tls_client]),
+    }[name]
+
+
+@pytest.mark.parametrize("chain", ["tls", "websocket", "websocket-over-tls", "wss-url"])
+def test_stream_code_over_tls_and_websocket_chains(
+    run: Runner[None], creds: Path, chain: str
+) -> None:
+    _require("tcp", "tls", "websocket")
+    listen_address, server_layers, client_layers = _chain(chain, creds)
+
+    async def line_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = (await reader.readline()).strip()
+        writer.write(b"hello " + name + b"\n")
+        size = int(await reader.readline())
+        blob = await reader.readexactly(size)
+        writer.write(hashlib.sha256(blob).hexdigest().encode() + b"\n")
+        await writer.drain()
+        assert await reader.read() == b""  # the client's end of stream
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await qiochan.aio.start_server(line_server, listen_address, layers=server_layers)
+        async with server:
+            address = str(server.address)
+            reader, writer = await qiochan.aio.open_connection(address, layers=client_layers)
+            writer.write(b"qiochan\n")
+            assert await reader.readline() == b"hello qiochan\n"
+            blob = _pattern(3 * 1024 * 1024 + 17)
+            writer.write(b"%d\n" % len(blob))
+            writer.write(blob)
+            await writer.drain()
+            digest = await reader.readline()
+            assert digest.strip().decode() == hashlib.sha256(blob).hexdigest()
+            if writer.can_write_eof():
+                writer.write_eof()
+            else:
+                writer.close()
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+
+    run(main)
+
+
+def test_a_failed_handshake_does_not_stop_the_server(run: Runner[None], creds: Path) -> None:
+    _require("tcp", "tls")
+
+    async def main() -> None:
+        server = await qiochan.aio.start_server(
+            _echo, "tcp:127.0.0.1:0", layers=[f"tls:creds={creds}"]
+        )
+        async with server:
+            address = str(server.address)
+            with pytest.raises(qiochan.HandshakeError):
+                # the client refuses the server certificate: both ends fail the handshake
+                await qiochan.aio.open_connection(
+                    address, layers=[f"tls:creds={creds},hostname=not-the-server"]
+                )
+            layers = [f"tls:creds={creds},hostname=localhost"]
+            echoed = await _echo_client(address, b"still serving", layers=layers)
+            assert echoed == b"still serving"
+
+    run(main)
