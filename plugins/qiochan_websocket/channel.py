@@ -468,7 +468,8 @@ class QIOChannelWebsock(QIOChannel):
     ) -> None:
         self._outbox.push(out)
         response = events[0] if events and isinstance(events[0], Response) else None
-        if protocol.state is OPEN:
+        if response is not None and protocol.handshake_exc is None:
+            # accepted; frames right behind the 101 may already have failed the session
             self._opened(protocol.subprotocol)
             self._deliver(events[1:], protocol)
         elif protocol.handshake_exc is not None:
@@ -701,7 +702,10 @@ class QIOChannelWebsock(QIOChannel):
         """Send a close frame with ``code`` and ``reason``, then close the master.
 
         Idempotent.  What is queued is flushed first, for at most
-        :data:`CLOSE_FLUSH_TIMEOUT` seconds when the peer stalls.
+        :data:`CLOSE_FLUSH_TIMEOUT` seconds when the peer stalls.  It does not
+        wait for the peer's answering close frame (as QEMU, it never blocks on
+        the peer); to finish the close handshake first, ``shutdown(WRITE)``
+        and read until EOF.
 
         Raises:
             ValueError: ``code`` is not a valid close code (1000-1003,

@@ -9,8 +9,8 @@ server, ``origin`` is the one origin admitted (403 for others).
 The TCP part comes from the ``tcp`` transport backend and the TLS part from
 the ``tls`` layer backend, both found in the registry.  The TLS options come
 from a ``tls:`` layer given alongside (its ``hostname`` defaults to the URL
-host); without one, a client asks the ``tls`` layer to verify the server
-against the system CA store, and a server refuses to listen.  A
+host); without one, a client verifies the server against the system CA store
+(:mod:`qiochan_websocket.system_ca`), and a server refuses to listen.  A
 ``websocket:`` layer given alongside adds its options (not ``path``: the URL
 has it); any other layer wraps the websocket channel.
 """
@@ -30,6 +30,7 @@ from qiochan.registry import find_backend
 from qiochan.transport import LayeredListener, LayerSpec, Role, apply_layers, parse_layer
 
 from .channel import QIOChannelWebsock
+from .system_ca import system_ca_options
 
 __all__ = ["OPTIONS", "WebsocketListener", "connect_url", "listen_url", "wrap"]
 
@@ -209,9 +210,8 @@ def connect_url(
     _arguments("client", websocket)  # refuse bad options before connecting
     inner: list[Any] = []
     if url.secure:
-        tls_options = dict(tls or {})
-        tls_options.setdefault("hostname", url.host)
-        inner.append(_tls_layer(tls_options))
+        given = {"hostname": url.host, **tls} if tls is not None else None
+        inner.append(_tls_layer(given or system_ca_options(url.host)))
     inner.append(_websocket_layer(websocket))
     tcp_connect = find_backend("tcp").require("connect")
     channel: QIOChannel = tcp_connect(url.inet, timeout=timeout, **options)
