@@ -548,3 +548,30 @@ def test_features_and_hints_pass_through_to_the_master() -> None:
         assert server.peerpid() == os.getpid()
         assert server.flush() == 0
         assert "QIOChannelWebsock server open" in repr(server)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_async_handshake_and_transfer(loop_kind: str) -> None:
+    """ahandshake() and the async I/O twins share one loop without blocking it (uvloop too)."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    ours, theirs = socket_pair()
+    server = QIOChannelWebsock.new_server(ours)
+    client = QIOChannelWebsock.new_client(theirs, "localhost")
+    data = os.urandom(3 << 20)
+    received = bytearray(len(data))
+
+    async def scenario() -> None:
+        await asyncio.gather(server.ahandshake(), client.ahandshake())
+        await asyncio.gather(client.awrite_all(data), server.aread_all(received))
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), 20))
+    finally:
+        loop.close()
+        server.close()
+        client.close()
+    assert received == data
