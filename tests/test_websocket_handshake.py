@@ -345,3 +345,43 @@ def test_client_gives_up_on_a_silent_server() -> None:
         with pytest.raises(WebsocketHandshakeError, match="did not complete") as info:
             client.handshake()
         assert info.value.errno == errno.ETIMEDOUT
+
+
+# -- bad input after the handshake, on a real socket ------------------------------------------
+
+
+def _masked(opcode: Opcode, payload: bytes) -> bytes:
+    return Frame(opcode, payload).serialize(mask=True)
+
+
+AFTER_HANDSHAKE = [
+    pytest.param(b"\xde\xad\xbe\xef" * 8, 1002, "protocol error", id="garbage"),
+    pytest.param(_masked(Opcode.TEXT, b"hello"), 1003, "text frame", id="text-frame"),
+    pytest.param(
+        b"\x82\xff" + (1 << 40).to_bytes(8, "big") + b"mask", 1009, "too big", id="oversized-frame"
+    ),
+    pytest.param(b"\x82\x02" + b"ab", 1002, "protocol error", id="unmasked-client-frame"),
+]
+
+
+@pytest.mark.parametrize(("raw", "code", "why"), AFTER_HANDSHAKE)
+def test_bad_frames_after_the_handshake_fail_the_session(raw: bytes, code: int, why: str) -> None:
+    ours, theirs = socket.socketpair()
+    server = QIOChannelWebsock.new_server(QIOChannelSocket.from_socket(ours), max_size=1 << 20)
+    with server, theirs:
+        theirs.sendall(request())
+        server.handshake()
+        theirs.settimeout(TIMEOUT)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += theirs.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        theirs.sendall(_masked(Opcode.BINARY, b"fine") + raw)
+        buf = bytearray(4)
+        server.read_all(buf)  # what came before the bad input is delivered
+        assert buf == b"fine"
+        with pytest.raises(WebsocketError, match=why):
+            server.read(bytearray(16))
+        # the peer gets a close frame with the code, then the server half-closes
+        answer = head.partition(b"\r\n\r\n")[2] + _read_to_eof(theirs)
+        assert answer[0] == 0x88 and int.from_bytes(answer[2:4], "big") == code
