@@ -2,16 +2,16 @@
 
 Every scenario builds its own certificate set, runs a real TLS handshake over
 a unix socket pair and checks which end refuses, the message, and that no fd
-is left open.  With TLS 1.3 a client learns that the server refused its
-certificate only at its first read: that read must fail too.
+is left open (``no_fd_leak`` on every test).  With TLS 1.3 a client learns that
+the server refused its certificate only at its first read: that read must fail.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,21 +23,47 @@ from qiochan_tls.certs import CertifiedKey, create_ca, create_cert, create_crl, 
 from qiochan_tls.layout import CA_CERT, CA_CRL, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
 from qiochan_tls.testing import run_handshakes
 
+pytestmark = pytest.mark.usefixtures("no_fd_leak")
+
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
+TLS12 = "NORMAL:-VERS-TLS1.3"
+GOOD: Any = object()  # "the valid certificate" in scenario()
+
+
+def server_cert(ca: CertifiedKey, **kwargs: Any) -> CertifiedKey:
+    return create_cert(ca, "localhost", hostnames=["localhost"], ips=["127.0.0.1"], **kwargs)
+
+
+def client_cert(ca: CertifiedKey, **kwargs: Any) -> CertifiedKey:
+    return create_cert(ca, "client", purposes=["client"], **kwargs)
+
+
+@dataclass(frozen=True)
+class Certs:
+    """The valid set every scenario starts from."""
+
+    ca: CertifiedKey
+    server: CertifiedKey
+    client: CertifiedKey
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    ca = create_ca("qiochan matrix CA")
+    return Certs(ca, server_cert(ca), client_cert(ca))
 
 
 def write_dir(
     path: Path,
-    ca: CertifiedKey | list[CertifiedKey],
+    cas: list[CertifiedKey],
     *,
     server: CertifiedKey | None = None,
     client: CertifiedKey | None = None,
     revoked: list[CertifiedKey] | None = None,
 ) -> Path:
-    """Write a QEMU-layout directory; ``revoked`` adds a CRL signed by the (first) CA."""
+    """Write a QEMU-layout directory; ``revoked`` adds a CRL signed by the first CA."""
     path.mkdir(parents=True, exist_ok=True)
-    cas = ca if isinstance(ca, list) else [ca]
     (path / CA_CERT).write_bytes(b"".join(item.cert_pem() for item in cas))
     if server is not None:
         server.write(path / SERVER_CERT, path / SERVER_KEY)
@@ -48,17 +74,9 @@ def write_dir(
     return path
 
 
-def server_cert(ca: CertifiedKey, **kwargs: object) -> CertifiedKey:
-    return create_cert(ca, "localhost", hostnames=["localhost"], ips=["127.0.0.1"], **kwargs)  # type: ignore[arg-type]
-
-
-def client_cert(ca: CertifiedKey, **kwargs: object) -> CertifiedKey:
-    return create_cert(ca, "client", purposes=["client"], **kwargs)  # type: ignore[arg-type]
-
-
 @dataclass
-class Setup:
-    """Both ends' directories and options for one scenario."""
+class Scenario:
+    """Both ends' directories and options."""
 
     server_dir: Path
     client_dir: Path
@@ -67,7 +85,34 @@ class Setup:
     client_sanity: bool = True
     authz: Authz | None = None
     priority: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+
+
+def scenario(
+    tmp_path: Path,
+    certs: Certs,
+    *,
+    server: CertifiedKey | None = GOOD,
+    client: CertifiedKey | None = GOOD,
+    server_cas: list[CertifiedKey] | None = None,
+    client_cas: list[CertifiedKey] | None = None,
+    server_revokes: list[CertifiedKey] | None = None,
+    client_revokes: list[CertifiedKey] | None = None,
+    **options: Any,
+) -> Scenario:
+    """Write the two directories: the valid set unless told otherwise (None: no cert)."""
+    server_dir = write_dir(
+        tmp_path / "server",
+        server_cas or [certs.ca],
+        server=certs.server if server is GOOD else server,
+        revoked=server_revokes,
+    )
+    client_dir = write_dir(
+        tmp_path / "client",
+        client_cas or [certs.ca],
+        client=certs.client if client is GOOD else client,
+        revoked=client_revokes,
+    )
+    return Scenario(server_dir, client_dir, **options)
 
 
 @dataclass
@@ -78,8 +123,8 @@ class Outcome:
     received: bytes
 
 
-def run(setup: Setup) -> Outcome:
-    """Handshake both ends over a socket pair; then server sends b'ping' if it can."""
+def run(setup: Scenario) -> Outcome:
+    """Handshake both ends over a socket pair; then the server sends b'ping' if it can."""
     server_creds = TLSCredsX509(
         setup.server_dir, "server", sanity_check=setup.server_sanity, priority=setup.priority
     )
@@ -98,8 +143,7 @@ def run(setup: Setup) -> Outcome:
                 server.write_all(b"ping")
             buf = bytearray(4)
             try:
-                ok = client.read_all_eof(buf)
-                received = bytes(buf) if ok else b""
+                received = bytes(buf) if client.read_all_eof(buf) else b""
             except ChannelError as exc:
                 read_error = exc
         return Outcome(server_error, client_error, read_error, received)
@@ -108,52 +152,10 @@ def run(setup: Setup) -> Outcome:
         client.close()
 
 
-@pytest.fixture(scope="module")
-def ca() -> CertifiedKey:
-    return create_ca("qiochan matrix CA")
-
-
-@pytest.fixture(scope="module")
-def good_server(ca: CertifiedKey) -> CertifiedKey:
-    return server_cert(ca)
-
-
-@pytest.fixture(scope="module")
-def good_client(ca: CertifiedKey) -> CertifiedKey:
-    return client_cert(ca)
-
-
-def test_valid_pair(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    good_client: CertifiedKey,
-    no_fd_leak: None,
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca, client=good_client),
-        authz=AuthzList([("C=UK,O=Example,CN=client", "allow")]),
-    )
-    outcome = run(setup)
-    assert outcome.server_error is None and outcome.client_error is None
+def expect_success(outcome: Outcome) -> None:
+    assert outcome.server_error is None and outcome.client_error is None, outcome
     assert outcome.client_read_error is None
     assert outcome.received == b"ping"
-
-
-def test_valid_pair_tls12(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    good_client: CertifiedKey,
-    no_fd_leak: None,
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca, client=good_client),
-        priority="NORMAL:-VERS-TLS1.3",
-    )
-    assert run(setup).received == b"ping"
 
 
 def _expect_handshake_error(error: BaseException | None, *fragments: str) -> None:
@@ -162,7 +164,7 @@ def _expect_handshake_error(error: BaseException | None, *fragments: str) -> Non
         assert fragment in str(error), f"{fragment!r} not in {str(error)!r}"
 
 
-def _expect_client_refused(outcome: Outcome, *fragments: str) -> None:
+def expect_client_refused(outcome: Outcome, *fragments: str) -> None:
     """The server refused the client: the client fails at its handshake or first read."""
     _expect_handshake_error(outcome.server_error, "TLS server", *fragments)
     client_error = outcome.client_error or outcome.client_read_error
@@ -170,129 +172,120 @@ def _expect_client_refused(outcome: Outcome, *fragments: str) -> None:
     assert outcome.received == b""
 
 
-def _expect_server_refused(outcome: Outcome, *fragments: str) -> None:
-    """The client refused the server during its handshake."""
+def expect_server_refused(outcome: Outcome, *fragments: str) -> None:
+    """The client refused the server during its handshake; the server hears the alert."""
     _expect_handshake_error(outcome.client_error, "TLS client", *fragments)
     assert isinstance(outcome.server_error, TLSHandshakeError), (
         f"the server did not notice the client's alert: {outcome.server_error!r}"
     )
 
 
+def refused_at_load(directory: Path, endpoint: str, pattern: str) -> None:
+    with pytest.raises(TLSError, match=pattern):
+        TLSCredsX509(directory, endpoint)  # type: ignore[arg-type]
+
+
+# -- valid sets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("priority", [None, TLS12])
+def test_valid_pair(tmp_path: Path, certs: Certs, priority: str | None) -> None:
+    authz = AuthzList([("C=UK,O=Example,CN=client", "allow")])
+    expect_success(run(scenario(tmp_path, certs, authz=authz, priority=priority)))
+
+
+def test_authz_simple_allows_exact_dn(tmp_path: Path, certs: Certs) -> None:
+    authz = AuthzSimple("C=UK,O=Example,CN=client")
+    expect_success(run(scenario(tmp_path, certs, authz=authz)))
+
+
+def test_ip_address_san(tmp_path: Path, certs: Certs) -> None:
+    expect_success(run(scenario(tmp_path, certs, hostname="127.0.0.1")))
+
+
+def test_intermediate_ca_chain(tmp_path: Path, certs: Certs) -> None:
+    """ca-cert.pem may hold a chain: leaves issued by an intermediate verify."""
+    intermediate = create_ca("intermediate", issuer=certs.ca)
+    chain = [certs.ca, intermediate]
+    setup = scenario(
+        tmp_path,
+        certs,
+        server=server_cert(intermediate),
+        client=client_cert(intermediate),
+        server_cas=chain,
+        client_cas=chain,
+    )
+    expect_success(run(setup))
+
+
+def test_client_without_cert_when_server_does_not_verify(tmp_path: Path, certs: Certs) -> None:
+    setup = scenario(tmp_path, certs, client=None)
+    server_creds = TLSCredsX509(setup.server_dir, verify_peer=False)
+    client_creds = TLSCredsX509(setup.client_dir, "client")
+    server_master, client_master = socket_pair()
+    with (
+        QIOChannelTLS.new_server(server_master, server_creds) as server,
+        QIOChannelTLS.new_client(client_master, client_creds, "localhost") as client,
+    ):
+        assert run_handshakes(server, client) == (None, None)
+        assert server.peer_certificate() is None and server.peer_dn() is None
+
+
+# -- the broken sets ------------------------------------------------------------------
+
+
 class TestExpiredServerCert:
     @pytest.fixture
-    def expired(self, ca: CertifiedKey) -> CertifiedKey:
-        return server_cert(ca, valid_from=NOW - 30 * DAY, valid_until=NOW - DAY)
+    def expired(self, certs: Certs) -> CertifiedKey:
+        return server_cert(certs.ca, valid_from=NOW - 30 * DAY, valid_until=NOW - DAY)
 
-    def test_refused_at_load(self, tmp_path: Path, ca: CertifiedKey, expired: CertifiedKey) -> None:
-        directory = write_dir(tmp_path, ca, server=expired)
-        with pytest.raises(TLSError, match=r"server-cert\.pem .* has expired"):
-            TLSCredsX509(directory, "server")
+    def test_refused_at_load(self, tmp_path: Path, certs: Certs, expired: CertifiedKey) -> None:
+        setup = scenario(tmp_path, certs, server=expired)
+        refused_at_load(setup.server_dir, "server", r"server-cert\.pem .* has expired")
 
-    def test_client_refuses_it(
-        self, tmp_path: Path, ca: CertifiedKey, expired: CertifiedKey, no_fd_leak: None
-    ) -> None:
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=expired),
-            write_dir(tmp_path / "c", ca),
-            server_sanity=False,
-        )
-        _expect_server_refused(run(setup), "certificate has expired")
+    def test_client_refuses_it(self, tmp_path: Path, certs: Certs, expired: CertifiedKey) -> None:
+        setup = scenario(tmp_path, certs, server=expired, server_sanity=False)
+        expect_server_refused(run(setup), "certificate has expired")
 
 
 class TestNotYetValidCert:
     @pytest.fixture
-    def future_client(self, ca: CertifiedKey) -> CertifiedKey:
-        return client_cert(ca, valid_from=NOW + DAY, valid_until=NOW + 30 * DAY)
+    def future(self, certs: Certs) -> CertifiedKey:
+        return client_cert(certs.ca, valid_from=NOW + DAY, valid_until=NOW + 30 * DAY)
 
-    def test_refused_at_load(
-        self, tmp_path: Path, ca: CertifiedKey, future_client: CertifiedKey
-    ) -> None:
-        directory = write_dir(tmp_path, ca, client=future_client)
-        with pytest.raises(TLSError, match=r"client-cert\.pem .* is not yet active"):
-            TLSCredsX509(directory, "client")
+    def test_refused_at_load(self, tmp_path: Path, certs: Certs, future: CertifiedKey) -> None:
+        setup = scenario(tmp_path, certs, client=future)
+        refused_at_load(setup.client_dir, "client", r"client-cert\.pem .* is not yet active")
 
-    def test_server_refuses_it(
-        self,
-        tmp_path: Path,
-        ca: CertifiedKey,
-        good_server: CertifiedKey,
-        future_client: CertifiedKey,
-        no_fd_leak: None,
-    ) -> None:
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=good_server),
-            write_dir(tmp_path / "c", ca, client=future_client),
-            client_sanity=False,
-        )
-        _expect_client_refused(run(setup), "certificate is not yet valid")
+    def test_server_refuses_it(self, tmp_path: Path, certs: Certs, future: CertifiedKey) -> None:
+        setup = scenario(tmp_path, certs, client=future, client_sanity=False)
+        expect_client_refused(run(setup), "certificate is not yet valid")
 
 
-def test_wrong_hostname(
-    tmp_path: Path, ca: CertifiedKey, good_server: CertifiedKey, no_fd_leak: None
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca),
-        hostname="elsewhere.example",
-    )
-    _expect_server_refused(run(setup), "Hostname mismatch", "elsewhere.example")
-
-
-def test_wrong_ip_address(
-    tmp_path: Path, ca: CertifiedKey, good_server: CertifiedKey, no_fd_leak: None
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca),
-        hostname="127.0.0.2",
-    )
-    _expect_server_refused(run(setup), "IP address mismatch")
-
-
-def test_ip_address_san_accepted(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    good_client: CertifiedKey,
-    no_fd_leak: None,
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca, client=good_client),
-        hostname="127.0.0.1",
-    )
-    assert run(setup).received == b"ping"
+@pytest.mark.parametrize(
+    ("hostname", "message"),
+    [("elsewhere.example", "Hostname mismatch"), ("127.0.0.2", "IP address mismatch")],
+)
+def test_wrong_hostname(tmp_path: Path, certs: Certs, hostname: str, message: str) -> None:
+    outcome = run(scenario(tmp_path, certs, hostname=hostname))
+    expect_server_refused(outcome, message, hostname)
 
 
 class TestCommonNameFallback:
-    """The CN is matched only when the certificate has no subjectAltName."""
+    """The CN counts only when the certificate has no DNS subjectAltName (as in GnuTLS)."""
 
-    def test_cn_used_without_san(
-        self, tmp_path: Path, ca: CertifiedKey, good_client: CertifiedKey, no_fd_leak: None
-    ) -> None:
-        no_san = create_cert(ca, "localhost")
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=no_san),
-            write_dir(tmp_path / "c", ca, client=good_client),
-        )
-        assert run(setup).received == b"ping"
+    def test_cn_used_without_san(self, tmp_path: Path, certs: Certs) -> None:
+        no_san = create_cert(certs.ca, "localhost")
+        expect_success(run(scenario(tmp_path, certs, server=no_san)))
 
-    def test_cn_ignored_with_san(self, tmp_path: Path, ca: CertifiedKey, no_fd_leak: None) -> None:
-        other_san = create_cert(ca, "localhost", hostnames=["other.example"])
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=other_san), write_dir(tmp_path / "c", ca)
-        )
-        _expect_server_refused(run(setup), "Hostname mismatch")
+    def test_cn_ignored_with_san(self, tmp_path: Path, certs: Certs) -> None:
+        other_san = create_cert(certs.ca, "localhost", hostnames=["other.example"])
+        expect_server_refused(run(scenario(tmp_path, certs, server=other_san)), "mismatch")
 
 
-def test_untrusted_ca(
-    tmp_path: Path, ca: CertifiedKey, good_server: CertifiedKey, no_fd_leak: None
-) -> None:
-    other = create_ca("some other CA")
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server), write_dir(tmp_path / "c", other)
-    )
-    _expect_server_refused(run(setup), "certificate verify failed")
+def test_untrusted_ca(tmp_path: Path, certs: Certs) -> None:
+    setup = scenario(tmp_path, certs, client_cas=[create_ca("some other CA")], client=None)
+    expect_server_refused(run(setup), "certificate verify failed")
 
 
 class TestCAWithoutCAFlag:
@@ -305,170 +298,83 @@ class TestCAWithoutCAFlag:
     )
     @pytest.mark.parametrize("endpoint", ["server", "client"])
     def test_refused_at_load(
-        self, tmp_path: Path, ca_flag: bool | None, message: str, endpoint: str
+        self, tmp_path: Path, certs: Certs, ca_flag: bool | None, message: str, endpoint: str
     ) -> None:
-        bad_ca = create_ca("not a CA", ca_flag=ca_flag)
-        directory = write_dir(
-            tmp_path, bad_ca, server=server_cert(bad_ca), client=client_cert(bad_ca)
+        bad = create_ca("not a CA", ca_flag=ca_flag)
+        setup = scenario(
+            tmp_path,
+            certs,
+            server=server_cert(bad),
+            client=client_cert(bad),
+            server_cas=[bad],
+            client_cas=[bad],
         )
-        with pytest.raises(TLSError, match=rf"ca-cert\.pem .* {message}"):
-            TLSCredsX509(directory, endpoint)  # type: ignore[arg-type]
+        directory = setup.server_dir if endpoint == "server" else setup.client_dir
+        refused_at_load(directory, endpoint, rf"ca-cert\.pem .* {message}")
 
-    def test_client_refuses_it(self, tmp_path: Path, no_fd_leak: None) -> None:
-        bad_ca = create_ca("not a CA", ca_flag=False)
-        setup = Setup(
-            write_dir(tmp_path / "s", bad_ca, server=server_cert(bad_ca)),
-            write_dir(tmp_path / "c", bad_ca),
+    def test_client_refuses_it(self, tmp_path: Path, certs: Certs) -> None:
+        bad = create_ca("not a CA", ca_flag=False)
+        setup = scenario(
+            tmp_path,
+            certs,
+            server=server_cert(bad),
+            client=None,
+            server_cas=[bad],
+            client_cas=[bad],
             server_sanity=False,
             client_sanity=False,
         )
-        _expect_server_refused(run(setup), "invalid CA certificate")
+        expect_server_refused(run(setup), "invalid CA certificate")
 
 
 class TestServerCertWithoutServerAuth:
     @pytest.fixture
-    def client_only(self, ca: CertifiedKey) -> CertifiedKey:
-        return server_cert(ca, purposes=["client"])
+    def client_only(self, certs: Certs) -> CertifiedKey:
+        return server_cert(certs.ca, purposes=["client"])
 
-    def test_refused_at_load(
-        self, tmp_path: Path, ca: CertifiedKey, client_only: CertifiedKey
-    ) -> None:
-        directory = write_dir(tmp_path, ca, server=client_only)
-        with pytest.raises(TLSError, match="does not allow use with a TLS server"):
-            TLSCredsX509(directory, "server")
+    def test_refused_at_load(self, tmp_path: Path, certs: Certs, client_only: CertifiedKey) -> None:
+        setup = scenario(tmp_path, certs, server=client_only)
+        refused_at_load(setup.server_dir, "server", "does not allow use with a TLS server")
 
     def test_client_refuses_it(
-        self, tmp_path: Path, ca: CertifiedKey, client_only: CertifiedKey, no_fd_leak: None
+        self, tmp_path: Path, certs: Certs, client_only: CertifiedKey
     ) -> None:
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=client_only),
-            write_dir(tmp_path / "c", ca),
-            server_sanity=False,
-        )
-        _expect_server_refused(run(setup), "unsuitable certificate purpose")
+        setup = scenario(tmp_path, certs, server=client_only, server_sanity=False)
+        expect_server_refused(run(setup), "unsuitable certificate purpose")
 
 
-@pytest.mark.usefixtures("no_fd_leak")
-@pytest.mark.parametrize("priority", [None, "NORMAL:-VERS-TLS1.3"])
-def test_client_rejected_by_authz(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    good_client: CertifiedKey,
-    priority: str | None,
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca, client=good_client),
-        authz=AuthzList([("*,CN=admin", "allow"), ("*", "deny")], policy="allow"),
-        priority=priority,
-    )
-    outcome = run(setup)
-    _expect_client_refused(outcome, "authorization denied", "C=UK,O=Example,CN=client")
+@pytest.mark.parametrize("priority", [None, TLS12])
+def test_client_rejected_by_authz(tmp_path: Path, certs: Certs, priority: str | None) -> None:
+    authz = AuthzList([("*,CN=admin", "allow"), ("*", "deny")], policy="allow")
+    outcome = run(scenario(tmp_path, certs, authz=authz, priority=priority))
+    expect_client_refused(outcome, "authorization denied", "C=UK,O=Example,CN=client")
 
 
-def test_authz_simple_allows_exact_dn(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    good_client: CertifiedKey,
-    no_fd_leak: None,
-) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca, client=good_client),
-        authz=AuthzSimple("C=UK,O=Example,CN=client"),
-    )
-    assert run(setup).received == b"ping"
-
-
-@pytest.mark.parametrize("priority", [None, "NORMAL:-VERS-TLS1.3"])
+@pytest.mark.parametrize("priority", [None, TLS12])
 def test_client_without_cert_when_server_verifies(
-    tmp_path: Path,
-    ca: CertifiedKey,
-    good_server: CertifiedKey,
-    priority: str | None,
-    no_fd_leak: None,
+    tmp_path: Path, certs: Certs, priority: str | None
 ) -> None:
-    setup = Setup(
-        write_dir(tmp_path / "s", ca, server=good_server),
-        write_dir(tmp_path / "c", ca),
-        priority=priority,
-    )
-    _expect_client_refused(run(setup), "peer did not return a certificate")
-
-
-def test_client_without_cert_when_server_does_not_verify(
-    tmp_path: Path, ca: CertifiedKey, good_server: CertifiedKey, no_fd_leak: None
-) -> None:
-    server_creds = TLSCredsX509(
-        write_dir(tmp_path / "s", ca, server=good_server), verify_peer=False
-    )
-    client_creds = TLSCredsX509(write_dir(tmp_path / "c", ca), "client")
-    server_master, client_master = socket_pair()
-    with (
-        QIOChannelTLS.new_server(server_master, server_creds) as server,
-        QIOChannelTLS.new_client(client_master, client_creds, "localhost") as client,
-    ):
-        assert run_handshakes(server, client) == (None, None)
-        assert server.peer_certificate() is None and server.peer_dn() is None
+    outcome = run(scenario(tmp_path, certs, client=None, priority=priority))
+    expect_client_refused(outcome, "peer did not return a certificate")
 
 
 class TestRevokedCert:
-    def test_server_refuses_revoked_client(
-        self,
-        tmp_path: Path,
-        ca: CertifiedKey,
-        good_server: CertifiedKey,
-        no_fd_leak: None,
-    ) -> None:
-        revoked = client_cert(ca)
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=good_server, revoked=[revoked]),
-            write_dir(tmp_path / "c", ca, client=revoked),
-        )
-        _expect_client_refused(run(setup), "certificate revoked")
+    def test_server_refuses_revoked_client(self, tmp_path: Path, certs: Certs) -> None:
+        revoked = client_cert(certs.ca)
+        setup = scenario(tmp_path, certs, client=revoked, server_revokes=[revoked])
+        expect_client_refused(run(setup), "certificate revoked")
 
-    def test_client_refuses_revoked_server(
-        self, tmp_path: Path, ca: CertifiedKey, no_fd_leak: None
-    ) -> None:
-        revoked = server_cert(ca)
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=revoked),
-            write_dir(tmp_path / "c", ca, revoked=[revoked]),
-        )
-        _expect_server_refused(run(setup), "certificate revoked")
+    def test_client_refuses_revoked_server(self, tmp_path: Path, certs: Certs) -> None:
+        revoked = server_cert(certs.ca)
+        setup = scenario(tmp_path, certs, server=revoked, client_revokes=[revoked])
+        expect_server_refused(run(setup), "certificate revoked")
 
-    def test_own_revoked_cert_refused_at_load(self, tmp_path: Path, ca: CertifiedKey) -> None:
-        revoked = client_cert(ca)
-        directory = write_dir(tmp_path, ca, client=revoked, revoked=[revoked])
-        with pytest.raises(TLSError, match=r"client-cert\.pem .* has been revoked"):
-            TLSCredsX509(directory, "client")
+    def test_own_revoked_cert_refused_at_load(self, tmp_path: Path, certs: Certs) -> None:
+        revoked = client_cert(certs.ca)
+        setup = scenario(tmp_path, certs, client=revoked, client_revokes=[revoked])
+        refused_at_load(setup.client_dir, "client", r"client-cert\.pem .* has been revoked")
 
-    def test_unrevoked_peer_accepted(
-        self,
-        tmp_path: Path,
-        ca: CertifiedKey,
-        good_server: CertifiedKey,
-        good_client: CertifiedKey,
-        no_fd_leak: None,
-    ) -> None:
-        someone_else = client_cert(ca)
-        setup = Setup(
-            write_dir(tmp_path / "s", ca, server=good_server, revoked=[someone_else]),
-            write_dir(tmp_path / "c", ca, client=good_client, revoked=[someone_else]),
-        )
-        assert run(setup).received == b"ping"
-
-
-def test_intermediate_ca_chain(tmp_path: Path, ca: CertifiedKey, no_fd_leak: None) -> None:
-    """ca-cert.pem may hold a chain: a leaf issued by an intermediate verifies."""
-    intermediate = create_ca("intermediate", issuer=ca)
-    setup = Setup(
-        write_dir(tmp_path / "s", [ca, intermediate], server=server_cert(intermediate)),
-        write_dir(tmp_path / "c", [ca, intermediate], client=client_cert(intermediate)),
-    )
-    assert run(setup).received == b"ping"
-
-
-Scenario = Callable[[Path, CertifiedKey], None]
+    def test_unrevoked_peers_accepted(self, tmp_path: Path, certs: Certs) -> None:
+        someone_else = [client_cert(certs.ca)]
+        setup = scenario(tmp_path, certs, server_revokes=someone_else, client_revokes=someone_else)
+        expect_success(run(setup))
