@@ -307,3 +307,12 @@ def test_reload_picks_up_new_files(tmp_path: Path) -> None:
     with pytest.raises(TLSError):
         creds.reload()
     assert creds.certificate == second.cert  # a failed reload keeps the old credentials
+
+
+def test_lenient_ca_bundle_without_sanity_check(good: Path) -> None:
+    """Like a system CA bundle: a block cryptography cannot parse is skipped, not fatal."""
+    broken = b"-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n"
+    (good / CA_CERT).write_bytes(broken + (good / CA_CERT).read_bytes())
+    with pytest.raises(TLSError, match=r"Unable to parse CA certificate file .*ca-cert\.pem"):
+        TLSCredsX509(good, "client")
+    assert len(TLSCredsX509(good, "client", sanity_check=False).ca_certificates) == 1

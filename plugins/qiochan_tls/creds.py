@@ -14,6 +14,7 @@ import datetime
 import errno
 import logging
 import os
+import re
 import ssl
 import threading
 from dataclasses import dataclass
@@ -45,14 +46,29 @@ def _read(path: Path, what: str) -> bytes:
         raise TLSError(f"Unable to read {what} file {path}: {reason}", exc.errno) from exc
 
 
-def _load_certs(path: Path, what: str) -> list[LoadedCert]:
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _load_certs(path: Path, what: str, strict: bool = True) -> list[LoadedCert]:
+    """Parse every certificate of ``path``.
+
+    ``strict=False`` skips the ones :mod:`cryptography` cannot parse (a system
+    CA bundle may hold a legacy one OpenSSL still accepts) instead of failing.
+    """
     data = _read(path, what)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
-        raise TLSError(
-            f"Unable to parse {what} file {path}: not a PEM certificate ({exc})"
-        ) from exc
+        if strict:
+            raise TLSError(
+                f"Unable to parse {what} file {path}: not a PEM certificate ({exc})"
+            ) from exc
+        certs = []
+        for block in _PEM_CERT.findall(data):
+            try:
+                certs.append(x509.load_pem_x509_certificate(block))
+            except ValueError as error:
+                log.debug("%s: skipping a certificate cryptography cannot parse: %s", path, error)
     return [LoadedCert(path, cert) for cert in certs]
 
 
@@ -171,7 +187,7 @@ class TLSCredsX509:
         if not self.dir.is_dir():
             reason = "is not a directory" if self.dir.exists() else "does not exist"
             raise TLSError(f"TLS credentials directory {self.dir} {reason}", errno.ENOENT)
-        cas = _load_certs(self._path(CA_CERT), "CA certificate")
+        cas = _load_certs(self._path(CA_CERT), "CA certificate", strict=self.sanity_check)
         if not cas:
             raise TLSError(f"The CA certificate file {self._path(CA_CERT)} holds no certificate")
         crl_path = self._path(CA_CRL)
