@@ -44,7 +44,8 @@ __all__ = [
     "unparsable_request_status",
 ]
 
-log = logging.getLogger("qiochan.websocket")
+#: the protocol objects' own log (frames at DEBUG, "connection open" at INFO)
+protocol_log = logging.getLogger("qiochan.websocket.protocol")
 
 #: The subprotocol QEMU's websocket server requires when subprotocols are offered.
 BINARY = Subprotocol("binary")
@@ -85,7 +86,7 @@ def make_server(origins: Origins | None, max_size: int | None) -> ServerProtocol
         subprotocols=[BINARY],
         select_subprotocol=_select_binary,
         max_size=max_size,
-        logger=log,
+        logger=protocol_log,
     )
 
 
@@ -108,7 +109,7 @@ def make_client(
         origin=None if origin is None else Origin(origin),
         subprotocols=[Subprotocol(s) for s in subprotocols] or None,
         max_size=max_size,
-        logger=log,
+        logger=protocol_log,
     )
 
 
