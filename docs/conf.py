@@ -17,7 +17,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
 project = "qiochan"
 author = "qiochan developers"
-copyright = "qiochan developers, GPL-2.0-or-later"  # noqa: A001 - Sphinx's name
+copyright = "qiochan developers, GPL-2.0-or-later"
 release = version = "0.1.0"
 
 extensions = [
