@@ -315,41 +315,43 @@ class TLSSession:
                 done = min(self._unreported, sum(view.nbytes for view in iov))
                 self._unreported -= done
                 return done
-            consumed = self._encrypt(iov)
+            with self._ssl_lock:
+                consumed = self._encrypt(iov)
+                # everything earlier was sent above: the new records start the buffer
+                self._send_buf, self._send_off = self._outgoing.read(), 0
             if not self._flush(blocking):
                 self._unreported = consumed
                 return ERR_BLOCK
             return consumed
 
     def _encrypt(self, iov: list[memoryview]) -> int:
+        """Encrypt up to WRITE_CHUNK bytes of ``iov`` (caller holds ``_ssl_lock``)."""
         if len(iov) == 1 and iov[0].nbytes <= WRITE_CHUNK:
             view = iov[0]  # the common case: one buffer, no gathering
             if view.nbytes:
-                with self._ssl_lock:
-                    self._encrypt_one(view)
+                self._encrypt_one(view)
             return view.nbytes
         budget = WRITE_CHUNK
         consumed = 0
         gathered = bytearray()
-        with self._ssl_lock:
-            for view in iov:
-                if budget <= 0:
-                    break
-                piece = view if view.nbytes <= budget else view[:budget]
-                if piece.nbytes < _GATHER:
-                    gathered += piece
-                    if len(gathered) >= _GATHER:
-                        self._encrypt_one(gathered)
-                        gathered = bytearray()
-                elif piece.nbytes:
-                    if gathered:
-                        self._encrypt_one(gathered)
-                        gathered = bytearray()
-                    self._encrypt_one(piece)
-                consumed += piece.nbytes
-                budget -= piece.nbytes
-            if gathered:
-                self._encrypt_one(gathered)
+        for view in iov:
+            if budget <= 0:
+                break
+            piece = view if view.nbytes <= budget else view[:budget]
+            if piece.nbytes < _GATHER:
+                gathered += piece
+                if len(gathered) >= _GATHER:
+                    self._encrypt_one(gathered)
+                    gathered = bytearray()
+            elif piece.nbytes:
+                if gathered:
+                    self._encrypt_one(gathered)
+                    gathered = bytearray()
+                self._encrypt_one(piece)
+            consumed += piece.nbytes
+            budget -= piece.nbytes
+        if gathered:
+            self._encrypt_one(gathered)
         return consumed
 
     def _encrypt_one(self, data: bytes | bytearray | memoryview) -> None:
