@@ -304,6 +304,11 @@ BAD_ANSWERS = [
         "Sec-WebSocket-Accept",
         id="bad-accept-key",
     ),
+    pytest.param(
+        b"HTTP/1.1 400 Bad Request\r\nServer: QEMU VNC\r\nConnection: close\r\n",
+        "server answered HTTP/1.1 400 Bad Request and closed the connection",
+        id="cut-short-like-qemu",
+    ),
     pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "invalid HTTP response", id="garbage"),
     pytest.param(b"", "closed the connection before answering", id="closed"),
 ]

@@ -74,6 +74,7 @@ CLOSE_FLUSH_TIMEOUT = 5.0
 _FIRST_READ_SIZE = 16 << 10
 _MAX_READ_SIZE = 256 << 10
 _SERVER_HANDSHAKE_READ = 4096
+_HEAD_KEPT = 256
 _CLOSE_MEANINGS: dict[int, int] = {
     CloseCode.PROTOCOL_ERROR: errno.EPROTO,
     CloseCode.UNSUPPORTED_DATA: errno.EPROTO,
@@ -176,6 +177,7 @@ class QIOChannelWebsock(QIOChannel):
         self._hs_done = False
         self._hs_error: WebsocketHandshakeError | None = None
         self._hs_fed = 0
+        self._hs_head = bytearray()  # the first bytes the peer sent, for error messages
         self._eof = False
         self._read_shut = False
         self._read_error: ChannelError | None = None
@@ -401,6 +403,8 @@ class QIOChannelWebsock(QIOChannel):
             if n == 0:
                 protocol.receive_eof()
             else:
+                if len(self._hs_head) < _HEAD_KEPT:
+                    self._hs_head += self._in_view[: min(n, _HEAD_KEPT - len(self._hs_head))]
                 self._hs_fed += n
                 protocol.receive_data(self._in_view[:n])  # type: ignore[arg-type]  # copied in
             events = protocol.events_received()
@@ -473,7 +477,7 @@ class QIOChannelWebsock(QIOChannel):
             self._opened(protocol.subprotocol)
             self._deliver(events[1:], protocol)
         elif protocol.handshake_exc is not None:
-            why = handshake.client_failure(protocol, response)
+            why = handshake.client_failure(protocol, response, self._hs_head)
             self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
 
     def _opened(self, subprotocol: str | None) -> None:

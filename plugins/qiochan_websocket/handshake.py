@@ -204,14 +204,25 @@ def _body_summary(response: Response) -> str:
     return f": {first}" if first else ""
 
 
-def client_failure(protocol: ClientProtocol, response: Response | None) -> str:
-    """Describe why the client side of the handshake failed, with the status line if any."""
+def client_failure(
+    protocol: ClientProtocol, response: Response | None, head: bytes | bytearray
+) -> str:
+    """Describe why the client side of the handshake failed, with the status line if any.
+
+    Args:
+        head: the first bytes the server sent, for a status line websockets
+            could not parse into a response (QEMU's 4xx answers end without
+            the blank line, then the connection closes).
+    """
     exc = protocol.handshake_exc
     if isinstance(exc, InvalidStatus):
         return f"server answered {_status_line(exc.response)}{_body_summary(exc.response)}"
     if isinstance(exc, InvalidMessage):
         cause = exc.__cause__
+        first = bytes(head).split(b"\r\n", 1)[0].decode("latin-1").strip()[:120]
         if isinstance(cause, EOFError):
+            if first:
+                return f"server answered {first} and closed the connection"
             return "the server closed the connection before answering the upgrade"
         return f"invalid HTTP response from the server: {cause or exc}"
     detail = str(exc) if exc is not None else "the upgrade was not accepted"
