@@ -1,9 +1,39 @@
 """The TLS layer: :class:`QIOChannelTLS` over any channel, with x509 credentials in QEMU's layout.
 
-Registered through the ``qiochan.plugins`` entry point as the ``tls`` layer
-(``"tls:creds=DIR,..."``, see :mod:`qiochan_tls.layer`).  Needs
-:mod:`cryptography` (``pip install 'qiochan[tls]'``); without it the plugin
-still imports and reports the backend as unavailable.
+The record layer is the standard library's :class:`ssl.SSLObject` between two
+memory BIOs, so a session runs over any master channel: a socket, a command
+pipe, a memory pipe, a websocket, even another TLS channel::
+
+    from qiochan_tls import AuthzList, QIOChannelTLS, TLSCredsX509
+
+    creds = TLSCredsX509("/etc/pki/qemu", "server")          # checked on load, as QEMU does
+    tls = QIOChannelTLS.new_server(master, creds, AuthzList([("*,CN=src.example", "allow")]))
+    tls.handshake()                                          # or handshake(complete), ahandshake()
+    tls.peer_dn()                                            # 'C=UK,O=Example,CN=src.example'
+
+Through :func:`qiochan.connect`/:func:`qiochan.listen` it is the ``tls`` layer
+(``"tls:creds=DIR,hostname=H,..."``, see :mod:`qiochan_tls.layer`);
+:mod:`qiochan_tls.certs` makes CA, server and client certificates in QEMU's layout.
+
+**Ending a session, and the end of the transport.**  ``bye()`` sends the TLS
+close_notify and waits until it is out.  ``shutdown(Shutdown.WRITE)`` sends it
+before shutting down the master's write side (in blocking mode it waits for it
+as a write would); ``shutdown(BOTH)`` (an abort), non-blocking mode and
+``close()`` send it only when that needs no waiting, so they never hang on a
+peer that stopped reading.  A read that meets the end of the transport without
+the peer's close_notify raises :class:`~qiochan.TLSError` (``ECONNABORTED``)
+after every byte that arrived before it: without close_notify a truncation
+cannot be told from a clean end.  ``allow_unclean_eof=True`` (the
+``allow-unclean-eof=on`` layer option), ``ReadFlag.RELAXED_EOF`` on the read, or
+an earlier ``shutdown(READ)`` turn that end into a plain EOF, as QEMU does for
+its migration stream, whose GnuTLS source ends with a bare TCP close.
+
+**QEMU's GnuTLS peers.**  Servers send no TLS 1.3 session tickets: a migration
+source never reads, and an unread ticket in its socket turns its final close
+into a TCP reset that discards the tail of the stream still queued on its side.
+
+Needs :mod:`cryptography` (``pip install 'qiochan[tls]'``); without it the
+plugin still imports and reports the backend as unavailable.
 """
 
 from __future__ import annotations

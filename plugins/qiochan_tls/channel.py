@@ -2,25 +2,8 @@
 
 The record layer is real TLS (:mod:`ssl` with memory BIOs, see
 :mod:`qiochan_tls.session`), so it runs over sockets, command pipes, memory
-pipes or a websocket alike.
-
-Ending a session:
-
-* :meth:`QIOChannelTLS.bye` sends close_notify and waits until it is out.
-  ``shutdown(Shutdown.WRITE)`` sends it before shutting down the master's
-  write side; in blocking mode it waits for it as a write would (the peer
-  must be reading).  ``shutdown(BOTH)`` (an abort), ``shutdown(WRITE)`` in
-  non-blocking mode and ``close()`` send it only when that needs no waiting,
-  so they never hang on a peer that stopped reading; the peer then sees a
-  bare end of the transport.  For a clean end, call ``bye()`` or
-  ``shutdown(WRITE)`` before ``close()``.
-* A read that meets the end of the transport without the peer's close_notify
-  raises :class:`~qiochan.TLSError` (``ECONNABORTED``) by default: without
-  close_notify, truncation by an attacker cannot be told from a clean end.
-  ``allow_unclean_eof=True`` (QEMU-compatible: QEMU's GnuTLS migration ends
-  with a bare TCP close), ``ReadFlag.RELAXED_EOF`` on the read, or an earlier
-  ``shutdown(READ)`` turn it into a plain EOF.  Every byte before the end is
-  delivered either way.
+pipes or a websocket alike.  How sessions end, and why a bare end of the
+transport is an error by default, is explained in :mod:`qiochan_tls`.
 """
 
 from __future__ import annotations
