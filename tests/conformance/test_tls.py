@@ -1,4 +1,5 @@
-"""The conformance kit over TLS: on a memory pipe, TCP, a unix socket pair and a command pipe."""
+"""The conformance kit over TLS: on a memory pipe, TCP, a unix socket pair, a command pipe
+and a websocket."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from qiochan_socket import QIONetListener, socket_pair
 from qiochan_tls import QIOChannelTLS, TLSCredsX509
 from qiochan_tls.certs import create_creds_dir
 from qiochan_tls.testing import handshake_pair
+from qiochan_websocket import QIOChannelWebsock
+from qiochan_websocket.testing import handshake_pair as websocket_handshake_pair
 
 Pair = tuple[QIOChannel, QIOChannel]
 Masters = Callable[[], Pair]
@@ -129,6 +132,26 @@ def test_tls_over_unix_socketpair(
     qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
 ) -> None:
     qiochan_conformance(_tls_factory(socket_pair, creds))
+
+
+def _websocket_masters() -> Pair:
+    """A websocket session over a socket pair: TLS inside a websocket."""
+    client_socket, server_socket = socket_pair()
+    server = QIOChannelWebsock.new_server(server_socket)
+    client = QIOChannelWebsock.new_client(client_socket, "localhost")
+    try:
+        websocket_handshake_pair(server, client)
+    except BaseException:
+        server.close()
+        client.close()
+        raise
+    return client, server
+
+
+def test_tls_over_websocket(
+    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
+) -> None:
+    qiochan_conformance(_tls_factory(_websocket_masters, creds))
 
 
 def test_tls_over_command_pipe(
