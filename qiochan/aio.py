@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import functools
 import itertools
 import logging
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeVar
 
@@ -483,13 +485,36 @@ class ChannelTransport(asyncio.Transport):
         watch, self._write_watch = self._write_watch, None
         if watch is not None:
             watch.remove()
-        # watches are gone (on this thread), so the fds may now close anywhere
-        closing = self._loop.run_in_executor(None, self._channel.close)
+        # watches are gone (on this thread), so the fds may now close anywhere:
+        # in a worker, since closing may wait (a command's exit, a close handshake)
+        try:
+            closing = self._loop.run_in_executor(None, self._channel.close)
+        except RuntimeError:  # the loop is shutting its executor down: close here
+            self._close_now(exc)
+            return
         closing.add_done_callback(functools.partial(self._channel_closed, exc))
+
+    def _close_now(self, exc: Exception | None) -> None:
+        close_error: Exception | None = None
+        try:
+            self._channel.close()
+        except ChannelError as error:
+            close_error = error
+        self._finish(exc, close_error)
 
     def _channel_closed(self, exc: Exception | None, closing: asyncio.Future[None]) -> None:
         close_error = None if closing.cancelled() else closing.exception()
-        if isinstance(close_error, Exception):
+        self._finish(exc, close_error if isinstance(close_error, Exception) else None)
+
+    def __del__(self) -> None:
+        # like asyncio's transports: a transport dropped while open closes its channel
+        if not getattr(self, "_lost", True):
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, stacklevel=1)
+            with contextlib.suppress(ChannelError):
+                self._channel.close()
+
+    def _finish(self, exc: Exception | None, close_error: Exception | None) -> None:
+        if close_error is not None:
             log.debug("%r: closing the channel failed: %s", self, close_error)
             if exc is None:
                 exc = close_error
