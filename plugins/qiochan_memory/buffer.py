@@ -101,7 +101,7 @@ class QIOChannelBuffer(QIOChannel):
         if self._read_shut:
             return 0, []
         n = self._read_at(iov, self._offset)
-        if not flags & ReadFlag.MSG_PEEK:
+        if not (flags and flags & ReadFlag.MSG_PEEK):
             self._offset += n
         return n, []
 

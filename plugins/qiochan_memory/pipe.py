@@ -184,7 +184,7 @@ class QIOChannelMemoryPipe(QIOChannel):
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
-        peek = bool(flags & ReadFlag.MSG_PEEK)
+        peek = bool(flags) and bool(flags & ReadFlag.MSG_PEEK)
         return self._inbound.read_into(iov, self._blocking, peek), []
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
