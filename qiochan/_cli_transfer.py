@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from ._cli_common import (
@@ -112,47 +114,100 @@ def _rate_text(count: int, seconds: float) -> str:
     return f"{format_bytes(count / seconds)}/s" if seconds > 0 else "-"
 
 
+def _reason(exc: OSError) -> str:
+    """A channel error's own message, else the OS error text."""
+    if isinstance(exc, ChannelError) or not exc.strerror:
+        return str(exc)
+    return exc.strerror
+
+
+@dataclass
+class _Pump:
+    """Moves chunks from ``read`` to ``write``; the ``*_failed`` give the error line."""
+
+    read: Callable[[memoryview], int]
+    write: Callable[[memoryview], object]
+    read_failed: Callable[[int, OSError], str]
+    write_failed: Callable[[int, OSError], str]
+
+
+@dataclass
+class _Outcome:
+    count: int
+    seconds: float
+    extra: str = ""
+
+
+def _transfer(
+    args: argparse.Namespace,
+    endpoint: Endpoint,
+    mode: str,
+    total: int | None,
+    *,
+    pump_for: Callable[[QIOChannel], _Pump],
+    finish: Callable[[QIOChannel], str] = lambda _channel: "",
+) -> _Outcome:
+    """Open ``endpoint``, pump until the reading side ends, then ``finish``; time it.
+
+    Raises:
+        CLIError: the endpoint, a read or a write failed (with the bytes moved).
+    """
+    channel = open_endpoint(endpoint, mode)
+    limiter = RateLimiter(args.rate_limit)
+    started = time.monotonic()
+    with channel, Progress(args.progress) as progress:
+        bar = progress.add(f"{args.command} {args.file}", total)
+        pump = pump_for(channel)
+        view = memoryview(bytearray(limiter.chunk_size()))
+        moved = 0
+        while True:
+            try:
+                n = pump.read(view)
+            except OSError as exc:
+                raise CLIError(pump.read_failed(moved, exc)) from None
+            if not n:
+                break
+            try:
+                pump.write(view[:n])
+            except OSError as exc:
+                raise CLIError(pump.write_failed(moved, exc)) from None
+            moved += n
+            progress.advance(bar, n)
+            limiter.account(n)
+        extra = finish(channel)
+    return _Outcome(moved, time.monotonic() - started, extra)
+
+
 def run_send(args: argparse.Namespace) -> int:
     """Send ``args.file`` to ``args.dst``; see the module docstring for the exit semantics."""
     endpoint = Endpoint(args.dst, args.layers, listen=args.listen, label="destination")
     endpoint.check()
     source, size = _open_input(args.file)
-    sent = 0
+
+    def pump_for(channel: QIOChannel) -> _Pump:
+        return _Pump(
+            read=source.readinto,
+            write=channel.write_all,
+            read_failed=lambda n, exc: (
+                f"reading {args.file} failed after {n} bytes: " + _reason(exc)
+            ),
+            write_failed=lambda n, exc: (
+                f"send to {endpoint.describe()} failed after {n} bytes: {_reason(exc)}"
+            ),
+        )
+
+    def finish(channel: QIOChannel) -> str:
+        drained = _finish_sending(channel)
+        return f", {drained} bytes discarded from the peer" if drained else ""
+
     try:
-        channel = open_endpoint(endpoint, "w")
-        limiter = RateLimiter(args.rate_limit)
-        started = time.monotonic()
-        with channel, Progress(args.progress) as progress:
-            bar = progress.add(f"send {args.file}", size)
-            buf = bytearray(limiter.chunk_size())
-            view = memoryview(buf)
-            while True:
-                try:
-                    n = source.readinto(view)
-                except OSError as exc:
-                    raise CLIError(
-                        f"reading {args.file} failed after {sent} bytes: {exc.strerror}"
-                    ) from None
-                if not n:
-                    break
-                try:
-                    channel.write_all(view[:n])
-                except ChannelError as exc:
-                    raise CLIError(
-                        f"send to {endpoint.describe()} failed after {sent} bytes: {exc}"
-                    ) from None
-                sent += n
-                progress.advance(bar, n)
-                limiter.account(n)
-            drained = _finish_sending(channel)
-        elapsed = time.monotonic() - started
+        done = _transfer(args, endpoint, "w", size, pump_for=pump_for, finish=finish)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    extra = f", {drained} bytes discarded from the peer" if drained else ""
     say(
-        f"sent {sent} bytes ({format_bytes(sent)}) to {endpoint.describe()} "
-        f"in {elapsed:.2f} s, {_rate_text(sent, elapsed)}{extra}"
+        f"sent {done.count} bytes ({format_bytes(done.count)}) to {endpoint.describe()} "
+        f"in {done.seconds:.2f} s, {_rate_text(done.count, done.seconds)}{done.extra}"
     )
     return EXIT_OK
 
@@ -162,44 +217,31 @@ def run_recv(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.src, args.layers, listen=not args.connect, label="source")
     endpoint.check()
     target = _open_output(args.file)
-    received = 0
+
+    def pump_for(channel: QIOChannel) -> _Pump:
+        return _Pump(
+            read=channel.read,
+            write=target.write,
+            read_failed=lambda n, exc: (
+                f"recv from {endpoint.describe()} failed after {n} "
+                f"bytes ({args.file} is incomplete): {_reason(exc)}"
+            ),
+            write_failed=lambda n, exc: (
+                f"writing {args.file} failed after {n} bytes: " + _reason(exc)
+            ),
+        )
+
     try:
-        channel = open_endpoint(endpoint, "r")
-        limiter = RateLimiter(args.rate_limit)
-        started = time.monotonic()
-        with channel, Progress(args.progress) as progress:
-            bar = progress.add(f"recv {args.file}", None)
-            buf = bytearray(limiter.chunk_size())
-            view = memoryview(buf)
-            while True:
-                try:
-                    n = channel.read(view)
-                except ChannelError as exc:
-                    raise CLIError(
-                        f"recv from {endpoint.describe()} failed after {received} bytes "
-                        f"({args.file} is incomplete): {exc}"
-                    ) from None
-                if n == 0:
-                    break
-                try:
-                    target.write(view[:n])
-                except OSError as exc:
-                    raise CLIError(
-                        f"writing {args.file} failed after {received} bytes: {exc.strerror}"
-                    ) from None
-                received += n
-                progress.advance(bar, n)
-                limiter.account(n)
-        elapsed = time.monotonic() - started
+        done = _transfer(args, endpoint, "r", None, pump_for=pump_for)
         try:
             target.flush()
         except OSError as exc:
-            raise CLIError(f"writing {args.file} failed: {exc.strerror}") from None
+            raise CLIError(f"writing {args.file} failed: {_reason(exc)}") from None
     finally:
         if target is not sys.stdout.buffer:
             target.close()
     say(
-        f"received {received} bytes ({format_bytes(received)}) from {endpoint.describe()} "
-        f"in {elapsed:.2f} s, {_rate_text(received, elapsed)}"
+        f"received {done.count} bytes ({format_bytes(done.count)}) from {endpoint.describe()} "
+        f"in {done.seconds:.2f} s, {_rate_text(done.count, done.seconds)}"
     )
     return EXIT_OK

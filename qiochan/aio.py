@@ -436,22 +436,20 @@ class ChannelTransport(asyncio.Transport):
             self._buffer.popleft()
 
     def _maybe_pause_protocol(self) -> None:
-        if self._buffer_size <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except Exception as exc:
-            self._report("protocol.pause_writing() failed", exc)
+        if self._buffer_size > self._high_water and not self._protocol_paused:
+            self._protocol_paused = True
+            self._tell_protocol("pause_writing")
 
     def _maybe_resume_protocol(self) -> None:
-        if not self._protocol_paused or self._buffer_size > self._low_water:
-            return
-        self._protocol_paused = False
+        if self._protocol_paused and self._buffer_size <= self._low_water:
+            self._protocol_paused = False
+            self._tell_protocol("resume_writing")
+
+    def _tell_protocol(self, method: str) -> None:
         try:
-            self._protocol.resume_writing()
+            getattr(self._protocol, method)()
         except Exception as exc:
-            self._report("protocol.resume_writing() failed", exc)
+            self._report(f"protocol.{method}() failed", exc)
 
     # -- errors and closing -----------------------------------------------------
 

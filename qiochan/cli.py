@@ -102,19 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qiochan {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    backends = commands.add_parser(
+    def add(
+        name: str, module: str, func: str, *, help: str, description: str
+    ) -> argparse.ArgumentParser:
+        """Add subcommand ``name`` run by ``module.func`` (imported when it runs)."""
+        command = commands.add_parser(name, parents=[common], help=help, description=description)
+        command.set_defaults(handler=_handler(module, func))
+        return command
+
+    backends = add(
         "backends",
-        parents=[common],
+        "._cli_backends",
+        "run_backends",
         help="list every discovered backend: schemes, kind, features, availability",
         description="List every backend the plugins provide, including unavailable ones "
         "and plugins that failed to load, with the reason.",
     )
     backends.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    backends.set_defaults(handler=_handler("._cli_backends", "run_backends"))
 
-    demo = commands.add_parser(
+    demo = add(
         "demo",
-        parents=[common],
+        "._cli_demo",
+        "run_demo",
         help="move a checksummed QEMUFile page stream through every transport chain",
         description="Move a generated stream of RAM page records through QEMUFile over every "
         "available transport and layer chain on loopback, verify every byte and print "
@@ -133,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run only chains whose name contains NAME (repeatable), e.g. tls",
     )
-    demo.set_defaults(handler=_handler("._cli_demo", "run_demo"))
 
-    relay = commands.add_parser(
+    relay = add(
         "relay",
-        parents=[common],
+        "._cli_relay",
+        "run_relay",
         help="relay both directions between two transports until EOF",
         description="Accept one peer on SRC (or connect to it), then connect to DST (or "
         "accept one peer on it) and copy both directions until each ends; an end of "
@@ -154,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_argument(relay, "--src-layer", "src_layers", "the source side")
     add_layer_argument(relay, "--dst-layer", "dst_layers", "the destination side")
-    relay.set_defaults(handler=_handler("._cli_relay", "run_relay"))
 
-    send = commands.add_parser(
+    send = add(
         "send",
-        parents=[common],
+        "._cli_transfer",
+        "run_send",
         help="stream a file to a transport",
         description="Connect to DST (or accept one peer with --listen), write FILE ('-': "
         "stdin), half-close and wait for the peer to close.  Exit 0 once every byte was "
@@ -168,11 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("dst", metavar="DST", help="destination address or transport name")
     send.add_argument("--listen", action="store_true", help="listen on DST and accept one peer")
     _transfer_options(send)
-    send.set_defaults(handler=_handler("._cli_transfer", "run_send"))
 
-    recv = commands.add_parser(
+    recv = add(
         "recv",
-        parents=[common],
+        "._cli_transfer",
+        "run_recv",
         help="receive a stream from a transport into a file",
         description="Accept one peer on SRC (or connect with --connect) and write what it "
         "sends to FILE ('-': stdout) until its end of stream.  Exit 0 only when the "
@@ -182,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     recv.add_argument("file", metavar="FILE", help="file to write, '-' for stdout")
     recv.add_argument("--connect", action="store_true", help="connect to SRC instead")
     _transfer_options(recv)
-    recv.set_defaults(handler=_handler("._cli_transfer", "run_recv"))
 
-    certs = commands.add_parser(
+    certs = add(
         "certs",
-        parents=[common],
+        "._cli_certs",
+        "run_certs",
         help="create TLS credentials in QEMU's directory layout",
         description="Create ca-cert.pem, server-cert.pem/server-key.pem and "
         "client-cert.pem/client-key.pem in DIR, as QEMU's tls-creds-x509 and "
@@ -208,7 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--no-client", action="store_true", help="do not create a client certificate"
     )
-    certs.set_defaults(handler=_handler("._cli_certs", "run_certs"))
     return parser
 
 
