@@ -179,18 +179,28 @@ def _check_tls_creds(options: dict[str, str], role: str) -> None:
     creds(options["creds"], role, verify, options.get("priority") or None)
 
 
-def _opener(address: str) -> Any:
-    """Return the backend of ``address`` when it can only be opened (``file:``), else None."""
-    from .errors import AddressError, PluginError
-    from .transport import resolve_address
+def _open_only(endpoint: Endpoint, mode: str) -> QIOChannel | None:
+    """Open ``endpoint`` when its address can only be opened (``file:``); else return None.
 
+    A configured transport name counts by the address it stands for.
+    """
+    from .config import lookup_transport
+    from .errors import AddressError, PluginError
+    from .transport import apply_layers, open_channel, resolve_address
+
+    address, layers = endpoint.address, list(endpoint.layers)
+    if ":" not in address:
+        configured = lookup_transport(address)
+        if configured is None:
+            return None  # connect/listen will report it
+        address, layers = configured.address, [*configured.layers, *layers]
     try:
         backend, _parsed = resolve_address(address)
     except (AddressError, PluginError):
-        return None  # a configured name, or an error connect/listen will report
-    if backend.open is not None and backend.connect is None and backend.listen is None:
-        return backend
-    return None
+        return None  # an error connect/listen will report
+    if backend.open is None or backend.connect is not None or backend.listen is not None:
+        return None
+    return apply_layers(open_channel(address, mode), layers, endpoint.role)
 
 
 def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
@@ -219,11 +229,11 @@ def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
 
 
 def _open_endpoint(endpoint: Endpoint, mode: str) -> QIOChannel:
-    from .transport import apply_layers, connect, listen, open_channel
+    from .transport import connect, listen
 
-    if _opener(endpoint.address) is not None:
-        channel = open_channel(endpoint.address, mode)
-        return apply_layers(channel, endpoint.layers, "server" if endpoint.listen else "client")
+    opened = _open_only(endpoint, mode)
+    if opened is not None:
+        return opened
     if not endpoint.listen:
         return connect(endpoint.address, layers=endpoint.layers)
     listener = listen(endpoint.address, layers=endpoint.layers)

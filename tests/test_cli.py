@@ -266,3 +266,34 @@ def test_no_traceback_even_for_internal_errors(env: dict[str, str], tmp_path: Pa
     )
     result = _run_python(env, code, str(tmp_path), "backends")
     assert_one_line_error(result, 1, "broken_plugin", "expected qiochan.registry.Backend")
+
+
+def test_configured_transports_work_as_addresses(env: dict[str, str], tmp_path: Path) -> None:
+    from cli_support import background
+
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 4000)
+    config = tmp_path / "transports.toml"
+    config.write_text(
+        f"""
+        [transports.archive]
+        address = "file:{tmp_path / "archive.bin"}"
+
+        [transports.inbox]
+        address = "tcp:127.0.0.1:0"
+        layers = ["websocket:path=/inbox"]
+        """
+    )
+    named = dict(env, QIOCHAN_CONFIG=str(config))
+    assert run_cli("send", str(payload), "archive", env=named).returncode == 0
+    assert (tmp_path / "archive.bin").read_bytes() == payload.read_bytes()
+    result = run_cli("recv", "archive", str(tmp_path / "copy.bin"), env=named)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "copy.bin").read_bytes() == payload.read_bytes()
+
+    with background("recv", "inbox", str(tmp_path / "inbox.bin"), env=named) as receiver:
+        address = receiver.listening("source")
+        sent = run_cli("send", str(payload), address, "--layer", "websocket:path=/inbox", env=env)
+        assert sent.returncode == 0, sent.stderr
+        assert receiver.finish().returncode == 0
+    assert (tmp_path / "inbox.bin").read_bytes() == payload.read_bytes()
