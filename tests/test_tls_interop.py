@@ -19,7 +19,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -57,32 +59,11 @@ def files(directory: Path) -> dict[str, str]:
     }
 
 
-@contextmanager
-def spawn(args: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``args`` with piped stdio; always kill and reap it afterwards."""
-    proc = subprocess.Popen(
-        list(args),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,  # type: ignore[call-overload]
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
 class Collector:
     """Reads a subprocess pipe in a thread until EOF (so the child never blocks on it)."""
 
-    def __init__(self, stream: object) -> None:
-        self._fd = stream.fileno()  # type: ignore[attr-defined]
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
         self._data = bytearray()
         self._changed = threading.Condition()
         self._done = False
@@ -118,6 +99,7 @@ class Collector:
                 self._changed.wait(left)
 
     def wait_size(self, size: int, what: str) -> bytes:
+        """Wait until ``size`` bytes came; fail after :data:`TIMEOUT`."""
         deadline = time.monotonic() + TIMEOUT
         with self._changed:
             while len(self._data) < size:
@@ -128,9 +110,45 @@ class Collector:
             return bytes(self._data)
 
     def finish(self) -> bytes:
+        """Wait for EOF (bounded) and return everything read."""
         self._thread.join(TIMEOUT)
         assert not self._thread.is_alive(), "the subprocess kept its output open"
         return bytes(self._data)
+
+
+@dataclass
+class Peer:
+    """A running peer: the process and collectors of its stdout and stderr."""
+
+    proc: subprocess.Popen[bytes]
+    out: Collector
+    err: Collector
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+
+@contextmanager
+def spawn(args: Sequence[str]) -> Iterator[Peer]:
+    """Start ``args`` with piped stdio; always kill it, reap it and drain its pipes."""
+    proc = subprocess.Popen(
+        list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    peer = Peer(proc, Collector(proc.stdout), Collector(proc.stderr))
+    try:
+        yield peer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
+        peer.out.finish()
+        peer.err.finish()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def read_exactly(channel: QIOChannel, size: int) -> bytes:
@@ -185,6 +203,9 @@ def connect_tls(port: int, creds_dir: Path) -> QIOChannelTLS:
 
 PAYLOAD = os.urandom(300_000)
 REPLY = os.urandom(200_000)
+# s_server takes a letter at the start of what it reads from stdin as a command
+# (``P`` even writes clear text to the socket): its reply has no ASCII letters
+LETTERLESS_REPLY = bytes(byte for byte in REPLY if not chr(byte).isalpha() or byte > 127)
 
 
 @pytest.fixture
@@ -205,19 +226,17 @@ def test_openssl_s_client_to_our_server(
     args += ["-connect", f"127.0.0.1:{port}", "-CAfile", paths["ca-cert"]]
     args += ["-cert", paths["client-cert"], "-key", paths["client-key"]]
     args += ["-verify_return_error", "-verify_hostname", "localhost"]
-    with spawn(args) as proc:
-        out = Collector(proc.stdout)
+    with spawn(args) as peer:
         with accept_bounded(server_listener) as channel:
             assert channel.version() == ("TLSv1.3" if version == "-tls1_3" else "TLSv1.2")
             assert channel.peer_dn() == "C=UK,O=Example,CN=client"
-            assert proc.stdin is not None
-            proc.stdin.write(PAYLOAD)
-            proc.stdin.close()
+            peer.stdin.write(PAYLOAD)
+            peer.stdin.close()
             assert read_exactly(channel, len(PAYLOAD)) == PAYLOAD
             channel.write_all(REPLY)
             channel.bye()  # s_client leaves on our close_notify
-            assert proc.wait(TIMEOUT) == 0
-        assert out.finish() == REPLY
+            assert peer.proc.wait(TIMEOUT) == 0
+        assert peer.out.finish() == REPLY
 
 
 @needs_openssl
@@ -226,20 +245,18 @@ def test_our_client_to_openssl_s_server(creds_dir: Path, no_fd_leak: None) -> No
     args = [OPENSSL or "openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1"]
     args += ["-cert", paths["server-cert"], "-key", paths["server-key"]]
     args += ["-CAfile", paths["ca-cert"], "-Verify", "1", "-verify_return_error"]
-    with spawn(args) as proc:
-        out = Collector(proc.stdout)
-        port = int(out.wait_for(rb"ACCEPT 127\.0\.0\.1:(\d+)", "s_server").group(1))
+    with spawn(args) as peer:
+        port = int(peer.out.wait_for(rb"ACCEPT 127\.0\.0\.1:(\d+)", "s_server").group(1))
         with connect_tls(port, creds_dir) as tls:
             assert tls.peer_dn() == "C=UK,O=Example,CN=localhost"
             tls.write_all(PAYLOAD)
-            out.wait_for(re.escape(PAYLOAD), "s_server's copy of our payload")
-            assert proc.stdin is not None
-            proc.stdin.write(REPLY)
-            proc.stdin.flush()
-            assert read_exactly(tls, len(REPLY)) == REPLY
+            peer.out.wait_for(re.escape(PAYLOAD), "s_server's copy of our payload")
+            peer.stdin.write(LETTERLESS_REPLY)
+            peer.stdin.flush()
+            assert read_exactly(tls, len(LETTERLESS_REPLY)) == LETTERLESS_REPLY
             tls.bye()
-        assert proc.wait(TIMEOUT) == 0  # -naccept 1: it ends with our session
-        assert PAYLOAD in out.finish()
+        assert peer.proc.wait(TIMEOUT) == 0  # -naccept 1: it ends with our session
+        assert PAYLOAD in peer.out.finish()
 
 
 @needs_gnutls_cli
@@ -250,19 +267,17 @@ def test_gnutls_cli_to_our_server(
     args = [GNUTLS_CLI or "gnutls-cli", "--logfile=/dev/null", "--x509cafile", paths["ca-cert"]]
     args += ["--x509certfile", paths["client-cert"], "--x509keyfile", paths["client-key"]]
     args += ["-p", str(server_listener.address.port), "127.0.0.1"]
-    with spawn(args) as proc:
-        out = Collector(proc.stdout)
+    with spawn(args) as peer:
         with accept_bounded(server_listener) as channel:
-            assert proc.stdin is not None
-            proc.stdin.write(PAYLOAD)
-            proc.stdin.flush()
+            peer.stdin.write(PAYLOAD)
+            peer.stdin.flush()
             assert read_exactly(channel, len(PAYLOAD)) == PAYLOAD
             channel.write_all(REPLY)
-            assert out.wait_size(len(REPLY), "gnutls-cli's output") == REPLY
-            proc.stdin.close()  # gnutls-cli says goodbye with close_notify: a clean EOF
+            assert peer.out.wait_size(len(REPLY), "gnutls-cli's output") == REPLY
+            peer.stdin.close()  # gnutls-cli says goodbye with close_notify: a clean EOF
             assert read_to_eof(channel) == b""
-        assert proc.wait(TIMEOUT) == 0
-        assert out.finish() == REPLY
+        assert peer.proc.wait(TIMEOUT) == 0
+        assert peer.out.finish() == REPLY
 
 
 @needs_socat
@@ -274,17 +289,15 @@ def test_socat_openssl_client_to_our_server(
         f"OPENSSL:127.0.0.1:{server_listener.address.port},cafile={paths['ca-cert']},"
         f"cert={paths['client-cert']},key={paths['client-key']},commonname=localhost"
     )
-    with spawn([SOCAT or "socat", "-t", str(TIMEOUT), "-", target]) as proc:
-        out = Collector(proc.stdout)
+    with spawn([SOCAT or "socat", "-t", str(TIMEOUT), "-", target]) as peer:
         with accept_bounded(server_listener) as channel:
-            assert proc.stdin is not None
-            proc.stdin.write(PAYLOAD)
-            proc.stdin.close()  # socat half-closes the TLS session: close_notify
+            peer.stdin.write(PAYLOAD)
+            peer.stdin.close()  # socat half-closes the TLS session: close_notify
             assert read_to_eof(channel) == PAYLOAD
             channel.write_all(REPLY)
             channel.bye()
-            assert proc.wait(TIMEOUT) == 0
-        assert out.finish() == REPLY
+            assert peer.proc.wait(TIMEOUT) == 0
+        assert peer.out.finish() == REPLY
 
 
 @needs_socat
@@ -294,9 +307,8 @@ def test_our_client_to_socat_openssl_listen(creds_dir: Path, no_fd_leak: None) -
         f"OPENSSL-LISTEN:0,bind=127.0.0.1,cert={paths['server-cert']},"
         f"key={paths['server-key']},cafile={paths['ca-cert']},verify=1"
     )
-    with spawn([SOCAT or "socat", "-d", "-d", listen, "PIPE"]) as proc:
-        err = Collector(proc.stderr)
-        port = int(err.wait_for(rb"listening on AF=2 127\.0\.0\.1:(\d+)", "socat").group(1))
+    with spawn([SOCAT or "socat", "-d", "-d", listen, "PIPE"]) as peer:
+        port = int(peer.err.wait_for(rb"listening on AF=2 127\.0\.0\.1:(\d+)", "socat").group(1))
         with connect_tls(port, creds_dir) as tls:
             writer = threading.Thread(target=tls.write_all, args=(PAYLOAD,))
             writer.start()
@@ -305,7 +317,7 @@ def test_our_client_to_socat_openssl_listen(creds_dir: Path, no_fd_leak: None) -
             assert echoed == PAYLOAD
             tls.shutdown(qiochan.Shutdown.WRITE)  # close_notify, then socat ends the echo
             assert read_to_eof(tls) == b""  # socat's close_notify: a clean EOF
-        assert proc.wait(TIMEOUT) == 0
+        assert peer.proc.wait(TIMEOUT) == 0
 
 
 # libgnutls through ctypes, as QEMU's migration source uses it
@@ -381,15 +393,14 @@ def test_gnutls_bare_close_client_delivers_every_byte(
         args = [sys.executable, "-c", _GNUTLS_BARE_CLIENT, "127.0.0.1"]
         args += [str(listener.address.port), "localhost", paths["ca-cert"]]
         args += [paths["client-cert"], paths["client-key"], str(payload_path), LIBGNUTLS or ""]
-        with spawn(args) as proc, accept_bounded(listener) as channel:
+        with spawn(args) as peer, accept_bounded(listener) as channel:
             if allow_unclean_eof:
                 received = read_to_eof(channel)
             else:
                 received = read_exactly(channel, len(payload))
                 with pytest.raises(TLSError, match="without a TLS close_notify"):
                     read_to_eof(channel)
-            stdout, stderr = proc.communicate(timeout=TIMEOUT)
-            assert proc.returncode == 0, stderr.decode()
-            assert int(stdout) == len(payload)
+            assert peer.proc.wait(TIMEOUT) == 0, peer.err.finish().decode()
+            assert int(peer.out.finish()) == len(payload)
     assert len(received) == len(payload)
     assert received == payload
