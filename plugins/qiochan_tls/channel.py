@@ -349,7 +349,11 @@ class QIOChannelTLS(QIOChannel):
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
         self._require_handshake()
-        relaxed = self._allow_unclean_eof or self._read_shut or bool(flags & ReadFlag.RELAXED_EOF)
+        relaxed = (
+            self._allow_unclean_eof
+            or self._read_shut
+            or (bool(flags) and bool(flags & ReadFlag.RELAXED_EOF))
+        )
         return self._session.read_into(iov, self._blocking, relaxed), []
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
