@@ -61,6 +61,7 @@ class Comparison:
         raw: raw Python I/O's time per call.
         target: the minimum acceptable :attr:`ratio`, if there is one.
         work_bytes: bytes moved per call (for the throughput column), 0 if not meaningful.
+        ours_median, raw_median: the median times (0.0 when not measured).
     """
 
     name: str
@@ -68,11 +69,27 @@ class Comparison:
     raw: float
     target: float | None = None
     work_bytes: int = 0
+    ours_median: float = 0.0
+    raw_median: float = 0.0
 
     @property
     def ratio(self) -> float:
         """``raw / ours``: 1.0 is as fast as raw Python I/O."""
         return self.raw / self.ours if self.ours > 0 else float("inf")
+
+    @property
+    def median_ratio(self) -> float | None:
+        """``raw_median / ours_median``, or None when medians were not measured."""
+        if self.ours_median <= 0 or self.raw_median <= 0:
+            return None
+        return self.raw_median / self.ours_median
+
+    def scale(self, factor: float) -> None:
+        """Divide every time by ``factor`` (turn a batch time into a per-call time)."""
+        self.ours /= factor
+        self.raw /= factor
+        self.ours_median /= factor
+        self.raw_median /= factor
 
     @property
     def overhead(self) -> float:
@@ -99,7 +116,8 @@ def compare(
     """Time ``ours`` and ``raw`` alternately and return their best (or median) times.
 
     Interleaving the runs spreads the machine's noise evenly over both sides.
-    Each side runs once untimed first, as a warm-up.
+    Each side runs once untimed first, as a warm-up.  The medians are recorded
+    too (:attr:`Comparison.median_ratio`).
     """
     ours()
     raw()
@@ -109,7 +127,15 @@ def compare(
         ours_samples += _samples(ours, 1, number)
         raw_samples += _samples(raw, 1, number)
     pick: Callable[[list[float]], float] = statistics.median if use_median else min
-    return Comparison(name, pick(ours_samples), pick(raw_samples), target, work_bytes)
+    return Comparison(
+        name,
+        pick(ours_samples),
+        pick(raw_samples),
+        target,
+        work_bytes,
+        statistics.median(ours_samples),
+        statistics.median(raw_samples),
+    )
 
 
 def _format_time(seconds: float) -> str:
@@ -125,12 +151,19 @@ def _format_rate(work_bytes: int, seconds: float) -> str:
     return f"{work_bytes / seconds / MIB:,.0f} MiB/s"
 
 
+def _format_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
 def print_table(title: str, rows: list[Comparison], file: TextIO | None = None) -> None:
-    """Print ``rows`` as a table: times, throughput, ratio, overhead and target status."""
+    """Print ``rows`` as a table: times, throughput, ratio (best and median), overhead, target.
+
+    ``target`` status is judged on the ratio of the chosen statistic (best by default).
+    """
     out = file if file is not None else sys.stdout
     header = (
         f"{'benchmark':<38} {'qiochan':>10} {'raw':>10} {'qiochan rate':>14} "
-        f"{'ratio':>6} {'overhead':>10} {'target':>8}"
+        f"{'ratio':>6} {'median':>6} {'overhead':>10} {'target':>8}"
     )
     lines = [f"== {title} ==", header, "-" * len(header)]
     for row in rows:
@@ -138,6 +171,7 @@ def print_table(title: str, rows: list[Comparison], file: TextIO | None = None) 
         lines.append(
             f"{row.name:<38} {_format_time(row.ours):>10} {_format_time(row.raw):>10} "
             f"{_format_rate(row.work_bytes, row.ours):>14} {row.ratio:>6.2f} "
+            f"{_format_ratio(row.median_ratio):>6} "
             f"{_format_time(abs(row.overhead)) if row.overhead >= 0 else '-':>10} {status:>8}"
         )
     print("\n".join(lines), file=out)

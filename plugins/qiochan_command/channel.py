@@ -47,24 +47,38 @@ _EFD_FLAGS = os.EFD_CLOEXEC | os.EFD_NONBLOCK
 
 
 class _End:
-    """One direction: the parent's pipe fd, the eventfd shutdown signals, and the shut flag."""
+    """One direction: the parent's pipe fd, the eventfd shutdown signals, and the shut flag.
 
-    def __init__(self, fd: int) -> None:
+    ``short`` records that the last transfer moved less than asked: the pipe is
+    then probably empty (reading) or full (writing), so a blocking call polls
+    before trying again instead of paying for an EAGAIN first.
+    """
+
+    def __init__(self, fd: int, events: int) -> None:
         self.fd = fd
+        self.events = events
         self.wake = os.eventfd(0, _EFD_FLAGS)
         self.shut = False
+        self.short = False
         os.set_blocking(fd, False)
         try:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except (OSError, AttributeError):
             pass  # above the system's pipe-max-size, or not Linux: keep the default
+        self._poller = self._new_poller()
 
-    def sleep(self, events: int) -> None:
-        """Block until the pipe is ready for ``events`` or shutdown wakes us."""
+    def _new_poller(self) -> select.poll:
         poller = select.poll()
-        poller.register(self.fd, events)
+        poller.register(self.fd, self.events)
         poller.register(self.wake, select.POLLIN)
-        poller.poll()
+        return poller
+
+    def wait(self) -> None:
+        """Block until the pipe is ready or shutdown wakes us."""
+        try:
+            self._poller.poll()
+        except RuntimeError:  # another thread is polling this end: use a poller of our own
+            self._new_poller().poll()
 
     def shutdown(self) -> None:
         """Release the pipe (replaced by /dev/null under the same number) and wake sleepers."""
@@ -109,8 +123,8 @@ class QIOChannelCommand(QIOChannel):
         self.close_timeout = close_timeout
         self.returncode: int | None = None
         self._lock = threading.Lock()
-        self._reader = _End(read_fd) if read_fd >= 0 else None
-        self._writer = _End(write_fd) if write_fd >= 0 else None
+        self._reader = _End(read_fd, select.POLLIN) if read_fd >= 0 else None
+        self._writer = _End(write_fd, select.POLLOUT) if write_fd >= 0 else None
         self.set_feature(Feature.SHUTDOWN)
         log.debug("command new pid=%d argv=%r", self.pid, self.argv)
 
@@ -186,39 +200,59 @@ class QIOChannelCommand(QIOChannel):
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
-        end = self._end(self._reader, "reading")
+        end = self._reader
+        if end is None:
+            end = self._end(None, "reading")
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
         while not end.shut:
+            if end.short and self._blocking:
+                end.short = False
+                end.wait()
+                continue
             try:
-                return os.readv(end.fd, iov), []
+                n = os.readv(end.fd, iov)
             except BlockingIOError:
                 if not self._blocking:
                     return ERR_BLOCK, []
-                end.sleep(select.POLLIN)
+                end.wait()
+                continue
             except InterruptedError:
                 continue
             except OSError as exc:
                 raise from_oserror("Unable to read from command", exc) from exc
+            end.short = 0 < n < (len(iov[0]) if len(iov) == 1 else sum(map(len, iov)))
+            return n, []
         return 0, []
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
-        end = self._end(self._writer, "writing")
+        end = self._writer
+        if end is None:
+            end = self._end(None, "writing")
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
         while not end.shut:
+            if end.short and self._blocking:
+                end.short = False
+                end.wait()
+                continue
             try:
                 if len(iov) == 1:
-                    return os.write(end.fd, iov[0])
-                return os.writev(end.fd, iov)
+                    n = os.write(end.fd, iov[0])
+                    end.short = n < len(iov[0])
+                else:
+                    n = os.writev(end.fd, iov)
+                    end.short = n < sum(map(len, iov))
             except BlockingIOError:
                 if not self._blocking:
                     return ERR_BLOCK
-                end.sleep(select.POLLOUT)
+                end.wait()
+                continue
             except InterruptedError:
                 continue
             except OSError as exc:
                 raise from_oserror("Unable to write to command", exc) from exc
+            return n
         raise ChannelError("Unable to write to command: shut down for writing", errno.EPIPE)
 
     def io_shutdown(self, how: Shutdown) -> None:

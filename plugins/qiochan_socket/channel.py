@@ -43,6 +43,8 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _UCRED = struct.Struct("3i")
+_PEEK = int(ReadFlag.MSG_PEEK)
+_ZERO_COPY = int(WriteFlag.ZERO_COPY)
 _Socket = socket.socket  # the class has a ``socket`` property that hides the module there
 _SHUT = {
     Shutdown.READ: socket.SHUT_RD,
@@ -402,8 +404,11 @@ class QIOChannelSocket(QIOChannel):
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
-        sock = self._require_socket()
-        msg_flags = socket.MSG_PEEK if flags & ReadFlag.MSG_PEEK else 0
+        sock = self._sock
+        if sock is None:
+            sock = self._require_socket()  # raises the right error
+        # flags may be a plain int; IntFlag arithmetic is slow on this hot path
+        msg_flags = socket.MSG_PEEK if flags and flags & _PEEK else 0
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
         while True:
@@ -434,11 +439,13 @@ class QIOChannelSocket(QIOChannel):
         return n, fds
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
-        sock = self._require_socket()
+        sock = self._sock
+        if sock is None:
+            sock = self._require_socket()  # raises the right error
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
         msg_flags = _MSG_NOSIGNAL
-        zero_copy = self._zero_copy if flags & WriteFlag.ZERO_COPY else None
+        zero_copy = self._zero_copy if flags and flags & _ZERO_COPY else None
         if zero_copy is not None:
             msg_flags |= zerocopy.MSG_ZEROCOPY
         ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
