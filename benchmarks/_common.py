@@ -18,17 +18,72 @@ Typical use::
 
 from __future__ import annotations
 
+import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-__all__ = ["KIB", "MIB", "Comparison", "compare", "print_table", "time_best", "time_median"]
+__all__ = [
+    "KIB",
+    "MIB",
+    "Comparison",
+    "SocketPair",
+    "compare",
+    "in_thread",
+    "print_table",
+    "recv_exactly",
+    "tcp_pair",
+    "time_best",
+    "time_median",
+    "unix_pair",
+]
 
 KIB = 1024
 MIB = 1024 * 1024
+
+
+#: Two connected sockets.
+SocketPair = tuple[socket.socket, socket.socket]
+
+
+def unix_pair() -> SocketPair:
+    """Return two connected unix stream sockets."""
+    return socket.socketpair()
+
+
+def tcp_pair() -> SocketPair:
+    """Return ``(client, server)`` sockets connected over TCP loopback (127.0.0.1)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` with a ``recv_into`` loop (the raw side of a read_all).
+
+    Raises:
+        EOFError: the peer closed first.
+    """
+    done = 0
+    while done < len(view):
+        n = sock.recv_into(view[done:])
+        if n == 0:
+            raise EOFError("peer closed early")
+        done += n
+
+
+def in_thread(target: Callable[[], object]) -> Callable[[], None]:
+    """Run ``target`` in a daemon thread; return the function that joins it."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread.join
 
 
 def _samples(func: Callable[[], object], repeat: int, number: int) -> list[float]:

@@ -14,52 +14,33 @@ import argparse
 import os
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import KIB, MIB, Comparison, compare, print_table
+from _common import (
+    KIB,
+    MIB,
+    Comparison,
+    SocketPair,
+    compare,
+    in_thread,
+    print_table,
+    recv_exactly,
+    tcp_pair,
+    unix_pair,
+)
 
 from qiochan_socket import QIOChannelSocket
-
-Pair = tuple[socket.socket, socket.socket]
 
 # 1-byte writes per batch: well below what a unix socket queues before blocking
 _BATCH = 100
 
 
-def unix_pair() -> Pair:
-    return socket.socketpair()
-
-
-def tcp_pair() -> Pair:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
-
-
-def _raw_recv_exactly(sock: socket.socket, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        n = sock.recv_into(view[done:])
-        if n == 0:
-            raise EOFError("peer closed early")
-        done += n
-
-
-def _in_thread(target: Callable[[], None]) -> Callable[[], None]:
-    """Start ``target`` in a thread; return the join function."""
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread.join
-
-
-def bench_stream(name: str, make_pair: Callable[[], Pair], total: int, repeat: int) -> Comparison:
+def bench_stream(
+    name: str, make_pair: Callable[[], SocketPair], total: int, repeat: int
+) -> Comparison:
     """write_all/read_all of 1 MiB chunks vs sendall/recv_into loops."""
     raw_w, raw_r = make_pair()
     ours_w_sock, ours_r_sock = make_pair()
@@ -75,9 +56,9 @@ def bench_stream(name: str, make_pair: Callable[[], Pair], total: int, repeat: i
             for _ in range(count):
                 raw_w.sendall(chunk)
 
-        join = _in_thread(send)
+        join = in_thread(send)
         for _ in range(count):
-            _raw_recv_exactly(raw_r, view)
+            recv_exactly(raw_r, view)
         join()
 
     def ours() -> None:
@@ -85,13 +66,21 @@ def bench_stream(name: str, make_pair: Callable[[], Pair], total: int, repeat: i
             for _ in range(count):
                 ours_w.write_all(chunk)
 
-        join = _in_thread(send)
+        join = in_thread(send)
         for _ in range(count):
             ours_r.read_all(buf)
         join()
 
     try:
-        return compare(name, ours, raw, repeat=repeat, target=0.90, work_bytes=count * MIB)
+        return compare(
+            name,
+            ours,
+            raw,
+            repeat=repeat,
+            target=0.90,
+            work_bytes=count * MIB,
+            use_median=True,
+        )
     finally:
         for closable in (raw_w, raw_r, ours_w, ours_r):
             closable.close()
@@ -114,7 +103,7 @@ def bench_writev(total: int, repeat: int) -> Comparison:
             while left:
                 left -= sock.recv_into(view[: min(left, len(view))])
 
-        return _in_thread(run)
+        return in_thread(run)
 
     def raw_sendmsg_all() -> None:
         for _ in range(count):
@@ -146,6 +135,7 @@ def bench_writev(total: int, repeat: int) -> Comparison:
             repeat=repeat,
             target=0.90,
             work_bytes=count * batch,
+            use_median=True,
         )
     finally:
         for closable in (raw_w, raw_r, ours_w, ours_r_sock):
@@ -199,7 +189,7 @@ def bench_small_write(repeat: int) -> Comparison:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per side")
+    parser.add_argument("--repeat", type=int, default=11, help="timed runs per side")
     args = parser.parse_args()
     total = args.mib * MIB
     rows = [
@@ -208,7 +198,11 @@ def main() -> None:
         bench_writev(total, args.repeat),
         bench_small_write(args.repeat),
     ]
-    print_table("qiochan socket vs raw Python sockets (best of runs)", rows)
+    print_table(
+        f"qiochan socket vs raw Python sockets (medians of {args.repeat} interleaved runs; "
+        "the 1-byte row is the best run)",
+        rows,
+    )
     small = rows[-1]
     print(
         f"1-byte write overhead over os.write: {small.overhead * 1e9:.0f} ns per call "

@@ -442,6 +442,20 @@ class QIOChannelSocket(QIOChannel):
         sock = self._sock
         if sock is None:
             sock = self._require_socket()  # raises the right error
+        if len(iov) == 1 and not fds and not flags:
+            try:  # the common case, kept short: one buffer, no fds, no flags
+                return sock.send(iov[0], _MSG_NOSIGNAL)
+            except BlockingIOError:
+                return ERR_BLOCK
+            except InterruptedError:
+                pass  # retried below
+            except OSError as exc:
+                raise from_oserror("Unable to write to socket", exc) from exc
+        return self._sendmsg(sock, iov, fds, flags)
+
+    def _sendmsg(
+        self, sock: _Socket, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag
+    ) -> int:
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
         msg_flags = _MSG_NOSIGNAL
@@ -451,10 +465,7 @@ class QIOChannelSocket(QIOChannel):
         ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         while True:
             try:
-                if len(iov) == 1 and not ancdata:
-                    n = sock.send(iov[0], msg_flags)
-                else:
-                    n = sock.sendmsg(iov, ancdata, msg_flags)
+                n = sock.sendmsg(iov, ancdata, msg_flags)
             except BlockingIOError:
                 return ERR_BLOCK
             except InterruptedError:
