@@ -173,3 +173,35 @@ def test_open_sync_fails_when_nothing_binds() -> None:
         with pytest.raises(ChannelError) as info:
             QIONetListener().open_sync(f"tcp:127.0.0.1:{port}")
     assert info.value.errno == errno.EADDRINUSE
+
+
+def test_failing_client_func_keeps_the_listener_accepting(
+    loop: asyncio.AbstractEventLoop, no_fd_leak: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = QIONetListener()
+    listener.open_sync("tcp:127.0.0.1:0")
+    seen: list[QIOChannelSocket] = []
+
+    async def scenario() -> None:
+        second = asyncio.Event()
+
+        def on_client(_listener: QIONetListener, client: QIOChannelSocket) -> None:
+            seen.append(client)
+            if len(seen) == 1:
+                raise RuntimeError("first client rejected by a buggy callback")
+            second.set()
+
+        listener.set_client_func(on_client)
+        clients = [QIOChannelSocket(), QIOChannelSocket()]
+        clients[0].connect_sync(listener.address)
+        clients[1].connect_sync(listener.address)
+        await asyncio.wait_for(second.wait(), 10)
+        for client in clients:
+            client.close()
+
+    loop.run_until_complete(scenario())
+    for client in seen:
+        client.close()
+    listener.close()
+    assert len(seen) == 2
+    assert "buggy callback" in caplog.text

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import open_fds
 
-from qiochan.address import InetAddress, UnixAddress
+from qiochan.address import InetAddress, UnixAddress, VsockAddress
 from qiochan.channel import ERR_BLOCK, Feature, ReadFlag, Shutdown
 from qiochan.errors import AddressError, ChannelError
 from qiochan.task import QIOTask
@@ -470,9 +471,7 @@ def test_unix_dgram_sync(tmp_path: Path, no_fd_leak: None) -> None:
     assert not os.path.exists(path_a), "the bound datagram socket file is removed on close"
 
 
-def test_no_fd_leak_over_1000_cycles(tmp_path: Path) -> None:
-    from conftest import open_fds
-
+def test_no_fd_leak_over_1000_cycles() -> None:
     before = len(open_fds())
     with QIOChannelSocket() as listener:
         listener.listen_sync("tcp:127.0.0.1:0", num=8)
@@ -487,3 +486,17 @@ def test_no_fd_leak_over_1000_cycles(tmp_path: Path) -> None:
             a.close()
             b.close()
     assert len(open_fds()) == before
+
+
+def test_vsock_listen_reports_a_vsock_address(no_fd_leak: None) -> None:
+    any_cid = any_port = 0xFFFFFFFF  # VMADDR_CID_ANY, VMADDR_PORT_ANY
+    with QIOChannelSocket() as listener:
+        try:
+            listener.listen_sync(VsockAddress(any_cid, any_port))
+        except ChannelError as exc:
+            pytest.skip(f"no vsock here: {exc}")
+        local = listener.local_address
+        assert isinstance(local, VsockAddress)
+        assert local.port != any_port, "the kernel picks a port"
+        assert listener.has_feature(Feature.LISTEN)
+        assert not listener.has_feature(Feature.FD_PASS)

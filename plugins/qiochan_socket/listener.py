@@ -239,7 +239,11 @@ class QIONetListener:
             return False
         if self._name:
             client.set_name(f"{self._name}-client")
-        func(self, client, *self._data)
+        try:
+            func(self, client, *self._data)
+        except Exception:
+            # one failing client must not stop the listener accepting the next ones
+            log.exception("listener %r: client callback %r failed", self, func)
         return True
 
     def wait_client(self, timeout: float | None = None) -> QIOChannelSocket:
