@@ -161,3 +161,24 @@ def test_no_fd_leak_over_1000_cycles() -> None:
             pids.append(channel.pid)
     assert len(open_fds()) == before
     assert all(map(_reaped, pids[-10:]))
+
+
+def test_close_wakes_a_blocked_reader(no_fd_leak: None) -> None:
+    channel = QIOChannelCommand.new_spawn(["cat"])
+    result: list[int | None] = []
+    entering = threading.Event()
+
+    def read() -> None:
+        entering.set()
+        try:
+            result.append(channel.read(bytearray(16)))
+        except ChannelError as exc:  # close() won the race: the channel was already closed
+            result.append(exc.errno)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    assert entering.wait(10)
+    channel.close()
+    thread.join(10)
+    assert not thread.is_alive(), "close() left a reader blocked forever"
+    assert result in ([0], [errno.EBADF])

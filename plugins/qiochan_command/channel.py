@@ -278,6 +278,7 @@ class QIOChannelCommand(QIOChannel):
             stopped_reading = reader is not None
             for end in (writer, reader):
                 if end is not None:
+                    end.shutdown()  # wakes any thread still blocked on this end
                     end.close()
         try:
             report = process.stop(self._proc, self.close_timeout)

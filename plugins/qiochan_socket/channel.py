@@ -132,7 +132,7 @@ class QIOChannelSocket(QIOChannel):
         elif self._is_tcp and zerocopy.enable(sock):
             self._zero_copy = zerocopy.ZeroCopyState()
             self.set_feature(Feature.WRITE_ZERO_COPY)
-        log.debug("socket new %r family=%s", self, sock.family.name)
+        log.debug("socket new %r family=%s", self, getattr(sock.family, "name", sock.family))
 
     def _require_socket(self) -> socket.socket:
         self._check_open()
@@ -291,7 +291,7 @@ class QIOChannelSocket(QIOChannel):
             sock.listen(num)
         except BaseException:
             sock.close()
-            self._unlink = None
+            self._unlink_bound()  # bound but could not listen: remove the socket file
             raise
         self._attach(sock)
         log.debug("socket listen %r on %s backlog=%d", self, endpoint, num)
