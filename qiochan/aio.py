@@ -172,6 +172,7 @@ class ChannelTransport(asyncio.Transport):
         self._reading_paused = False
         self._read_eof = False
         self._eof_requested = False
+        self._eof_sent = False
         self._closing = False
         self._lost = False
         self._protocol_paused = False
@@ -206,15 +207,21 @@ class ChannelTransport(asyncio.Transport):
         return self._closing
 
     def close(self) -> None:
-        """Stop reading, flush the write buffer, then close the channel.
+        """Stop reading, flush the write buffer, end the stream, then close the channel.
 
-        The protocol's ``connection_lost(None)`` runs once the channel is closed.
+        A channel that can half-close gets ``shutdown(WRITE)`` once it is
+        writable, so a layer's own end of stream (TLS close_notify, a
+        websocket close frame) goes out rather than being dropped by a full
+        socket.  The protocol's ``connection_lost(None)`` runs once the channel
+        is closed; :meth:`abort` closes at once.
         """
         if self._closing:
             return
         self._closing = True
         self._stop_reading()
-        if not self._buffer:
+        if self._buffer or self._ends_stream():
+            self._start_writing()  # _on_writable flushes, ends the stream, then closes
+        else:
             self._connection_lost(None)
 
     def abort(self) -> None:
@@ -255,7 +262,14 @@ class ChannelTransport(asyncio.Transport):
         )
 
     def _stop_reading(self) -> None:
+        # removed here, synchronously, even from inside its own callback: the loop
+        # must forget the fd before a worker thread may close it
         watch, self._read_watch = self._read_watch, None
+        if watch is not None:
+            watch.remove()
+
+    def _stop_writing(self) -> None:
+        watch, self._write_watch = self._write_watch, None
         if watch is not None:
             watch.remove()
 
@@ -299,7 +313,7 @@ class ChannelTransport(asyncio.Transport):
 
     def _on_eof(self) -> None:
         self._read_eof = True
-        self._read_watch = None
+        self._stop_reading()
         try:
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         except Exception as exc:
@@ -378,7 +392,9 @@ class ChannelTransport(asyncio.Transport):
     def write_eof(self) -> None:
         """Half-close: shut the channel's write direction once the buffer is flushed.
 
-        Reading goes on until the peer's end of stream.
+        The shutdown waits for the channel to be writable, so a layer's end of
+        stream (TLS close_notify) is not lost to a full socket.  Reading goes on
+        until the peer's end of stream.
 
         Raises:
             ChannelError: the channel cannot half-close (``ENOTSUP``; see :meth:`can_write_eof`).
@@ -388,14 +404,21 @@ class ChannelTransport(asyncio.Transport):
         if not self.can_write_eof():
             raise unsupported(f"Half-close of {type(self._channel).__name__}")
         self._eof_requested = True
-        if not self._buffer:
-            self._shutdown_write()
+        self._start_writing()
+
+    def _ends_stream(self) -> bool:
+        """True while a ``shutdown(WRITE)`` is still due before the channel closes."""
+        return not self._eof_sent and self.can_write_eof()
 
     def _shutdown_write(self) -> None:
+        self._eof_sent = True
         try:
             self._channel.shutdown(Shutdown.WRITE)
         except ChannelError as exc:
-            self._fatal_error(exc, "half-close of the channel failed")
+            if self._closing:
+                log.debug("%r: ending the stream before closing failed: %s", self, exc)
+            else:
+                self._fatal_error(exc, "half-close of the channel failed")
 
     def _start_writing(self) -> None:
         if self._write_watch is None and not self._lost:
@@ -406,23 +429,24 @@ class ChannelTransport(asyncio.Transport):
     def _on_writable(self, _channel: QIOChannel, _condition: Condition) -> bool:
         if self._write_watch is None:
             return False
-        try:
-            n = self._channel.writev(list(itertools.islice(self._buffer, _MAX_IOV)))
-        except ChannelError as exc:
-            self._fatal_error(exc, "write to the channel failed")
-            return False
-        if n == ERR_BLOCK:
-            return True
-        self._written += n
-        self._consume(n)
-        self._maybe_resume_protocol()
         if self._buffer:
-            return True
-        self._write_watch = None
+            try:
+                n = self._channel.writev(list(itertools.islice(self._buffer, _MAX_IOV)))
+            except ChannelError as exc:
+                self._fatal_error(exc, "write to the channel failed")
+                return False
+            if n == ERR_BLOCK:
+                return True
+            self._written += n
+            self._consume(n)
+            self._maybe_resume_protocol()
+            if self._buffer:
+                return True
+        self._stop_writing()
+        if (self._eof_requested or self._closing) and self._ends_stream():
+            self._shutdown_write()
         if self._closing:
             self._connection_lost(None)
-        elif self._eof_requested:
-            self._shutdown_write()
         return False
 
     def _consume(self, n: int) -> None:
@@ -480,9 +504,7 @@ class ChannelTransport(asyncio.Transport):
             return
         self._lost = True
         self._stop_reading()
-        watch, self._write_watch = self._write_watch, None
-        if watch is not None:
-            watch.remove()
+        self._stop_writing()
         # watches are gone (on this thread), so the fds may now close anywhere:
         # in a worker, since closing may wait (a command's exit, a close handshake)
         try:

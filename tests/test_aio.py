@@ -542,3 +542,52 @@ def test_a_failed_handshake_does_not_stop_the_server(run: Runner[None], creds: P
             assert echoed == b"still serving"
 
     run(main)
+
+
+def _watched_by_loop(loop: asyncio.AbstractEventLoop, channel: Any) -> bool:
+    """True when any watch the loop polls for belongs to ``channel``."""
+    from qiochan import watch as watch_module
+
+    table = watch_module._loops.get(loop)
+    if table is None:
+        return False
+    sets = [*list(table.readers.values()), *list(table.writers.values())]
+    return any(w.channel is channel for watches in sets for w in list(watches))
+
+
+@pytest.mark.parametrize("how", ["peer-eof", "close-with-buffered-data", "write-error"])
+def test_the_loop_forgets_the_channel_before_it_is_closed(run: Runner[None], how: str) -> None:
+    # closing happens in a worker thread: an fd still polled by the loop when it is
+    # closed (and maybe reused) corrupts the loop -- uvloop aborts the process
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = memory_pipe(1024)
+        watched_at_close: list[bool] = []
+        io_close = a.io_close
+
+        def checked_close() -> None:
+            watched_at_close.append(_watched_by_loop(loop, a))
+            io_close()
+
+        a.io_close = checked_close  # type: ignore[method-assign]
+        transport, protocol = await connect_channel(a, _Recorder)
+        if how == "peer-eof":
+            b.write_all(b"last words")
+            b.close()
+            await protocol.eof.wait()
+            transport.close()
+        elif how == "close-with-buffered-data":
+            transport.write(_pattern(64 * 1024))
+            transport.close()
+            peer_reader, peer_writer = await channel_streams(b)
+            assert len(await peer_reader.read()) == 64 * 1024
+            await _close(peer_writer)
+        else:
+            b.shutdown(Shutdown.READ)
+            transport.write(b"x")
+        await protocol.lost
+        assert watched_at_close == [False]
+        if how != "close-with-buffered-data":
+            b.close()
+
+    run(main)
