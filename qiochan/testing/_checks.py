@@ -389,6 +389,7 @@ def check_removed_watch_never_fires(factory: PairFactory) -> None:
 
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
+
             def first(_channel: QIOChannel, condition: Condition) -> bool:
                 fired.append(condition)
                 return True
