@@ -73,20 +73,19 @@ def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
         default=argparse.SUPPRESS if for_subcommand else 0,
         help="log what happens (-vv: debug, with tracebacks)",
     )
-    progress = group.add_mutually_exclusive_group()
-    progress.add_argument(
+    group.add_argument(
         "--progress",
         dest="progress",
         action="store_true",
         default=default,
         help="show progress bars even when stderr is not a terminal",
     )
-    progress.add_argument(
+    group.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
         default=default,
-        help="never show progress bars",
+        help="never show progress bars (the last of the two wins)",
     )
     return parser
 
