@@ -189,11 +189,9 @@ def _relay(env: dict[str, str], *args: str) -> Iterator[Background]:
         relay.kill()
 
 
-@dataclass
-class Chain:
-    """Starts the relays between the source's target and the destination's address."""
-
-    build: Callable[[contextlib.ExitStack, dict[str, str], str, Path], tuple[str, list[Background]]]
+#: Starts a chain's relays towards the destination's address; returns the address the
+#: source migrates to and the relays, entry first.
+Build = Callable[[contextlib.ExitStack, dict[str, str], str, Path], tuple[str, list[Background]]]
 
 
 def _tcp_unix(
@@ -203,9 +201,7 @@ def _tcp_unix(
     return relay.listening("source"), [relay]
 
 
-def _two_hops(
-    src_layer: list[str], dst_layer: list[str], middle: str
-) -> Callable[..., tuple[str, list[Background]]]:
+def _two_hops(src_layer: list[str], dst_layer: list[str], middle: str) -> Build:
     def build(
         stack: contextlib.ExitStack, env: dict[str, str], dst: str, creds: Path
     ) -> tuple[str, list[Background]]:
@@ -219,16 +215,15 @@ def _two_hops(
     return build
 
 
-CHAINS = {
-    "tcp-unix": (Chain(_tcp_unix), "unix"),
-    "tcp-websocket-tcp": (Chain(_two_hops([], [], "ws://127.0.0.1:0/migrate")), "tcp"),
+#: chain name -> (how to build it, the destination's incoming transport)
+CHAINS: dict[str, tuple[Build, str]] = {
+    "tcp-unix": (_tcp_unix, "unix"),
+    "tcp-websocket-tcp": (_two_hops([], [], "ws://127.0.0.1:0/migrate"), "tcp"),
     "tcp-tls-tcp": (
-        Chain(
-            _two_hops(
-                ["--src-layer", "tls:creds={creds}"],
-                ["--dst-layer", "tls:creds={creds},hostname=localhost"],
-                "tcp:127.0.0.1:0",
-            )
+        _two_hops(
+            ["--src-layer", "tls:creds={creds}"],
+            ["--dst-layer", "tls:creds={creds},hostname=localhost"],
+            "tcp:127.0.0.1:0",
         ),
         "tcp",
     ),
@@ -247,7 +242,7 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_live_migration_through_relay(
     qemu: str, tmp_path: Path, creds: Path, chain_name: str
 ) -> None:
-    chain, incoming_kind = CHAINS[chain_name]
+    build, incoming_kind = CHAINS[chain_name]
     env = cli_env(tmp_path)
     blob = tmp_path / "blob.bin"
     blob.write_bytes(os.urandom(BLOB_SIZE))
@@ -264,7 +259,7 @@ def test_live_migration_through_relay(
             info = dst.qmp.command("query-migrate")
             port = next(a["port"] for a in info["socket-address"] if a["type"] == "inet")
             incoming = f"tcp:127.0.0.1:{port}"
-        entry, relays = chain.build(stack, env, incoming, creds)
+        entry, relays = build(stack, env, incoming, creds)
         src.qmp.command("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
         src.qmp.command("migrate", uri=f"tcp:127.0.0.1:{port_of(entry)}")
 
