@@ -89,9 +89,10 @@ def test_kit_catches_dropped_bytes(short_timeout: None, no_fd_leak: None) -> Non
 
 def test_kit_catches_missing_readiness(short_timeout: None, no_fd_leak: None) -> None:
     with pytest.raises(AssertionError, match=r"never became ready|did not finish"):
+        # a deaf writer must block once the 64 KiB pipe is full, and then never wakes
         run_check(
             "transfer_nonblocking",
-            lambda: broken_pair(DeafPipe, broken_writer=False),
+            lambda: broken_pair(DeafPipe, broken_writer=True),
             two_way=False,
         )
     with pytest.raises(AssertionError, match=r"watch|finish"):
