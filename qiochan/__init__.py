@@ -14,6 +14,7 @@ from .channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFl
 from .errors import (
     AddressError,
     ChannelError,
+    ConfigError,
     HandshakeError,
     PluginError,
     TLSError,
@@ -37,6 +38,7 @@ __all__ = [
     "Backend",
     "ChannelError",
     "Condition",
+    "ConfigError",
     "Feature",
     "HandshakeError",
     "LayerSpec",
