@@ -38,7 +38,9 @@ plugin still imports and reports the backend as unavailable.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 from qiochan.channel import Feature
 from qiochan.errors import PluginError
@@ -47,18 +49,16 @@ from qiochan.registry import Backend
 
 from .authz import Authz, AuthzList, AuthzSimple
 
-MISSING = "pip install 'qiochan[tls]'"
-
-try:
+if TYPE_CHECKING:
     from .channel import QIOChannelTLS
     from .creds import TLSCredsX509
     from .layer import wrap
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    if not (exc.name or "").startswith("cryptography"):
-        raise
-    HAVE_CRYPTOGRAPHY = False
-else:
-    HAVE_CRYPTOGRAPHY = True
+
+MISSING = "pip install 'qiochan[tls]'"
+
+# the session, credentials and layer modules import cryptography and ssl (tens of
+# milliseconds): they load on first use, so plugin discovery stays cheap
+HAVE_CRYPTOGRAPHY = find_spec("cryptography") is not None
 
 __all__ = [
     "HAVE_CRYPTOGRAPHY",
@@ -69,15 +69,27 @@ __all__ = [
     "QIOChannelTLS",
     "TLSCredsX509",
     "qiochan_backends",
+    "wrap",
 ]
 
-_NEEDS_CRYPTOGRAPHY = frozenset({"QIOChannelTLS", "TLSCredsX509", "wrap"})
+_LAZY = {"QIOChannelTLS": ".channel", "TLSCredsX509": ".creds", "wrap": ".layer"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_CRYPTOGRAPHY and not HAVE_CRYPTOGRAPHY:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qiochan_tls' has no attribute {name!r}")
+    if not HAVE_CRYPTOGRAPHY:
         raise PluginError(f"qiochan_tls.{name} needs the cryptography package: {MISSING}")
-    raise AttributeError(f"module 'qiochan_tls' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def _wrap(channel: Any, role: str, **options: Any) -> Any:
+    """The ``tls`` layer's wrap (see :func:`qiochan_tls.layer.wrap`), loaded on first use."""
+    layer_wrap: Any = __getattr__("wrap")
+    return layer_wrap(channel, role, **options)
 
 
 @hookimpl
@@ -91,7 +103,7 @@ def qiochan_backends() -> list[Backend]:
             features=frozenset({Feature.SHUTDOWN}),
             available=HAVE_CRYPTOGRAPHY,
             missing="" if HAVE_CRYPTOGRAPHY else MISSING,
-            wrap=wrap if HAVE_CRYPTOGRAPHY else None,
+            wrap=_wrap if HAVE_CRYPTOGRAPHY else None,
             description="TLS over any channel (ssl MemoryBIO), QEMU x509 credentials directory",
         )
     ]
