@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import open_fds
+from pairs import socket_tcp_pair
 
 from qiochan.address import InetAddress, UnixAddress, VsockAddress
 from qiochan.channel import ERR_BLOCK, Feature, ReadFlag, Shutdown
@@ -26,13 +27,7 @@ from qiochan_socket import QIOChannelSocket, socket_pair
 @pytest.fixture
 def tcp_pair() -> Iterator[tuple[QIOChannelSocket, QIOChannelSocket]]:
     """A connected (client, server) TCP pair on 127.0.0.1."""
-    listener = QIOChannelSocket()
-    listener.listen_sync("tcp:127.0.0.1:0")
-    client = QIOChannelSocket()
-    client.connect_sync(listener.local_address)
-    server = listener.accept()
-    listener.close()
-    assert server is not None
+    client, server = socket_tcp_pair()
     yield client, server
     client.close()
     server.close()

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from pairs import socket_tcp_pair
 
 from qiochan.channel import Feature, WriteFlag
 from qiochan.errors import ChannelError
@@ -16,13 +17,7 @@ from qiochan_socket import QIOChannelSocket, socket_pair
 
 @pytest.fixture
 def tcp_pair() -> Iterator[tuple[QIOChannelSocket, QIOChannelSocket]]:
-    listener = QIOChannelSocket()
-    listener.listen_sync("tcp:127.0.0.1:0")
-    client = QIOChannelSocket()
-    client.connect_sync(listener.local_address)
-    server = listener.accept()
-    listener.close()
-    assert server is not None
+    client, server = socket_tcp_pair()
     if not client.has_feature(Feature.WRITE_ZERO_COPY):
         client.close()
         server.close()

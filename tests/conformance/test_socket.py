@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pairs import connected_pair
 
-import qiochan
 from qiochan.channel import QIOChannel
-from qiochan_socket import QIONetListener, socket_pair
+from qiochan_socket import socket_pair
 
 Pair = tuple[QIOChannel, QIOChannel]
 Runner = Callable[..., None]
@@ -25,26 +25,18 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-def _connected_pair(address: str) -> Pair:
-    with QIONetListener() as listener:
-        listener.open_sync(address)
-        client = qiochan.connect(listener.address)
-        server = listener.wait_client()
-    return client, server
-
-
 def test_tcp_ipv4(qiochan_conformance: Runner, no_fd_leak: None) -> None:
-    qiochan_conformance(lambda: _connected_pair("tcp:127.0.0.1:0"))
+    qiochan_conformance(lambda: connected_pair("tcp:127.0.0.1:0"))
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 def test_tcp_ipv6(qiochan_conformance: Runner, no_fd_leak: None) -> None:
-    qiochan_conformance(lambda: _connected_pair("tcp:[::1]:0"))
+    qiochan_conformance(lambda: connected_pair("tcp:[::1]:0"))
 
 
 def test_unix_socket(qiochan_conformance: Runner, tmp_path: Path, no_fd_leak: None) -> None:
     path = tmp_path / "conformance.sock"
-    qiochan_conformance(lambda: _connected_pair(f"unix:{path}"))
+    qiochan_conformance(lambda: connected_pair(f"unix:{path}"))
 
 
 def test_socketpair(qiochan_conformance: Runner, no_fd_leak: None) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pairs import connected_pair
 
-import qiochan
 from qiochan.channel import QIOChannel
 from qiochan_command import QIOChannelCommand
 from qiochan_memory import memory_pipe
@@ -49,14 +49,6 @@ def _tls_factory(masters: Masters, creds: tuple[TLSCredsX509, TLSCredsX509]) -> 
         return client, server
 
     return make
-
-
-def _tcp_masters() -> Pair:
-    with QIONetListener() as listener:
-        listener.open_sync("tcp:127.0.0.1:0")
-        client = qiochan.connect(listener.address)
-        server = listener.wait_client()
-    return client, server
 
 
 # The relay child: copies stdin to a unix socket and the socket to stdout, keeps a
@@ -125,7 +117,7 @@ def test_tls_over_memory_pipe(
 def test_tls_over_tcp(
     qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
 ) -> None:
-    qiochan_conformance(_tls_factory(_tcp_masters, creds))
+    qiochan_conformance(_tls_factory(connected_pair, creds))
 
 
 def test_tls_over_unix_socketpair(

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pairs import connected_pair
 
-import qiochan
 from qiochan.channel import QIOChannel
 from qiochan_command import QIOChannelCommand
 from qiochan_memory import memory_pipe
@@ -42,14 +42,6 @@ def websocket_factory(masters: Masters) -> Callable[[], Pair]:
         return client, server
 
     return make
-
-
-def tcp_masters() -> Pair:
-    with QIONetListener() as listener:
-        listener.open_sync("tcp:127.0.0.1:0")
-        client = qiochan.connect(listener.address)
-        server = listener.wait_client()
-    return client, server
 
 
 @pytest.fixture
@@ -114,7 +106,7 @@ def test_websocket_over_memory_pipe(qiochan_conformance: Runner, no_fd_leak: Non
 
 
 def test_websocket_over_tcp(qiochan_conformance: Runner, no_fd_leak: None) -> None:
-    qiochan_conformance(websocket_factory(tcp_masters))
+    qiochan_conformance(websocket_factory(connected_pair))
 
 
 def test_websocket_over_unix_socketpair(qiochan_conformance: Runner, no_fd_leak: None) -> None:
@@ -129,7 +121,7 @@ def test_websocket_over_command_pipe(
 
 def test_websocket_over_tls(qiochan_conformance: Runner, tls_creds: Path, no_fd_leak: None) -> None:
     """The wss:// stack: websocket over TLS over TCP."""
-    qiochan_conformance(websocket_factory(_tls_wrap(tcp_masters, tls_creds)))
+    qiochan_conformance(websocket_factory(_tls_wrap(connected_pair, tls_creds)))
 
 
 def test_tls_inside_websocket(
