@@ -15,35 +15,18 @@ import socket
 import ssl
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import KIB, MIB, Comparison, compare, print_table
+from _common import KIB, MIB, Comparison, compare, in_thread, print_table, tcp_pair
 
 from qiochan_socket import QIOChannelSocket
 from qiochan_tls import QIOChannelTLS, TLSCredsX509
 from qiochan_tls.certs import create_creds_dir
 
 Pair = tuple[socket.socket, socket.socket]
-
-
-def tcp_pair() -> Pair:
-    """Return ``(client, server)`` sockets connected over TCP loopback."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
-
-
-def _in_thread(target: Callable[[], object]) -> Callable[[], None]:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread.join
 
 
 class Contexts:
@@ -67,7 +50,7 @@ def sslsocket_pair(
     client = contexts.client.wrap_socket(
         client_sock, server_hostname="localhost", do_handshake_on_connect=False
     )
-    join = _in_thread(client.do_handshake)
+    join = in_thread(client.do_handshake)
     server.do_handshake()
     join()
     return client, server
@@ -84,7 +67,7 @@ def qiochan_pair(
     client = QIOChannelTLS.new_client(
         QIOChannelSocket.from_socket(client_sock), contexts.client_creds, "localhost"
     )
-    join = _in_thread(client.handshake)
+    join = in_thread(client.handshake)
     server.handshake()
     join()
     return client, server
@@ -113,7 +96,7 @@ def bench_stream(contexts: Contexts, write_size: int, total: int, repeat: int) -
             for _ in range(count):
                 raw_client.sendall(chunk)
 
-        join = _in_thread(send)
+        join = in_thread(send)
         for _ in range(count):
             _recv_exactly(raw_server, view)
         join()
@@ -123,7 +106,7 @@ def bench_stream(contexts: Contexts, write_size: int, total: int, repeat: int) -
             for _ in range(count):
                 ours_client.write_all(chunk)
 
-        join = _in_thread(send)
+        join = in_thread(send)
         for _ in range(count):
             ours_server.read_all(buf)
         join()
