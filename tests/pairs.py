@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 import qiochan
 from qiochan import QIOChannel
 from qiochan_socket import QIOChannelSocket, QIONetListener
@@ -31,3 +35,63 @@ def socket_tcp_pair() -> tuple[QIOChannelSocket, QIOChannelSocket]:
         listener.close()
     assert server is not None
     return client, server
+
+
+Pair = tuple[QIOChannel, QIOChannel]
+PairFactory = Callable[[], Pair]
+
+
+Layer = TypeVar("Layer", bound=QIOChannel)
+
+
+def layered(
+    masters: PairFactory,
+    server: Callable[[QIOChannel], Layer],
+    client: Callable[[QIOChannel], Layer],
+    handshake: Callable[[Layer, Layer], object],
+) -> PairFactory:
+    """Return a factory of ``(client, server)`` layer channels over fresh ``masters`` pairs.
+
+    ``server``/``client`` wrap one master each; ``handshake(server, client)``
+    completes both handshakes; on failure both layer channels are closed.
+    """
+
+    def make() -> Pair:
+        client_master, server_master = masters()
+        server_channel, client_channel = server(server_master), client(client_master)
+        try:
+            handshake(server_channel, client_channel)
+        except BaseException:
+            server_channel.close()
+            client_channel.close()
+            raise
+        return client_channel, server_channel
+
+    return make
+
+
+def websocket_pairs(masters: PairFactory) -> PairFactory:
+    """Websocket ``(client, server)`` pairs over ``masters`` (client host ``localhost``)."""
+    from qiochan_websocket import QIOChannelWebsock
+    from qiochan_websocket.testing import handshake_pair
+
+    return layered(
+        masters,
+        QIOChannelWebsock.new_server,
+        lambda master: QIOChannelWebsock.new_client(master, "localhost"),
+        handshake_pair,
+    )
+
+
+def tls_pairs(masters: PairFactory, creds: Path) -> PairFactory:
+    """TLS ``(client, server)`` pairs over ``masters`` with the credentials directory ``creds``."""
+    from qiochan_tls import QIOChannelTLS, TLSCredsX509
+    from qiochan_tls.testing import handshake_pair
+
+    server_creds, client_creds = TLSCredsX509(creds, "server"), TLSCredsX509(creds, "client")
+    return layered(
+        masters,
+        lambda master: QIOChannelTLS.new_server(master, server_creds),
+        lambda master: QIOChannelTLS.new_client(master, client_creds, "localhost"),
+        handshake_pair,
+    )

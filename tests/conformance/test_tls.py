@@ -8,17 +8,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pairs import connected_pair
+from pairs import connected_pair, tls_pairs, websocket_pairs
 
 from qiochan.channel import QIOChannel
 from qiochan_command import QIOChannelCommand
 from qiochan_memory import memory_pipe
 from qiochan_socket import QIONetListener, socket_pair
-from qiochan_tls import QIOChannelTLS, TLSCredsX509
 from qiochan_tls.certs import create_creds_dir
-from qiochan_tls.testing import handshake_pair
-from qiochan_websocket import QIOChannelWebsock
-from qiochan_websocket.testing import handshake_pair as websocket_handshake_pair
 
 Pair = tuple[QIOChannel, QIOChannel]
 Masters = Callable[[], Pair]
@@ -26,29 +22,10 @@ Runner = Callable[..., None]
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> tuple[TLSCredsX509, TLSCredsX509]:
+def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls-creds")
     create_creds_dir(directory)
-    return TLSCredsX509(directory, "server"), TLSCredsX509(directory, "client")
-
-
-def _tls_factory(masters: Masters, creds: tuple[TLSCredsX509, TLSCredsX509]) -> Callable[[], Pair]:
-    """Pairs ``(client, server)`` of TLS channels over fresh master pairs ``(client, server)``."""
-    server_creds, client_creds = creds
-
-    def make() -> Pair:
-        client_master, server_master = masters()
-        server = QIOChannelTLS.new_server(server_master, server_creds)
-        client = QIOChannelTLS.new_client(client_master, client_creds, "localhost")
-        try:
-            handshake_pair(server, client)
-        except BaseException:
-            server.close()
-            client.close()
-            raise
-        return client, server
-
-    return make
+    return directory
 
 
 # The relay child: copies stdin to a unix socket and the socket to stdout, keeps a
@@ -108,48 +85,28 @@ def relay_masters(tmp_path: Path) -> Iterator[Masters]:
         yield make
 
 
-def test_tls_over_memory_pipe(
-    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
-) -> None:
-    qiochan_conformance(_tls_factory(memory_pipe, creds))
+def test_tls_over_memory_pipe(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
+    qiochan_conformance(tls_pairs(memory_pipe, creds))
 
 
-def test_tls_over_tcp(
-    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
-) -> None:
-    qiochan_conformance(_tls_factory(connected_pair, creds))
+def test_tls_over_tcp(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
+    qiochan_conformance(tls_pairs(connected_pair, creds))
 
 
 def test_tls_over_unix_socketpair(
-    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
+    qiochan_conformance: Runner, creds: Path, no_fd_leak: None
 ) -> None:
-    qiochan_conformance(_tls_factory(socket_pair, creds))
+    qiochan_conformance(tls_pairs(socket_pair, creds))
 
 
-def _websocket_masters() -> Pair:
-    """A websocket session over a socket pair: TLS inside a websocket."""
-    client_socket, server_socket = socket_pair()
-    server = QIOChannelWebsock.new_server(server_socket)
-    client = QIOChannelWebsock.new_client(client_socket, "localhost")
-    try:
-        websocket_handshake_pair(server, client)
-    except BaseException:
-        server.close()
-        client.close()
-        raise
-    return client, server
-
-
-def test_tls_over_websocket(
-    qiochan_conformance: Runner, creds: tuple[TLSCredsX509, TLSCredsX509], no_fd_leak: None
-) -> None:
-    qiochan_conformance(_tls_factory(_websocket_masters, creds))
+def test_tls_over_websocket(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
+    qiochan_conformance(tls_pairs(websocket_pairs(socket_pair), creds))
 
 
 def test_tls_over_command_pipe(
     qiochan_conformance: Runner,
-    creds: tuple[TLSCredsX509, TLSCredsX509],
+    creds: Path,
     relay_masters: Masters,
     no_fd_leak: None,
 ) -> None:
-    qiochan_conformance(_tls_factory(relay_masters, creds))
+    qiochan_conformance(tls_pairs(relay_masters, creds))
