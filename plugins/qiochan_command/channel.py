@@ -25,8 +25,8 @@ import select
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self
 
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
 from qiochan.errors import ChannelError, from_oserror
@@ -95,6 +95,37 @@ class _End:
     def close(self) -> None:
         os.close(self.fd)
         os.close(self.wake)
+
+    def transfer(
+        self, op: Callable[[int, Any], int], arg: Any, size: int, blocking: bool, what: str
+    ) -> int | None:
+        """Run ``op(fd, arg)`` (os.readv/os.write/os.writev) moving up to ``size`` bytes.
+
+        Returns:
+            Bytes moved, ERR_BLOCK (only when not ``blocking``), or None once the
+            end is shut down.
+        Raises:
+            ChannelError: the transfer failed; ``what`` is "read from" or "write to".
+        """
+        while not self.shut:
+            if self.short and blocking:
+                self.short = False
+                self.wait()
+                continue
+            try:
+                n = op(self.fd, arg)
+            except BlockingIOError:
+                if not blocking:
+                    return ERR_BLOCK
+                self.wait()
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise from_oserror(f"Unable to {what} command", exc) from exc
+            self.short = 0 < n < size
+            return n
+        return None
 
 
 class QIOChannelCommand(QIOChannel):
@@ -205,25 +236,9 @@ class QIOChannelCommand(QIOChannel):
             end = self._end(None, "reading")
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
-        while not end.shut:
-            if end.short and self._blocking:
-                end.short = False
-                end.wait()
-                continue
-            try:
-                n = os.readv(end.fd, iov)
-            except BlockingIOError:
-                if not self._blocking:
-                    return ERR_BLOCK, []
-                end.wait()
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise from_oserror("Unable to read from command", exc) from exc
-            end.short = 0 < n < (len(iov[0]) if len(iov) == 1 else sum(map(len, iov)))
-            return n, []
-        return 0, []
+        size = len(iov[0]) if len(iov) == 1 else sum(map(len, iov))
+        n = end.transfer(os.readv, iov, size, self._blocking, "read from")
+        return (0, []) if n is None else (n, [])
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
         end = self._writer
@@ -231,27 +246,11 @@ class QIOChannelCommand(QIOChannel):
             end = self._end(None, "writing")
         if len(iov) > _IOV_MAX:
             iov = iov[:_IOV_MAX]
-        while not end.shut:
-            if end.short and self._blocking:
-                end.short = False
-                end.wait()
-                continue
-            try:
-                if len(iov) == 1:
-                    n = os.write(end.fd, iov[0])
-                    end.short = n < len(iov[0])
-                else:
-                    n = os.writev(end.fd, iov)
-                    end.short = n < sum(map(len, iov))
-            except BlockingIOError:
-                if not self._blocking:
-                    return ERR_BLOCK
-                end.wait()
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise from_oserror("Unable to write to command", exc) from exc
+        if len(iov) == 1:
+            n = end.transfer(os.write, iov[0], len(iov[0]), self._blocking, "write to")
+        else:
+            n = end.transfer(os.writev, iov, sum(map(len, iov)), self._blocking, "write to")
+        if n is not None:
             return n
         raise ChannelError("Unable to write to command: shut down for writing", errno.EPIPE)
 
