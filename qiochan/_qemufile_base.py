@@ -14,9 +14,16 @@ import errno
 import logging
 import os
 import struct
+from typing import TYPE_CHECKING
 
+from ._qemufile_core import IO_BUF_SIZE, MAX_IOV_SIZE
 from .channel import QIOChannel
 from .errors import ChannelError
+
+if TYPE_CHECKING:
+    from ._qemufile_core import QEMUFileCore as _Core
+else:  # the C core when it was built, else the Python one
+    from ._qemufile_core import Core as _Core
 
 __all__ = [
     "BE16",
@@ -31,12 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.qemufile")
-
-#: Size of the internal buffer (QEMU's ``IO_BUF_SIZE``).
-IO_BUF_SIZE = 32768
-
-#: Most iovecs queued before a flush (QEMU's ``MIN(IOV_MAX, 64)``).
-MAX_IOV_SIZE = min(os.sysconf("SC_IOV_MAX"), 64)
 
 #: The empty view returned when nothing could be read.
 EMPTY = memoryview(b"")
@@ -74,36 +75,22 @@ def _forget_frames(exc: BaseException) -> None:
         pending += (current.__cause__, current.__context__)
 
 
-class QEMUFileBase:
+class QEMUFileBase(_Core):
     """The state of a QEMUFile and the operations every direction shares.
 
-    Attributes (private, shared by the mixins):
-        _buf, _view: the internal buffer and a view of it.
-        _index: write position (writer) or read position (reader).
-        _size: end of the buffered input (reader; always 0 for a writer).
-        _iov: queued views a writer has closed; ``_iov_bytes`` their size.
-        _seg: start of the writer's open buffer segment ``_buf[_seg:_index]``,
-            the last iovec when non-empty.
-        _free: indices in ``_iov`` of ``may_free`` buffers.
-        _fast_end: writers take the fast path while ``_index + n < _fast_end``;
-            0 when the file is a reader, closed, errored, or the next segment
-            would be the last iovec allowed.
+    The buffer, positions and iovec queue are the core's (see
+    :class:`~qiochan._qemufile_core.QEMUFileCore`); this class adds the
+    channel, the counters and the error latch.
     """
 
     def __init__(self, ioc: QIOChannel, writable: bool) -> None:
         if not isinstance(ioc, QIOChannel):
             raise TypeError(f"QEMUFile needs a QIOChannel, not {type(ioc).__name__}")
+        super().__init__()
         self._ioc = ioc
         self._writable = bool(writable)
-        self._buf = bytearray(IO_BUF_SIZE)
-        self._view = memoryview(self._buf)
-        self._index = 0
-        self._size = 0
-        self._iov: list[memoryview] = []
-        self._iov_bytes = 0
-        self._seg = 0
-        self._free: list[int] = []
         self._fast_end = IO_BUF_SIZE if self._writable else 0
+        self._reading = not self._writable
         self._total = 0
         self._error = 0
         self._error_obj: BaseException | None = None

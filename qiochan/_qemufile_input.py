@@ -7,20 +7,19 @@ read errors latch ``-EIO``; from then on nothing more is read and values that
 could not be read are zero, as in QEMU.
 
 The fast paths (``get_byte``, ``get_be*``, ``get_buffer_in_place`` while the
-data is buffered) are one comparison, one ``unpack_from`` or slice and one
-store.
+data is buffered) are the core's (``_qemufile_core`` or its C twin); when the
+data is not buffered they come here, to the slow path of the same operation.
 """
 
 from __future__ import annotations
 
 import errno
+import operator
 import os
-import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
-from ._qemufile_base import BE16, BE32, BE64, EMPTY, IO_BUF_SIZE, QEMUFileBase
+from ._qemufile_base import BE32, EMPTY, IO_BUF_SIZE, QEMUFileBase
 from ._qemufile_io import read_once
 from ._qemufile_pages import byte_view
 from .errors import ChannelError
@@ -28,33 +27,7 @@ from .errors import ChannelError
 __all__ = ["InputMixin"]
 
 _EIO = -errno.EIO
-
-
-def _value_reader(unpacker: struct.Struct) -> Callable[[InputMixin], int]:
-    """Return the ``get_be16/32/64`` method for ``unpacker`` (one fast path per width)."""
-    width = unpacker.size
-    name = f"get_be{8 * width}"
-    unpack = unpacker.unpack_from
-
-    def get(self: InputMixin) -> int:
-        i = self._index
-        if self._size - i >= width:
-            self._index = i + width
-            value: int = unpack(self._buf, i)[0]
-            return value
-        return self._get_value(width, name)
-
-    get.__name__ = name
-    get.__qualname__ = f"InputMixin.{name}"
-    get.__doc__ = f"""Read a big-endian {8 * width}-bit value.
-
-        Returns:
-            The value; bytes missing at end of file or after an error read as 0
-            (the error is latched, see :meth:`get_byte`).
-        Raises:
-            ChannelError: the file is closed or is an output stream.
-        """
-    return get
+_VALUE_NAMES = {1: "get_byte", 2: "get_be16", 4: "get_be32", 8: "get_be64"}
 
 
 class InputMixin(QEMUFileBase):
@@ -180,24 +153,9 @@ class InputMixin(QEMUFileBase):
 
     # -- values -------------------------------------------------------------------
 
-    def get_byte(self) -> int:
-        """Read one byte; 0 at end of file or on error (the error is latched).
-
-        Raises:
-            ChannelError: the file is closed or is an output stream.
-        """
-        i = self._index
-        if i < self._size:
-            self._index = i + 1
-            return self._buf[i]
-        return self._get_value(1, "get_byte")
-
-    get_be16 = _value_reader(BE16)
-    get_be32 = _value_reader(BE32)
-    get_be64 = _value_reader(BE64)
-
-    def _get_value(self, width: int, what: str) -> int:
-        self._check_readable(what)
+    def _get_value(self, width: int) -> int:
+        """get_byte/get_be16/32/64 when the value is not buffered: refill, or zeros."""
+        self._check_readable(_VALUE_NAMES[width])
         n = min(self._ensure(width), width)
         i = self._index
         self._index = i + n
@@ -264,25 +222,10 @@ class InputMixin(QEMUFileBase):
         n = self._get_into(out)
         return out[:n].tobytes()
 
-    def get_buffer_in_place(self, size: int) -> memoryview:
-        """Read ``size`` bytes, returning a view into the internal buffer when possible.
-
-        When the bytes fit in the internal buffer the result is a view of it,
-        valid until the next operation on the file; otherwise they are copied
-        into a new buffer.
-
-        Returns:
-            A view of the bytes read: ``size`` of them, fewer at end of file or on error.
-        Raises:
-            ValueError: ``size`` is negative.
-            ChannelError: the file is closed or is an output stream.
-        """
-        i = self._index
-        j = i + size
-        if size > 0 and j <= self._size:
-            self._index = j
-            return self._view[i:j]
+    def _get_in_place_slow(self, size: int) -> memoryview:
+        """get_buffer_in_place when the bytes are not all buffered: refill or copy."""
         self._check_readable("get_buffer_in_place")
+        size = operator.index(size)
         if size < 0:
             raise ValueError(f"get_buffer_in_place: size must be >= 0, not {size}")
         if size < IO_BUF_SIZE and self._ensure(size) >= size:

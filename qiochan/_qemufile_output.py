@@ -7,9 +7,10 @@ region written since the last zero-copy buffer forms one open iovec segment
 A flush sends every queued iovec with a single ``writev_all``; it happens when
 the buffer is full, when the 64th iovec is queued, and on ``fflush``.
 
-The fast paths (``put_byte``, ``put_be*``, ``put_buffer`` while the data fits)
-do one comparison, one ``pack_into`` or slice copy and one store; anything
-unusual (full buffer, error, closed, input stream) takes the slow path.
+The fast paths (``put_byte``, ``put_be*``, ``put_buffer`` while the data fits,
+``put_buffer_async`` of a plain buffer) are the core's (``_qemufile_core`` or
+its C twin); anything unusual (full buffer, error, closed, input stream, bad
+input) comes here, to the slow path of the same operation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import errno
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from ._qemufile_base import (
@@ -43,98 +43,37 @@ def compress_bound(size: int) -> int:
     return size + (size >> 12) + (size >> 14) + (size >> 25) + 13
 
 
-def _value_writer(packer: struct.Struct) -> Callable[[OutputMixin, int], None]:
-    """Return the ``put_be16/32/64`` method for ``packer`` (one fast path per width)."""
-    width = packer.size
-    bits = 8 * width
-    name = f"put_be{bits}"
-    pack = packer.pack_into
-
-    def put(self: OutputMixin, v: int) -> None:
-        i = self._index
-        if i + width < self._fast_end:
-            try:
-                pack(self._buf, i, v)
-            except struct.error:
-                raise bad_value(name, bits, v) from None
-            self._index = i + width
-        else:
-            self._put_value(packer, v, name)
-
-    put.__name__ = name
-    put.__qualname__ = f"OutputMixin.{name}"
-    put.__doc__ = f"""Write ``v`` as a big-endian {bits}-bit value.
-
-        Raises:
-            ValueError: ``v`` is not in 0..{(1 << bits) - 1} (nothing is written).
-            ChannelError: the file is closed or is an input stream.
-        """
-    return put
+_VALUES = {
+    1: (BYTE, "put_byte"),
+    2: (BE16, "put_be16"),
+    4: (BE32, "put_be32"),
+    8: (BE64, "put_be64"),
+}
 
 
 class OutputMixin(QEMUFileBase):
     """put_* operations, the iovec queue and fflush."""
 
-    # -- values -----------------------------------------------------------------
+    # -- slow paths of the core's put_* (see _qemufile_core) --------------------------------
 
-    def put_byte(self, v: int) -> None:
-        """Write one byte.
-
-        Raises:
-            ValueError: ``v`` is not in 0..255 (nothing is written).
-            ChannelError: the file is closed or is an input stream.
-        """
-        i = self._index
-        if i + 1 < self._fast_end:
-            try:
-                self._buf[i] = v
-            except ValueError:
-                raise bad_value("put_byte", 8, v) from None
-            self._index = i + 1
-        else:
-            self._put_value(BYTE, v, "put_byte")
-
-    put_be16 = _value_writer(BE16)
-    put_be32 = _value_writer(BE32)
-    put_be64 = _value_writer(BE64)
-
-    def _put_value(self, packer: struct.Struct, v: int, what: str) -> None:
+    def _put_value(self, width: int, v: Any) -> None:
+        """put_byte/put_be16/32/64 when the fast path declined: checks, then copies."""
+        packer, what = _VALUES[width]
         self._check_writable(what)
         try:
             packer.pack_into(self._scratch, 0, v)
         except struct.error:
-            raise bad_value(what, packer.size * 8, v) from None
+            raise bad_value(what, 8 * width, v) from None
         if not self._error:
-            self._put_view(self._scratch_view, packer.size)
+            self._put_view(self._scratch_view, width)
 
-    # -- buffers ------------------------------------------------------------------
-
-    def put_buffer(self, buf: Any) -> None:
-        """Copy the bytes-like ``buf`` into the stream.
-
-        Raises:
-            TypeError: ``buf`` is not a bytes-like object.
-            ChannelError: the file is closed or is an input stream.
-        """
-        kind = type(buf)
-        if (
-            kind is bytes
-            or kind is bytearray
-            or (kind is memoryview and buf.format == "B" and buf.ndim == 1)
-        ):
-            n = len(buf)
-        else:
+    def _put_buffer_slow(self, buf: Any) -> None:
+        """put_buffer when the fast path declined: any bytes-like object, any size."""
+        if not (type(buf) is memoryview and buf.format == "B" and buf.ndim == 1):
             buf = byte_view(buf, "put_buffer")
-            n = len(buf)
-        i = self._index
-        j = i + n
-        if j < self._fast_end:
-            self._view[i:j] = buf
-            self._index = j
-        else:
-            self._check_writable("put_buffer")
-            if not self._error:
-                self._put_view(buf, n)
+        self._check_writable("put_buffer")
+        if not self._error:
+            self._put_view(buf, len(buf))
 
     def _put_view(self, data: Any, n: int) -> None:
         """Copy the ``n`` bytes of ``data`` (bytes-like, byte format) through the buffer.
@@ -163,21 +102,8 @@ class OutputMixin(QEMUFileBase):
         if (opens_iovec and len(self._iov) + 1 >= MAX_IOV_SIZE) or i + n == IO_BUF_SIZE:
             self._flush()
 
-    def put_buffer_async(self, buf: Any, may_free: bool = False) -> None:
-        """Queue ``buf`` itself (no copy) to be sent by the next flush.
-
-        The caller must keep ``buf`` unchanged until the next flush (``fflush``,
-        a full buffer or iovec list, ``transferred``, ``fclose``).  A buffer
-        adjacent in memory to the one queued just before it (for example the
-        next page of the same ``mmap``) extends that iovec instead of taking a
-        new one.  With ``may_free``, whole pages of an ``mmap``-backed ``buf``
-        are released with ``madvise(MADV_DONTNEED)`` after the flush (a private
-        anonymous mapping then reads back as zeros).
-
-        Raises:
-            TypeError: ``buf`` is not a C-contiguous bytes-like object.
-            ChannelError: the file is closed or is an input stream.
-        """
+    def _put_buffer_async_slow(self, buf: Any, may_free: bool = False) -> None:
+        """put_buffer_async in full: conversion, checks, coalescing, ``may_free``."""
         kind = type(buf)
         if kind is memoryview and buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
             view = buf

@@ -203,6 +203,7 @@ class QEMUFile(OutputMixin, InputMixin, ControlMixin):
             self._discard_output()
         self._closed = True
         self._fast_end = 0
+        self._reading = False
         self._index = self._size = 0
         log.debug("qemu_file_fclose %r -> %d", self, ret)
         return ret

@@ -1,4 +1,4 @@
-"""Shared fixtures: fd-leak accounting and an asyncio loop per test."""
+"""Shared fixtures: fd-leak accounting, an asyncio loop per test, QEMUFile's two cores."""
 
 from __future__ import annotations
 
@@ -10,7 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from qiochan import QEMUFile
+from qiochan._qemufile_core import ACCELERATED, python_fast_paths
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+#: The QEMUFile cores the QEMUFile tests run against: the C one only when it was built.
+QEMUFILE_CORES = ["c", "python"] if ACCELERATED else ["python"]
+
+
+def pytest_report_header() -> str:
+    """Say which QEMUFile cores this run tests."""
+    if ACCELERATED:
+        return "qiochan QEMUFile cores: C (qiochan._speedups) and pure Python"
+    return "qiochan QEMUFile cores: pure Python only (the C speedups are not built)"
 
 
 def open_fds() -> set[int]:
@@ -37,3 +50,17 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop = asyncio.new_event_loop()
     yield event_loop
     event_loop.close()
+
+
+@pytest.fixture(params=QEMUFILE_CORES)
+def qemufile_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each QEMUFile core: ``"c"`` as built, and ``"python"``.
+
+    The Python fast paths are installed over the C ones on QEMUFile itself for
+    the test's duration (both cores keep their state in the same attributes).
+    """
+    core: str = request.param
+    if core == "python":
+        for name, method in python_fast_paths().items():
+            monkeypatch.setattr(QEMUFile, name, method)
+    return core

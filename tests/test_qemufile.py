@@ -17,6 +17,8 @@ from qiochan.channel import Shutdown
 from qiochan_memory import QIOChannelBuffer, QIOChannelNull, memory_pipe
 from qiochan_socket import socket_pair
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 
 def test_exported_from_the_package() -> None:
     assert qiochan.QEMUFile is QEMUFile

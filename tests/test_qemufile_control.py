@@ -18,6 +18,8 @@ from qiochan.qemufile import (
     RAM_SAVE_CONTROL_NOT_SUPP,
 )
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 
 def output() -> QEMUFile:
     return QEMUFile.new_output(ScriptedChannel())

@@ -15,6 +15,8 @@ from qiochan import ChannelError, QEMUFile
 from qiochan.qemufile import IO_BUF_SIZE
 from qiochan_memory import memory_pipe
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 DATA = bytes(range(256)) * 300  # 76800 bytes: more than two buffers
 
 

@@ -12,6 +12,8 @@ from qiochan import ChannelError, QEMUFile
 from qiochan._qemufile_io import read_once, write_all
 from qiochan.channel import ReadFlag, WriteFlag
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 
 def test_short_writes_are_completed() -> None:
     channel = ScriptedChannel(max_write=7)

@@ -16,6 +16,8 @@ from test_qemufile_support import RAM, Op, ScriptedChannel, expected, read_ops, 
 
 from qiochan import ChannelError, QEMUFile
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 OPS: list[Op] = [
     ("be64", 0x0102030405060708, ""),
     ("byte", 7, ""),

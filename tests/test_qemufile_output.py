@@ -15,6 +15,8 @@ from qiochan import ChannelError, QEMUFile
 from qiochan.qemufile import IO_BUF_SIZE, MAX_IOV_SIZE, compress_bound
 from qiochan_memory import QIOChannelNull, memory_pipe
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 PAGE = mmap.PAGESIZE
 
 

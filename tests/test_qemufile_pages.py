@@ -10,6 +10,8 @@ from test_qemufile_support import private_anonymous_mmap
 
 from qiochan._qemufile_pages import buffer_address, byte_view, merge_adjacent, release_pages
 
+pytestmark = pytest.mark.usefixtures("qemufile_core")
+
 PAGE = mmap.PAGESIZE
 
 

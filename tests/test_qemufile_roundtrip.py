@@ -26,7 +26,7 @@ from test_qemufile_support import (
 from qiochan import QEMUFile
 from qiochan.qemufile import IO_BUF_SIZE
 
-pytestmark = pytest.mark.usefixtures("no_fd_leak")
+pytestmark = pytest.mark.usefixtures("no_fd_leak", "qemufile_core")
 
 VARIANTS = ("get_buffer", "get_bytes", "in_place")
 

@@ -1,0 +1,640 @@
+/*
+ * qiochan._speedups: the fast paths of QEMUFile in C.
+ *
+ * QEMUFileCore holds the state every QEMUFile operation shares (the 32 KiB
+ * buffer, the read/write positions and the iovec queue) and implements the
+ * operations a migration stream calls once per value or per page:
+ *
+ *     put_byte put_be16 put_be32 put_be64 put_buffer put_buffer_async
+ *     get_byte get_be16 get_be32 get_be64 get_buffer_in_place
+ *
+ * Each one handles the common case only: the data fits in the buffer, the
+ * value is an int in range, the file is open and error-free.  Everything else
+ * (full buffer, flush, error latch, closed file, bad input, coalescing, may_free)
+ * is handed to the Python slow path of the same operation, so the semantics
+ * live in one place: qiochan/_qemufile_*.py.  qiochan/_qemufile_core.py is the
+ * pure-Python twin of this file, used when the extension is not built, and the
+ * test suite runs every QEMUFile test against both.
+ *
+ * Memory safety never depends on the Python side: positions written from
+ * Python are checked against the buffer's fixed size before every access, and
+ * the buffer is exported for the object's lifetime so it cannot be resized.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <unistd.h>
+
+#define IO_BUF_SIZE 32768
+#define MAX_IOV_LIMIT 64
+
+static Py_ssize_t max_iov_size = MAX_IOV_LIMIT;
+
+/* Interned method names and width constants, made once at import. */
+static PyObject *str_put_value, *str_put_buffer_slow, *str_put_buffer_async_slow;
+static PyObject *str_get_value, *str_get_in_place_slow, *str_flush, *str_read_into;
+static PyObject *width_obj[9];
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t index;     /* write position (writer) or read position (reader) */
+    Py_ssize_t size;      /* end of the buffered input (reader) */
+    Py_ssize_t seg;       /* start of the writer's open buffer segment */
+    Py_ssize_t fast_end;  /* writers take the fast path while index + n < fast_end */
+    Py_ssize_t iov_bytes; /* bytes in the queued iovecs */
+    char reading;         /* an open input stream: the fast paths may refill */
+    PyObject *buf;        /* bytearray of IO_BUF_SIZE bytes */
+    PyObject *view;       /* memoryview(buf) */
+    PyObject *iov;        /* list of memoryviews queued for the next flush */
+    PyObject *free_list;  /* indices in iov of may_free buffers */
+    Py_buffer export;     /* held for the object's lifetime: buf cannot be resized */
+    unsigned char *data;  /* export.buf */
+} Core;
+
+/* -- helpers ------------------------------------------------------------------ */
+
+static PyObject *
+call_slow1(Core *self, PyObject *name, PyObject *arg)
+{
+    PyObject *args[2] = {(PyObject *)self, arg};
+    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *
+call_slow2(Core *self, PyObject *name, PyObject *a, PyObject *b)
+{
+    PyObject *args[3] = {(PyObject *)self, a, b};
+    return PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* True when n bytes can be written at index on the fast path. */
+static inline int
+write_fits(Core *self, Py_ssize_t n)
+{
+    Py_ssize_t i = self->index, end = self->fast_end;
+    return i >= 0 && end <= IO_BUF_SIZE && n < end - i;
+}
+
+/* True when n bytes can be read at index on the fast path. */
+static inline int
+read_fits(Core *self, Py_ssize_t n)
+{
+    Py_ssize_t i = self->index, size = self->size;
+    return i >= 0 && size <= IO_BUF_SIZE && n <= size - i;
+}
+
+/* -- writers ---------------------------------------------------------------------- */
+
+static PyObject *
+put_value(Core *self, PyObject *v, int width)
+{
+    if (PyLong_Check(v) && write_fits(self, width)) {
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large: the slow path raises the error */
+        }
+        else if (width == 8 || (x >> (8 * width)) == 0) {
+            unsigned char *p = self->data + self->index;
+            for (int k = width - 1; k >= 0; k--) {
+                p[k] = (unsigned char)(x & 0xff);
+                x >>= 8;
+            }
+            self->index += width;
+            Py_RETURN_NONE;
+        }
+    }
+    return call_slow2(self, str_put_value, width_obj[width], v);
+}
+
+static PyObject *
+Core_put_byte(Core *self, PyObject *v)
+{
+    return put_value(self, v, 1);
+}
+
+static PyObject *
+Core_put_be16(Core *self, PyObject *v)
+{
+    return put_value(self, v, 2);
+}
+
+static PyObject *
+Core_put_be32(Core *self, PyObject *v)
+{
+    return put_value(self, v, 4);
+}
+
+static PyObject *
+Core_put_be64(Core *self, PyObject *v)
+{
+    return put_value(self, v, 8);
+}
+
+/*
+ * Copy src through the buffer, flushing each time the buffer fills, as the
+ * slow path's _put_view does.  Only called with fast_end == IO_BUF_SIZE: the
+ * file is healthy, and the open segment either exists or has an iovec to
+ * spare, so only a full buffer triggers a flush.  Stops early (dropping the
+ * rest, as QEMU does) when a flush latches an error.
+ */
+static int
+put_through(Core *self, const char *src, Py_ssize_t n)
+{
+    while (n > 0) {
+        Py_ssize_t i = self->index;
+        if (self->fast_end != IO_BUF_SIZE || i < 0 || i > IO_BUF_SIZE) {
+            return 0; /* an error was latched by a flush */
+        }
+        Py_ssize_t chunk = IO_BUF_SIZE - i < n ? IO_BUF_SIZE - i : n;
+        memmove(self->data + i, src, (size_t)chunk);
+        self->index = i + chunk;
+        src += chunk;
+        n -= chunk;
+        if (self->index == IO_BUF_SIZE) {
+            PyObject *args[1] = {(PyObject *)self};
+            PyObject *r = PyObject_VectorcallMethod(
+                str_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (r == NULL) {
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+Core_put_buffer(Core *self, PyObject *buf)
+{
+    if (self->fast_end > 0) {
+        Py_buffer src;
+        if (PyObject_GetBuffer(buf, &src, PyBUF_SIMPLE) == 0) {
+            int done = 1, rc = 0;
+            if (write_fits(self, src.len)) {
+                /* memmove: buf may be a view of our own buffer */
+                memmove(self->data + self->index, src.buf, (size_t)src.len);
+                self->index += src.len;
+            }
+            else if (self->fast_end == IO_BUF_SIZE) {
+                rc = put_through(self, src.buf, src.len);
+            }
+            else {
+                done = 0;
+            }
+            PyBuffer_Release(&src);
+            if (rc < 0) {
+                return NULL;
+            }
+            if (done) {
+                Py_RETURN_NONE;
+            }
+        }
+        else {
+            PyErr_Clear(); /* not a simple buffer: the slow path decides */
+        }
+    }
+    return call_slow1(self, str_put_buffer_slow, buf);
+}
+
+/* A memoryview of one C-contiguous dimension of unsigned bytes, or NULL. */
+static PyObject *
+as_byte_view(PyObject *buf)
+{
+    if (Py_IS_TYPE(buf, &PyMemoryView_Type)) {
+        Py_buffer *b = PyMemoryView_GET_BUFFER(buf);
+        if (((PyMemoryViewObject *)buf)->flags & _Py_MEMORYVIEW_RELEASED) {
+            return NULL; /* the slow path raises the ValueError */
+        }
+        if (b->ndim == 1 && (b->format == NULL || strcmp(b->format, "B") == 0)
+            && (b->strides == NULL || b->strides[0] == 1)) {
+            Py_INCREF(buf);
+            return buf;
+        }
+        return NULL;
+    }
+    if (PyBytes_CheckExact(buf) || PyByteArray_CheckExact(buf)) {
+        return PyMemoryView_FromObject(buf);
+    }
+    return NULL;
+}
+
+static PyObject *
+Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *iov = self->iov;
+    PyObject *view = NULL;
+    Py_ssize_t n, i = self->index, seg = self->seg, count;
+
+    /* The fast path: one positional zero-copy buffer, nothing unusual. */
+    if (nargs != 1 || kwnames != NULL || self->fast_end <= 0 || iov == NULL
+        || !PyList_CheckExact(iov) || seg < 0 || i < seg || i > IO_BUF_SIZE) {
+        goto slow;
+    }
+    view = as_byte_view(args[0]);
+    if (view == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        goto slow;
+    }
+    n = PyMemoryView_GET_BUFFER(view)->len;
+    if (n == 0) {
+        Py_DECREF(view);
+        Py_RETURN_NONE;
+    }
+    if (i > seg) {
+        /* close the open buffer segment: it goes before the caller's buffer */
+        PyObject *segment = PySequence_GetSlice(self->view, seg, i);
+        if (segment == NULL) {
+            Py_DECREF(view);
+            return NULL;
+        }
+        int rc = PyList_Append(iov, segment);
+        Py_DECREF(segment);
+        if (rc < 0 || PyList_Append(iov, view) < 0) {
+            Py_DECREF(view);
+            return NULL;
+        }
+        self->iov_bytes += i - seg + n;
+        self->seg = i;
+    }
+    else {
+        count = PyList_GET_SIZE(iov);
+        if (count > 0) {
+            PyObject *last = PyList_GET_ITEM(iov, count - 1);
+            if (PyMemoryView_Check(last)
+                && PyMemoryView_GET_BUFFER(last)->obj == PyMemoryView_GET_BUFFER(view)->obj) {
+                Py_DECREF(view); /* same exporter: maybe adjacent, the slow path coalesces */
+                goto slow;
+            }
+        }
+        if (PyList_Append(iov, view) < 0) {
+            Py_DECREF(view);
+            return NULL;
+        }
+        self->iov_bytes += n;
+    }
+    Py_DECREF(view);
+    count = PyList_GET_SIZE(iov);
+    if (count >= max_iov_size - 1) {
+        if (count >= max_iov_size) {
+            PyObject *args1[1] = {(PyObject *)self};
+            return PyObject_VectorcallMethod(
+                str_flush, args1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        }
+        self->fast_end = 0;
+    }
+    Py_RETURN_NONE;
+
+slow:;
+    PyObject *stack[3] = {(PyObject *)self, NULL, NULL};
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw > 2) {
+        PyErr_SetString(PyExc_TypeError, "put_buffer_async() takes at most 2 arguments");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < nargs + nkw; k++) {
+        stack[k + 1] = args[k];
+    }
+    return PyObject_VectorcallMethod(
+        str_put_buffer_async_slow, stack, (1 + nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+}
+
+/* -- readers ------------------------------------------------------------------------- */
+
+/*
+ * Refill until need bytes are buffered, as the slow path's _ensure/_fill do:
+ * move the unread bytes to the front, then _read_into the rest of the buffer.
+ * Returns 1 when they are, 0 when the slow path must take over (not an open
+ * reader, or the read failed or ended: the error is latched), -1 on exception.
+ */
+static int
+refill(Core *self, Py_ssize_t need)
+{
+    if (!self->reading || need > IO_BUF_SIZE) {
+        return 0;
+    }
+    while (!read_fits(self, need)) {
+        Py_ssize_t i = self->index, size = self->size;
+        if (i < 0 || i > size || size > IO_BUF_SIZE) {
+            return 0;
+        }
+        Py_ssize_t pending = size - i;
+        if (i > 0) {
+            memmove(self->data, self->data + i, (size_t)pending);
+            self->index = 0;
+            self->size = pending;
+        }
+        PyObject *target = PySequence_GetSlice(self->view, pending, IO_BUF_SIZE);
+        if (target == NULL) {
+            return -1;
+        }
+        PyObject *r = call_slow1(self, str_read_into, target);
+        Py_DECREF(target);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_ssize_t n = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (n <= 0 || n > IO_BUF_SIZE - pending) {
+            return 0;
+        }
+        self->size = pending + n;
+    }
+    return 1;
+}
+
+static PyObject *
+get_value(Core *self, int width)
+{
+    int rc = read_fits(self, width) ? 1 : refill(self, width);
+    if (rc < 0) {
+        return NULL;
+    }
+    if (rc) {
+        const unsigned char *p = self->data + self->index;
+        unsigned long long x = 0;
+        for (int k = 0; k < width; k++) {
+            x = (x << 8) | p[k];
+        }
+        self->index += width;
+        return PyLong_FromUnsignedLongLong(x);
+    }
+    return call_slow1(self, str_get_value, width_obj[width]);
+}
+
+static PyObject *
+Core_get_byte(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    return get_value(self, 1);
+}
+
+static PyObject *
+Core_get_be16(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    return get_value(self, 2);
+}
+
+static PyObject *
+Core_get_be32(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    return get_value(self, 4);
+}
+
+static PyObject *
+Core_get_be64(Core *self, PyObject *Py_UNUSED(ignored))
+{
+    return get_value(self, 8);
+}
+
+static PyObject *
+Core_get_buffer_in_place(Core *self, PyObject *arg)
+{
+    if (PyLong_CheckExact(arg)) {
+        Py_ssize_t n = PyLong_AsSsize_t(arg);
+        if (n == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        else if (n > 0 && n < IO_BUF_SIZE) {
+            int rc = read_fits(self, n) ? 1 : refill(self, n);
+            if (rc < 0) {
+                return NULL;
+            }
+            if (rc == 0) {
+                return call_slow1(self, str_get_in_place_slow, arg);
+            }
+            Py_ssize_t i = self->index;
+            PyObject *result = PySequence_GetSlice(self->view, i, i + n);
+            if (result != NULL) {
+                self->index = i + n;
+            }
+            return result;
+        }
+    }
+    return call_slow1(self, str_get_in_place_slow, arg);
+}
+
+/* -- the type -------------------------------------------------------------------------- */
+
+static PyObject *
+Core_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    Core *self = (Core *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->buf = PyByteArray_FromStringAndSize(NULL, IO_BUF_SIZE);
+    if (self->buf == NULL) {
+        goto fail;
+    }
+    memset(PyByteArray_AS_STRING(self->buf), 0, IO_BUF_SIZE);
+    if (PyObject_GetBuffer(self->buf, &self->export, PyBUF_WRITABLE) < 0) {
+        goto fail;
+    }
+    self->data = self->export.buf;
+    self->view = PyMemoryView_FromObject(self->buf);
+    self->iov = PyList_New(0);
+    self->free_list = PyList_New(0);
+    if (self->view == NULL || self->iov == NULL || self->free_list == NULL) {
+        goto fail;
+    }
+    return (PyObject *)self;
+
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int
+Core_traverse(Core *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->iov);
+    Py_VISIT(self->free_list);
+    return 0;
+}
+
+static int
+Core_clear(Core *self)
+{
+    Py_CLEAR(self->iov);
+    Py_CLEAR(self->free_list);
+    return 0;
+}
+
+static void
+Core_dealloc(Core *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Core_clear(self);
+    Py_CLEAR(self->view);
+    if (self->data != NULL) {
+        self->data = NULL;
+        PyBuffer_Release(&self->export);
+    }
+    Py_CLEAR(self->buf);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+#define WRITER_DOC(name, what) \
+    PyDoc_STR(name "($self, v, /)\n--\n\nWrite ``v`` as " what ".\n\n" \
+              "Raises:\n    ValueError: ``v`` is out of range (nothing is written).\n" \
+              "    TypeError: ``v`` is not an integer.\n" \
+              "    ChannelError: the file is closed or is an input stream.")
+#define READER_DOC(name, what) \
+    PyDoc_STR(name "($self, /)\n--\n\nRead " what ".\n\n" \
+              "Returns:\n    The value; bytes missing at end of file or after an error read\n" \
+              "    as 0 (the error is latched).\n" \
+              "Raises:\n    ChannelError: the file is closed or is an output stream.")
+
+static PyMethodDef Core_methods[] = {
+    {"put_byte", (PyCFunction)Core_put_byte, METH_O, WRITER_DOC("put_byte", "one byte")},
+    {"put_be16", (PyCFunction)Core_put_be16, METH_O,
+     WRITER_DOC("put_be16", "a big-endian 16-bit value")},
+    {"put_be32", (PyCFunction)Core_put_be32, METH_O,
+     WRITER_DOC("put_be32", "a big-endian 32-bit value")},
+    {"put_be64", (PyCFunction)Core_put_be64, METH_O,
+     WRITER_DOC("put_be64", "a big-endian 64-bit value")},
+    {"put_buffer", (PyCFunction)Core_put_buffer, METH_O,
+     PyDoc_STR("put_buffer($self, buf, /)\n--\n\n"
+               "Copy the bytes-like ``buf`` into the stream.\n\n"
+               "Raises:\n    TypeError: ``buf`` is not a bytes-like object.\n"
+               "    ChannelError: the file is closed or is an input stream.")},
+    {"put_buffer_async", (PyCFunction)(void (*)(void))Core_put_buffer_async,
+     METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("put_buffer_async($self, buf, may_free=False)\n--\n\n"
+               "Queue ``buf`` itself (no copy) to be sent by the next flush.\n\n"
+               "The caller must keep ``buf`` unchanged until the next flush.  Adjacent\n"
+               "buffers of one exporter share an iovec; with ``may_free``, whole pages\n"
+               "of an ``mmap``-backed ``buf`` are released after the flush.\n\n"
+               "Raises:\n    TypeError: ``buf`` is not a C-contiguous bytes-like object.\n"
+               "    ChannelError: the file is closed or is an input stream.")},
+    {"get_byte", (PyCFunction)Core_get_byte, METH_NOARGS, READER_DOC("get_byte", "one byte")},
+    {"get_be16", (PyCFunction)Core_get_be16, METH_NOARGS,
+     READER_DOC("get_be16", "a big-endian 16-bit value")},
+    {"get_be32", (PyCFunction)Core_get_be32, METH_NOARGS,
+     READER_DOC("get_be32", "a big-endian 32-bit value")},
+    {"get_be64", (PyCFunction)Core_get_be64, METH_NOARGS,
+     READER_DOC("get_be64", "a big-endian 64-bit value")},
+    {"get_buffer_in_place", (PyCFunction)Core_get_buffer_in_place, METH_O,
+     PyDoc_STR("get_buffer_in_place($self, size, /)\n--\n\n"
+               "Read ``size`` bytes, returning a view into the internal buffer when possible.\n\n"
+               "Returns:\n    A view of the bytes read: ``size`` of them, fewer at end of file or\n"
+               "    on error.  A view of the internal buffer is valid until the next operation.\n"
+               "Raises:\n    ValueError: ``size`` is negative.\n"
+               "    ChannelError: the file is closed or is an output stream.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Core_members[] = {
+    {"_index", T_PYSSIZET, offsetof(Core, index), 0, NULL},
+    {"_size", T_PYSSIZET, offsetof(Core, size), 0, NULL},
+    {"_seg", T_PYSSIZET, offsetof(Core, seg), 0, NULL},
+    {"_fast_end", T_PYSSIZET, offsetof(Core, fast_end), 0, NULL},
+    {"_iov_bytes", T_PYSSIZET, offsetof(Core, iov_bytes), 0, NULL},
+    {"_reading", T_BOOL, offsetof(Core, reading), 0, NULL},
+    {"_buf", T_OBJECT, offsetof(Core, buf), READONLY, NULL},
+    {"_view", T_OBJECT, offsetof(Core, view), READONLY, NULL},
+    {"_iov", T_OBJECT_EX, offsetof(Core, iov), 0, NULL},
+    {"_free", T_OBJECT_EX, offsetof(Core, free_list), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Core_slots[] = {
+    {Py_tp_doc, PyDoc_STR("The state and fast paths of a QEMUFile (C implementation).")},
+    {Py_tp_new, Core_new},
+    {Py_tp_dealloc, Core_dealloc},
+    {Py_tp_traverse, Core_traverse},
+    {Py_tp_clear, Core_clear},
+    {Py_tp_methods, Core_methods},
+    {Py_tp_members, Core_members},
+    {0, NULL},
+};
+
+static PyType_Spec Core_spec = {
+    .name = "qiochan._speedups.QEMUFileCore",
+    .basicsize = sizeof(Core),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Core_slots,
+};
+
+/* -- the module ---------------------------------------------------------------------- */
+
+static int
+intern_names(void)
+{
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&str_put_value, "_put_value"},
+        {&str_put_buffer_slow, "_put_buffer_slow"},
+        {&str_put_buffer_async_slow, "_put_buffer_async_slow"},
+        {&str_get_value, "_get_value"},
+        {&str_get_in_place_slow, "_get_in_place_slow"},
+        {&str_flush, "_flush"},
+        {&str_read_into, "_read_into"},
+    };
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (*names[k].slot == NULL) {
+            *names[k].slot = PyUnicode_InternFromString(names[k].name);
+            if (*names[k].slot == NULL) {
+                return -1;
+            }
+        }
+    }
+    for (int w = 1; w <= 8; w++) {
+        if (width_obj[w] == NULL && (width_obj[w] = PyLong_FromLong(w)) == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+speedups_exec(PyObject *module)
+{
+    long iov_max = sysconf(_SC_IOV_MAX);
+    max_iov_size = (iov_max > 0 && iov_max < MAX_IOV_LIMIT) ? iov_max : MAX_IOV_LIMIT;
+    if (intern_names() < 0) {
+        return -1;
+    }
+    PyObject *type = PyType_FromModuleAndSpec(module, &Core_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(module, "QEMUFileCore", type);
+    Py_DECREF(type);
+    if (rc < 0 || PyModule_AddIntConstant(module, "IO_BUF_SIZE", IO_BUF_SIZE) < 0
+        || PyModule_AddIntConstant(module, "MAX_IOV_SIZE", max_iov_size) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "qiochan._speedups",
+    .m_doc = "C fast paths of QEMUFile (see qiochan/_qemufile_core.py for the Python twin).",
+    .m_size = 0,
+    .m_slots = speedups_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&speedups_module);
+}
