@@ -74,7 +74,7 @@ static inline int
 write_fits(Core *self, Py_ssize_t n)
 {
     Py_ssize_t i = self->index, end = self->fast_end;
-    return i >= 0 && end <= IO_BUF_SIZE && n < end - i;
+    return i >= 0 && i < end && end <= IO_BUF_SIZE && n < end - i;
 }
 
 /* True when n bytes can be read at index on the fast path. */
@@ -82,7 +82,7 @@ static inline int
 read_fits(Core *self, Py_ssize_t n)
 {
     Py_ssize_t i = self->index, size = self->size;
-    return i >= 0 && size <= IO_BUF_SIZE && n <= size - i;
+    return i >= 0 && i <= size && size <= IO_BUF_SIZE && n <= size - i;
 }
 
 /* -- writers ---------------------------------------------------------------------- */
@@ -191,8 +191,13 @@ Core_put_buffer(Core *self, PyObject *buf)
                 Py_RETURN_NONE;
             }
         }
-        else {
+        else if (PyErr_ExceptionMatches(PyExc_TypeError)
+                 || PyErr_ExceptionMatches(PyExc_BufferError)
+                 || PyErr_ExceptionMatches(PyExc_ValueError)) {
             PyErr_Clear(); /* not a simple buffer: the slow path decides */
+        }
+        else {
+            return NULL;
         }
     }
     return call_slow1(self, str_put_buffer_slow, buf);
@@ -204,11 +209,13 @@ as_byte_view(PyObject *buf)
 {
     if (Py_IS_TYPE(buf, &PyMemoryView_Type)) {
         Py_buffer *b = PyMemoryView_GET_BUFFER(buf);
-        if (((PyMemoryViewObject *)buf)->flags & _Py_MEMORYVIEW_RELEASED) {
+        int flags = ((PyMemoryViewObject *)buf)->flags;
+        if (flags & _Py_MEMORYVIEW_RELEASED) {
             return NULL; /* the slow path raises the ValueError */
         }
+        /* exactly memoryview.c_contiguous (an empty strided view is not) */
         if (b->ndim == 1 && (b->format == NULL || strcmp(b->format, "B") == 0)
-            && (b->strides == NULL || b->strides[0] == 1)) {
+            && (flags & _Py_MEMORYVIEW_C)) {
             Py_INCREF(buf);
             return buf;
         }
@@ -220,18 +227,42 @@ as_byte_view(PyObject *buf)
     return NULL;
 }
 
+/*
+ * Append segment (if any) then view to iov, all or nothing.  Nothing here can
+ * run Python code: PyList_Append never triggers a garbage collection.
+ */
+static int
+queue_views(PyObject *iov, PyObject *segment, PyObject *view)
+{
+    if (segment != NULL && PyList_Append(iov, segment) < 0) {
+        return -1;
+    }
+    if (PyList_Append(iov, view) < 0) {
+        if (segment != NULL) {
+            Py_ssize_t count = PyList_GET_SIZE(iov);
+            (void)PyList_SetSlice(iov, count - 1, count, NULL); /* shrinking cannot fail */
+        }
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *iov = self->iov;
-    PyObject *view = NULL;
-    Py_ssize_t n, i = self->index, seg = self->seg, count;
+    PyObject *view = NULL, *segment = NULL, *iov;
+    Py_ssize_t n, i, seg, count;
+    int rc;
 
     /* The fast path: one positional zero-copy buffer, nothing unusual. */
-    if (nargs != 1 || kwnames != NULL || self->fast_end <= 0 || iov == NULL
-        || !PyList_CheckExact(iov) || seg < 0 || i < seg || i > IO_BUF_SIZE) {
+    if (nargs != 1 || kwnames != NULL || self->fast_end <= 0) {
         goto slow;
     }
+    /*
+     * Allocate first, look at the state after: an allocation may run a garbage
+     * collection, and with it Python code (__del__, weakref callbacks) that
+     * changes this file's state.
+     */
     view = as_byte_view(args[0]);
     if (view == NULL) {
         if (PyErr_Occurred()) {
@@ -244,40 +275,42 @@ Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         Py_DECREF(view);
         Py_RETURN_NONE;
     }
-    if (i > seg) {
-        /* close the open buffer segment: it goes before the caller's buffer */
-        PyObject *segment = PySequence_GetSlice(self->view, seg, i);
+    i = self->index;
+    seg = self->seg;
+    if (seg >= 0 && seg < i && i <= IO_BUF_SIZE) {
+        /* the open buffer segment is closed: it goes before the caller's buffer */
+        segment = PySequence_GetSlice(self->view, seg, i);
         if (segment == NULL) {
             Py_DECREF(view);
             return NULL;
         }
-        int rc = PyList_Append(iov, segment);
-        Py_DECREF(segment);
-        if (rc < 0 || PyList_Append(iov, view) < 0) {
-            Py_DECREF(view);
-            return NULL;
-        }
-        self->iov_bytes += i - seg + n;
-        self->seg = i;
     }
-    else {
-        count = PyList_GET_SIZE(iov);
-        if (count > 0) {
-            PyObject *last = PyList_GET_ITEM(iov, count - 1);
-            if (PyMemoryView_Check(last)
-                && PyMemoryView_GET_BUFFER(last)->obj == PyMemoryView_GET_BUFFER(view)->obj) {
-                Py_DECREF(view); /* same exporter: maybe adjacent, the slow path coalesces */
-                goto slow;
-            }
-        }
-        if (PyList_Append(iov, view) < 0) {
-            Py_DECREF(view);
-            return NULL;
-        }
-        self->iov_bytes += n;
+    /* From here on nothing allocates until the views are queued. */
+    iov = self->iov;
+    if (self->fast_end <= 0 || self->index != i || self->seg != seg || seg < 0 || i < seg
+        || i > IO_BUF_SIZE || iov == NULL || !PyList_CheckExact(iov)) {
+        goto slow_release;
     }
-    Py_DECREF(view);
     count = PyList_GET_SIZE(iov);
+    if (segment == NULL && count > 0) {
+        PyObject *last = PyList_GET_ITEM(iov, count - 1);
+        if (PyMemoryView_Check(last)
+            && PyMemoryView_GET_BUFFER(last)->obj == PyMemoryView_GET_BUFFER(view)->obj) {
+            goto slow_release; /* same exporter: maybe adjacent, the slow path coalesces */
+        }
+    }
+    Py_INCREF(iov);
+    rc = queue_views(iov, segment, view);
+    Py_XDECREF(segment);
+    Py_DECREF(view);
+    if (rc < 0) {
+        Py_DECREF(iov);
+        return NULL;
+    }
+    self->iov_bytes = (Py_ssize_t)((size_t)self->iov_bytes + (size_t)(i - seg + n));
+    self->seg = i;
+    count = PyList_GET_SIZE(iov);
+    Py_DECREF(iov);
     if (count >= max_iov_size - 1) {
         if (count >= max_iov_size) {
             PyObject *args1[1] = {(PyObject *)self};
@@ -288,11 +321,18 @@ Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     }
     Py_RETURN_NONE;
 
+slow_release:
+    Py_XDECREF(segment);
+    Py_DECREF(view);
 slow:;
     PyObject *stack[3] = {(PyObject *)self, NULL, NULL};
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     if (nargs + nkw > 2) {
         PyErr_SetString(PyExc_TypeError, "put_buffer_async() takes at most 2 arguments");
+        return NULL;
+    }
+    if (nargs + nkw == 0) {
+        PyErr_SetString(PyExc_TypeError, "put_buffer_async() missing required argument 'buf'");
         return NULL;
     }
     for (Py_ssize_t k = 0; k < nargs + nkw; k++) {
@@ -400,8 +440,8 @@ Core_get_buffer_in_place(Core *self, PyObject *arg)
         if (n == -1 && PyErr_Occurred()) {
             PyErr_Clear();
         }
-        else if (n > 0 && n < IO_BUF_SIZE) {
-            int rc = read_fits(self, n) ? 1 : refill(self, n);
+        else if (n > 0 && n <= IO_BUF_SIZE) {
+            int rc = read_fits(self, n) ? 1 : (n < IO_BUF_SIZE ? refill(self, n) : 0);
             if (rc < 0) {
                 return NULL;
             }
@@ -454,6 +494,7 @@ static int
 Core_traverse(Core *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->view);
     Py_VISIT(self->iov);
     Py_VISIT(self->free_list);
     return 0;

@@ -58,8 +58,8 @@ def outcome(f: QEMUFile, op: str, arg: Any) -> tuple[str, Any]:
             result = getattr(f, op)(arg)
     except Exception as exc:
         return "raised", (type(exc).__name__, str(exc))
-    if isinstance(result, memoryview):
-        result = result.tobytes()
+    if isinstance(result, memoryview):  # the bytes, and whether they are a view of the buffer
+        result = result.tobytes(), result.obj is f._buf
     return "ok", result
 
 
@@ -231,7 +231,7 @@ def test_garbage_state_never_crashes() -> None:
         import itertools
         from qiochan import QEMUFile
         from qiochan_memory import QIOChannelNull
-        values = [-(2**62), -1, 0, 1, 32767, 32768, 32769, 2**40]
+        values = [-(2**63), -(2**62), -1, 0, 1, 32767, 32768, 32769, 2**40, 2**63 - 1]
         calls = [("put_byte", (1,)), ("put_be64", (1,)), ("put_buffer", (b"x" * 100,)),
                  ("put_buffer_async", (b"y" * 100,)), ("get_byte", ()), ("get_be64", ()),
                  ("get_buffer_in_place", (100,))]
@@ -268,6 +268,37 @@ def test_garbage_state_never_crashes() -> None:
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10_000
+
+
+@needs_c
+def test_state_changed_by_a_collection_during_put_buffer_async() -> None:
+    """A finalizer run by the garbage collection an allocation triggers replaces ``_iov``.
+
+    The buffer must be queued on the list the file has once the call returns,
+    never on the one it had when the call began (which the finalizer freed).
+    """
+    f = QEMUFile.new_output(QIOChannelNull())
+    f.put_byte(1)  # an open buffer segment: put_buffer_async allocates a view of it
+    replacement: list[memoryview] = []
+
+    class SwapsTheQueue:
+        def __del__(self) -> None:
+            f._iov = replacement
+
+    trap = SwapsTheQueue()
+    trap.cycle = trap  # type: ignore[attr-defined]
+    del trap
+    page = memoryview(bytearray(4096))
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        f.put_buffer_async(page)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.collect()
+    assert f._iov is replacement
+    assert f._iov[-1] is page
+    f.fclose()
 
 
 def test_the_buffer_cannot_be_resized() -> None:
