@@ -108,29 +108,13 @@ put_value(Core *self, PyObject *v, int width)
     return call_slow2(self, str_put_value, width_obj[width], v);
 }
 
-static PyObject *
-Core_put_byte(Core *self, PyObject *v)
-{
-    return put_value(self, v, 1);
-}
-
-static PyObject *
-Core_put_be16(Core *self, PyObject *v)
-{
-    return put_value(self, v, 2);
-}
-
-static PyObject *
-Core_put_be32(Core *self, PyObject *v)
-{
-    return put_value(self, v, 4);
-}
-
-static PyObject *
-Core_put_be64(Core *self, PyObject *v)
-{
-    return put_value(self, v, 8);
-}
+/* One METH_O entry point per width: put_byte, put_be16, put_be32, put_be64. */
+#define VALUE_WRITER(name, width) \
+    static PyObject *Core_##name(Core *self, PyObject *v) { return put_value(self, v, width); }
+VALUE_WRITER(put_byte, 1)
+VALUE_WRITER(put_be16, 2)
+VALUE_WRITER(put_be32, 4)
+VALUE_WRITER(put_be64, 8)
 
 /*
  * Copy src through the buffer, flushing each time the buffer fills, as the
@@ -408,29 +392,16 @@ get_value(Core *self, int width)
     return call_slow1(self, str_get_value, width_obj[width]);
 }
 
-static PyObject *
-Core_get_byte(Core *self, PyObject *Py_UNUSED(ignored))
-{
-    return get_value(self, 1);
-}
-
-static PyObject *
-Core_get_be16(Core *self, PyObject *Py_UNUSED(ignored))
-{
-    return get_value(self, 2);
-}
-
-static PyObject *
-Core_get_be32(Core *self, PyObject *Py_UNUSED(ignored))
-{
-    return get_value(self, 4);
-}
-
-static PyObject *
-Core_get_be64(Core *self, PyObject *Py_UNUSED(ignored))
-{
-    return get_value(self, 8);
-}
+/* One METH_NOARGS entry point per width: get_byte, get_be16, get_be32, get_be64. */
+#define VALUE_READER(name, width) \
+    static PyObject *Core_##name(Core *self, PyObject *Py_UNUSED(ignored)) \
+    { \
+        return get_value(self, width); \
+    }
+VALUE_READER(get_byte, 1)
+VALUE_READER(get_be16, 2)
+VALUE_READER(get_be32, 4)
+VALUE_READER(get_be64, 8)
 
 static PyObject *
 Core_get_buffer_in_place(Core *self, PyObject *arg)
@@ -524,6 +495,9 @@ Core_dealloc(Core *self)
     Py_DECREF(type);
 }
 
+#define WRITER_ENTRY(name, what) {#name, (PyCFunction)Core_##name, METH_O, WRITER_DOC(#name, what)}
+#define READER_ENTRY(name, what) \
+    {#name, (PyCFunction)Core_##name, METH_NOARGS, READER_DOC(#name, what)}
 #define WRITER_DOC(name, what) \
     PyDoc_STR(name "($self, v, /)\n--\n\nWrite ``v`` as " what ".\n\n" \
               "Raises:\n    ValueError: ``v`` is out of range (nothing is written).\n" \
@@ -536,13 +510,10 @@ Core_dealloc(Core *self)
               "Raises:\n    ChannelError: the file is closed or is an output stream.")
 
 static PyMethodDef Core_methods[] = {
-    {"put_byte", (PyCFunction)Core_put_byte, METH_O, WRITER_DOC("put_byte", "one byte")},
-    {"put_be16", (PyCFunction)Core_put_be16, METH_O,
-     WRITER_DOC("put_be16", "a big-endian 16-bit value")},
-    {"put_be32", (PyCFunction)Core_put_be32, METH_O,
-     WRITER_DOC("put_be32", "a big-endian 32-bit value")},
-    {"put_be64", (PyCFunction)Core_put_be64, METH_O,
-     WRITER_DOC("put_be64", "a big-endian 64-bit value")},
+    WRITER_ENTRY(put_byte, "one byte"),
+    WRITER_ENTRY(put_be16, "a big-endian 16-bit value"),
+    WRITER_ENTRY(put_be32, "a big-endian 32-bit value"),
+    WRITER_ENTRY(put_be64, "a big-endian 64-bit value"),
     {"put_buffer", (PyCFunction)Core_put_buffer, METH_O,
      PyDoc_STR("put_buffer($self, buf, /)\n--\n\n"
                "Copy the bytes-like ``buf`` into the stream.\n\n"
@@ -557,13 +528,10 @@ static PyMethodDef Core_methods[] = {
                "of an ``mmap``-backed ``buf`` are released after the flush.\n\n"
                "Raises:\n    TypeError: ``buf`` is not a C-contiguous bytes-like object.\n"
                "    ChannelError: the file is closed or is an input stream.")},
-    {"get_byte", (PyCFunction)Core_get_byte, METH_NOARGS, READER_DOC("get_byte", "one byte")},
-    {"get_be16", (PyCFunction)Core_get_be16, METH_NOARGS,
-     READER_DOC("get_be16", "a big-endian 16-bit value")},
-    {"get_be32", (PyCFunction)Core_get_be32, METH_NOARGS,
-     READER_DOC("get_be32", "a big-endian 32-bit value")},
-    {"get_be64", (PyCFunction)Core_get_be64, METH_NOARGS,
-     READER_DOC("get_be64", "a big-endian 64-bit value")},
+    READER_ENTRY(get_byte, "one byte"),
+    READER_ENTRY(get_be16, "a big-endian 16-bit value"),
+    READER_ENTRY(get_be32, "a big-endian 32-bit value"),
+    READER_ENTRY(get_be64, "a big-endian 64-bit value"),
     {"get_buffer_in_place", (PyCFunction)Core_get_buffer_in_place, METH_O,
      PyDoc_STR("get_buffer_in_place($self, size, /)\n--\n\n"
                "Read ``size`` bytes, returning a view into the internal buffer when possible.\n\n"
