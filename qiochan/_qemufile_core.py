@@ -216,26 +216,30 @@ class QEMUFileCore:
             TypeError: ``buf`` is not a C-contiguous bytes-like object.
             ChannelError: the file is closed or is an input stream.
         """
-        iov = self._iov
         if (
-            may_free
+            type(buf) is not memoryview
+            or may_free
             or not self._fast_end
-            or type(buf) is not memoryview
             or buf.format != "B"
             or buf.ndim != 1
             or not buf.c_contiguous
-            or not buf.nbytes
-            or (iov and buf.obj is iov[-1].obj)
         ):
             self._put_buffer_async_slow(buf, may_free)
             return
+        n = len(buf)
+        if not n:
+            return
+        iov = self._iov
         i = self._index
         seg = self._seg
         if i > seg:
             iov.append(self._view[seg:i])
             self._seg = i
+        elif iov and buf.obj is iov[-1].obj:
+            self._put_buffer_async_slow(buf, may_free)  # maybe adjacent: coalesce
+            return
         iov.append(buf)
-        self._iov_bytes += i - seg + buf.nbytes
+        self._iov_bytes += i - seg + n
         if len(iov) >= MAX_IOV_SIZE - 1:
             if len(iov) >= MAX_IOV_SIZE:
                 self._flush()
