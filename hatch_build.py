@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hatchling.builders.config import BuilderConfig
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 SOURCE = "qiochan/_speedups.c"
@@ -48,7 +49,7 @@ def compile_extension(root: Path, build_dir: Path, inplace: bool) -> Path:
     return Path(root, built) if inplace else Path(built)
 
 
-class SpeedupsBuildHook(BuildHookInterface):
+class SpeedupsBuildHook(BuildHookInterface[BuilderConfig]):
     """Adds the compiled extension to wheels (and builds it in place for editable ones)."""
 
     PLUGIN_NAME = "custom"
