@@ -19,7 +19,8 @@ Rows (``ratio`` = raw time / QEMUFile time, 1.0 = as fast as raw):
 Two more rows show where the zero-copy target sits: ``sendmsg`` of the very
 iovecs ``put_buffer_async`` queues (64 per call: header, page, header, ...)
 against the 32 KiB ``sendall``, i.e. the best any zero-copy writer could do
-here, and ``put_buffer_async`` against that ``sendmsg``.  The title says
+here, and ``put_buffer_async`` against that ``sendmsg``.  (``writev_floor.c``
+measures the same floor from C, without Python.)  The title says
 which QEMUFile core ran (``QIOCHAN_NO_SPEEDUPS=1`` selects the Python one).
 """
 
