@@ -18,6 +18,7 @@ Typical use::
 
 from __future__ import annotations
 
+import argparse
 import socket
 import statistics
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "time_best",
     "time_median",
     "unix_pair",
+    "volume_parser",
 ]
 
 KIB = 1024
@@ -63,6 +65,23 @@ def tcp_pair() -> SocketPair:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     return client, server
+
+
+def volume_parser(doc: str | None, repeat: int) -> argparse.ArgumentParser:
+    """Return the command line of a streaming benchmark: ``--mib`` and ``--repeat``.
+
+    Args:
+        doc: the benchmark module's docstring; its first line describes the command.
+        repeat: the default number of timed runs per side.
+    Returns:
+        The parser, to which a benchmark may add its own options.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
+    parser.add_argument(
+        "--repeat", type=int, default=repeat, help=f"timed runs per side (default {repeat})"
+    )
+    return parser
 
 
 def recv_exactly(sock: socket.socket, view: memoryview) -> None:

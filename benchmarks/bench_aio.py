@@ -12,7 +12,6 @@ uvloop; the ratio is asyncio time / qiochan time (1.0 = as fast).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import MIB, Comparison, compare, print_table
+from _common import MIB, Comparison, compare, print_table, volume_parser
 
 import qiochan.aio
 
@@ -110,9 +109,7 @@ def _bench(loop_name: str, factory: Callable[[], asyncio.AbstractEventLoop], siz
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=64, help="MiB per transfer (default 64)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per side (default 7)")
+    parser = volume_parser(__doc__, repeat=7)
     args = parser.parse_args(argv)
     size = args.mib * MIB
     rows = [_bench("asyncio loop", asyncio.new_event_loop, size, args.repeat)]

@@ -12,7 +12,6 @@ and ``readinto`` loops.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import io
 import os
@@ -24,7 +23,7 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import MIB, Comparison, compare, print_table
+from _common import MIB, Comparison, compare, print_table, volume_parser
 
 from qiochan.channel import Shutdown
 from qiochan_command import QIOChannelCommand
@@ -107,9 +106,7 @@ def bench_cat(total: int, repeat: int, *, big_raw_pipes: bool) -> Comparison:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
-    parser.add_argument("--repeat", type=int, default=11, help="timed runs per side")
+    parser = volume_parser(__doc__, repeat=11)
     args = parser.parse_args()
     total = args.mib * MIB
     rows = [

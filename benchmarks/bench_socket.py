@@ -10,7 +10,6 @@ run; the ratio is raw time / qiochan time (1.0 = as fast as raw).
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -30,6 +29,7 @@ from _common import (
     recv_exactly,
     tcp_pair,
     unix_pair,
+    volume_parser,
 )
 
 from qiochan_socket import QIOChannelSocket
@@ -187,9 +187,7 @@ def bench_small_write(repeat: int) -> Comparison:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
-    parser.add_argument("--repeat", type=int, default=11, help="timed runs per side")
+    parser = volume_parser(__doc__, repeat=11)
     args = parser.parse_args()
     total = args.mib * MIB
     rows = [

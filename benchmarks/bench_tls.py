@@ -10,7 +10,6 @@ same run; the ratio is SSLSocket time / qiochan time (1.0 = as fast).
 
 from __future__ import annotations
 
-import argparse
 import socket
 import ssl
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import KIB, MIB, Comparison, compare, in_thread, print_table, tcp_pair
+from _common import KIB, MIB, Comparison, compare, in_thread, print_table, tcp_pair, volume_parser
 
 from qiochan_socket import QIOChannelSocket
 from qiochan_tls import QIOChannelTLS, TLSCredsX509
@@ -142,9 +141,7 @@ def bench_handshakes(contexts: Contexts, handshakes: int, repeat: int) -> Compar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per side")
+    parser = volume_parser(__doc__, repeat=7)
     parser.add_argument("--handshakes", type=int, default=100, help="handshakes per timed run")
     args = parser.parse_args()
     total = args.mib * MIB
