@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import qiochan
 from qiochan import QIOChannel
+from qiochan_command import QIOChannelCommand
 from qiochan_socket import QIOChannelSocket, QIONetListener
 
 
@@ -39,6 +41,28 @@ def socket_tcp_pair() -> tuple[QIOChannelSocket, QIOChannelSocket]:
 
 Pair = tuple[QIOChannel, QIOChannel]
 PairFactory = Callable[[], Pair]
+
+
+@contextmanager
+def command_relay_pairs(path: Path, argv: Sequence[str]) -> Iterator[PairFactory]:
+    """Yield a factory of ``(command channel, accepted socket)`` pairs.
+
+    Each pair spawns ``argv``, a child that relays its stdin/stdout to the unix
+    socket ``path``, and accepts its connection on a listener bound there.
+    """
+    with QIONetListener() as listener:
+        listener.open_sync(f"unix:{path}")
+
+        def make() -> Pair:
+            command = QIOChannelCommand.new_spawn(list(argv))
+            try:
+                server = listener.wait_client()
+            except BaseException:
+                command.close()
+                raise
+            return command, server
+
+        yield make
 
 
 Layer = TypeVar("Layer", bound=QIOChannel)

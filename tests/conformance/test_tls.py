@@ -8,16 +8,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pairs import connected_pair, tls_pairs, websocket_pairs
+from pairs import PairFactory, command_relay_pairs, connected_pair, tls_pairs, websocket_pairs
 
-from qiochan.channel import QIOChannel
-from qiochan_command import QIOChannelCommand
 from qiochan_memory import memory_pipe
-from qiochan_socket import QIONetListener, socket_pair
+from qiochan_socket import socket_pair
 from qiochan_tls.certs import create_creds_dir
 
-Pair = tuple[QIOChannel, QIOChannel]
-Masters = Callable[[], Pair]
 Runner = Callable[..., None]
 
 
@@ -67,21 +63,10 @@ except BrokenPipeError:
 
 
 @pytest.fixture
-def relay_masters(tmp_path: Path) -> Iterator[Masters]:
+def relay_masters(tmp_path: Path) -> Iterator[PairFactory]:
     """A command channel whose child relays bytes to a unix socket we accept on."""
     path = tmp_path / "relay.sock"
-    with QIONetListener() as listener:
-        listener.open_sync(f"unix:{path}")
-
-        def make() -> Pair:
-            command = QIOChannelCommand.new_spawn([sys.executable, "-c", _RELAY, str(path)])
-            try:
-                server = listener.wait_client()
-            except BaseException:
-                command.close()
-                raise
-            return command, server
-
+    with command_relay_pairs(path, [sys.executable, "-c", _RELAY, str(path)]) as make:
         yield make
 
 
@@ -106,7 +91,7 @@ def test_tls_over_websocket(qiochan_conformance: Runner, creds: Path, no_fd_leak
 def test_tls_over_command_pipe(
     qiochan_conformance: Runner,
     creds: Path,
-    relay_masters: Masters,
+    relay_masters: PairFactory,
     no_fd_leak: None,
 ) -> None:
     qiochan_conformance(tls_pairs(relay_masters, creds))

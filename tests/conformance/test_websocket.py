@@ -12,20 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pairs import connected_pair, tls_pairs, websocket_pairs
+from pairs import PairFactory, command_relay_pairs, connected_pair, tls_pairs, websocket_pairs
 
-from qiochan.channel import QIOChannel
-from qiochan_command import QIOChannelCommand
 from qiochan_memory import memory_pipe
-from qiochan_socket import QIONetListener, socket_pair
+from qiochan_socket import socket_pair
 
-Pair = tuple[QIOChannel, QIOChannel]
-Masters = Callable[[], Pair]
 Runner = Callable[..., None]
 
 
 @pytest.fixture
-def relay_masters(tmp_path: Path) -> Iterator[Masters]:
+def relay_masters(tmp_path: Path) -> Iterator[PairFactory]:
     """A command channel whose child (socat) relays bytes to a unix socket we accept on.
 
     A websocket never half-closes its transport to end a direction (a close
@@ -36,18 +32,7 @@ def relay_masters(tmp_path: Path) -> Iterator[Masters]:
     if socat is None:
         pytest.skip("socat is not installed")
     path = tmp_path / "relay.sock"
-    with QIONetListener() as listener:
-        listener.open_sync(f"unix:{path}")
-
-        def make() -> Pair:
-            command = QIOChannelCommand.new_spawn([socat, "-t", "0", "-", f"UNIX-CONNECT:{path}"])
-            try:
-                server = listener.wait_client()
-            except BaseException:
-                command.close()
-                raise
-            return command, server
-
+    with command_relay_pairs(path, [socat, "-t", "0", "-", f"UNIX-CONNECT:{path}"]) as make:
         yield make
 
 
@@ -73,7 +58,7 @@ def test_websocket_over_unix_socketpair(qiochan_conformance: Runner, no_fd_leak:
 
 
 def test_websocket_over_command_pipe(
-    qiochan_conformance: Runner, relay_masters: Masters, no_fd_leak: None
+    qiochan_conformance: Runner, relay_masters: PairFactory, no_fd_leak: None
 ) -> None:
     qiochan_conformance(websocket_pairs(relay_masters))
 
