@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,16 @@ import qiochan
 from qiochan import QIOChannel
 from qiochan_command import QIOChannelCommand
 from qiochan_socket import QIOChannelSocket, QIONetListener
+
+
+def has_ipv6_loopback() -> bool:
+    """Return True when this machine can bind TCP on ``::1``."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def connected_pair(address: str = "tcp:127.0.0.1:0") -> tuple[QIOChannel, QIOChannel]:

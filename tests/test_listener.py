@@ -9,22 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from pairs import has_ipv6_loopback
 
 from qiochan.address import InetAddress, UnixAddress
 from qiochan.errors import ChannelError
 from qiochan_socket import QIOChannelSocket, QIONetListener
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 
 
 @needs_ipv6

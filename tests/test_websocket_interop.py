@@ -162,7 +162,17 @@ def test_their_ping_is_answered_while_we_read() -> None:
         assert pong.wait(TIMEOUT), "no pong"
 
 
-def test_their_text_message_is_refused_with_1003() -> None:
+@pytest.mark.parametrize(
+    ("layers", "message", "code", "reason"),
+    [
+        ((), "this is text", 1003, "text frame"),
+        (("websocket:max-size=1000",), b"x" * 1001, 1009, "too big"),
+    ],
+    ids=["text-1003", "oversized-1009"],
+)
+def test_their_bad_message_is_refused(
+    layers: tuple[str, ...], message: str | bytes, code: int, reason: str
+) -> None:
     errors: list[BaseException] = []
 
     def read(channel: QIOChannelWebsock) -> None:
@@ -171,30 +181,12 @@ def test_their_text_message_is_refused_with_1003() -> None:
         except WebsocketError as exc:
             errors.append(exc)
 
-    with our_server(read) as address, _their_client(address.port) as client:
-        client.send("this is text")
-        with pytest.raises(ConnectionClosedError) as info:
-            client.recv(timeout=TIMEOUT)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1003
-    assert errors and "text frame" in str(errors[0])
-
-
-def test_their_oversized_message_is_refused_with_1009() -> None:
-    errors: list[BaseException] = []
-
-    def read(channel: QIOChannelWebsock) -> None:
-        try:
-            channel.read(bytearray(8))
-        except WebsocketError as exc:
-            errors.append(exc)
-
-    layers = ["websocket:max-size=1000"]
     with our_server(read, layers=layers) as address, _their_client(address.port) as client:
-        client.send(b"x" * 1001)
+        client.send(message)
         with pytest.raises(ConnectionClosedError) as info:
             client.recv(timeout=TIMEOUT)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
-    assert errors and "too big" in str(errors[0])
+    assert info.value.rcvd is not None and info.value.rcvd.code == code
+    assert errors and reason in str(errors[0])
 
 
 # -- their server, our client ------------------------------------------------------------------

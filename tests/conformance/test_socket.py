@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pairs import connected_pair
+from pairs import connected_pair, has_ipv6_loopback
 
 from qiochan.channel import QIOChannel
 from qiochan_socket import socket_pair
@@ -16,20 +15,11 @@ Pair = tuple[QIOChannel, QIOChannel]
 Runner = Callable[..., None]
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 def test_tcp_ipv4(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(lambda: connected_pair("tcp:127.0.0.1:0"))
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 def test_tcp_ipv6(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(lambda: connected_pair("tcp:[::1]:0"))
 
