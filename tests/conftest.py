@@ -64,3 +64,15 @@ def qemufile_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         for name, method in python_fast_paths().items():
             monkeypatch.setattr(QEMUFile, name, method)
     return core
+
+
+@pytest.fixture(scope="session")
+def tls_creds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TLS credentials directory in QEMU's layout (CA, server, client), made once per run.
+
+    Shared by every module: tests read it and never change it.
+    """
+    certs = pytest.importorskip("qiochan_tls.certs")
+    directory = tmp_path_factory.mktemp("tls-creds")
+    certs.create_creds_dir(directory)
+    return directory

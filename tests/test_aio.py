@@ -455,14 +455,10 @@ def test_open_connection_errors(run: Runner[None]) -> None:
     run(main)
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def creds(tls_creds_dir: Path) -> Path:
     _require("tls")
-    from qiochan_tls.certs import create_creds_dir
-
-    directory = tmp_path_factory.mktemp("pki")
-    create_creds_dir(directory)
-    return directory
+    return tls_creds_dir
 
 
 def _chain(name: str, creds: Path) -> tuple[str, list[str], list[str]]:

@@ -27,10 +27,8 @@ Creds = tuple[TLSCredsX509, TLSCredsX509]
 
 
 @pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Creds:
-    directory = tmp_path_factory.mktemp("creds")
-    create_creds_dir(directory)
-    return TLSCredsX509(directory, "server"), TLSCredsX509(directory, "client")
+def creds(tls_creds_dir: Path) -> Creds:
+    return TLSCredsX509(tls_creds_dir, "server"), TLSCredsX509(tls_creds_dir, "client")
 
 
 def new_pair(

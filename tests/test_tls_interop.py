@@ -30,7 +30,6 @@ from qiochan.channel import ERR_BLOCK, QIOChannel
 from qiochan.errors import TLSError
 from qiochan.watch import Condition
 from qiochan_tls import QIOChannelTLS
-from qiochan_tls.certs import create_creds_dir
 from qiochan_tls.layer import load_creds
 
 TIMEOUT = 20.0
@@ -43,13 +42,6 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not insta
 needs_gnutls_cli = pytest.mark.skipif(GNUTLS_CLI is None, reason="gnutls-bin is not installed")
 needs_socat = pytest.mark.skipif(SOCAT is None, reason="socat is not installed")
 needs_libgnutls = pytest.mark.skipif(LIBGNUTLS is None, reason="libgnutls is not installed")
-
-
-@pytest.fixture(scope="module")
-def creds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("interop-creds")
-    create_creds_dir(directory)
-    return directory
 
 
 def files(directory: Path) -> dict[str, str]:
@@ -193,10 +185,10 @@ def accept_bounded(listener: qiochan.Listener) -> QIOChannelTLS:
     return channel
 
 
-def connect_tls(port: int, creds_dir: Path) -> QIOChannelTLS:
+def connect_tls(port: int, tls_creds_dir: Path) -> QIOChannelTLS:
     """Our TLS client over loopback TCP, through the layer spec."""
     address = f"tcp:127.0.0.1:{port}"
-    channel = qiochan.connect(address, layers=[f"tls:creds={creds_dir},hostname=localhost"])
+    channel = qiochan.connect(address, layers=[f"tls:creds={tls_creds_dir},hostname=localhost"])
     assert isinstance(channel, QIOChannelTLS)
     return channel
 
@@ -209,8 +201,8 @@ LETTERLESS_REPLY = bytes(byte for byte in REPLY if not chr(byte).isalpha() or by
 
 
 @pytest.fixture
-def server_listener(creds_dir: Path) -> Iterator[qiochan.Listener]:
-    listener = qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={creds_dir}"])
+def server_listener(tls_creds_dir: Path) -> Iterator[qiochan.Listener]:
+    listener = qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={tls_creds_dir}"])
     yield listener
     listener.close()
 
@@ -218,9 +210,9 @@ def server_listener(creds_dir: Path) -> Iterator[qiochan.Listener]:
 @needs_openssl
 @pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
 def test_openssl_s_client_to_our_server(
-    creds_dir: Path, server_listener: qiochan.Listener, version: str, no_fd_leak: None
+    tls_creds_dir: Path, server_listener: qiochan.Listener, version: str, no_fd_leak: None
 ) -> None:
-    paths = files(creds_dir)
+    paths = files(tls_creds_dir)
     port = server_listener.address.port
     args = [OPENSSL or "openssl", "s_client", "-quiet", "-nocommands", version]
     args += ["-connect", f"127.0.0.1:{port}", "-CAfile", paths["ca-cert"]]
@@ -240,14 +232,14 @@ def test_openssl_s_client_to_our_server(
 
 
 @needs_openssl
-def test_our_client_to_openssl_s_server(creds_dir: Path, no_fd_leak: None) -> None:
-    paths = files(creds_dir)
+def test_our_client_to_openssl_s_server(tls_creds_dir: Path, no_fd_leak: None) -> None:
+    paths = files(tls_creds_dir)
     args = [OPENSSL or "openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1"]
     args += ["-cert", paths["server-cert"], "-key", paths["server-key"]]
     args += ["-CAfile", paths["ca-cert"], "-Verify", "1", "-verify_return_error"]
     with spawn(args) as peer:
         port = int(peer.out.wait_for(rb"ACCEPT 127\.0\.0\.1:(\d+)", "s_server").group(1))
-        with connect_tls(port, creds_dir) as tls:
+        with connect_tls(port, tls_creds_dir) as tls:
             assert tls.peer_dn() == "C=UK,O=Example,CN=localhost"
             tls.write_all(PAYLOAD)
             peer.out.wait_for(re.escape(PAYLOAD), "s_server's copy of our payload")
@@ -261,9 +253,9 @@ def test_our_client_to_openssl_s_server(creds_dir: Path, no_fd_leak: None) -> No
 
 @needs_gnutls_cli
 def test_gnutls_cli_to_our_server(
-    creds_dir: Path, server_listener: qiochan.Listener, no_fd_leak: None
+    tls_creds_dir: Path, server_listener: qiochan.Listener, no_fd_leak: None
 ) -> None:
-    paths = files(creds_dir)
+    paths = files(tls_creds_dir)
     args = [GNUTLS_CLI or "gnutls-cli", "--logfile=/dev/null", "--x509cafile", paths["ca-cert"]]
     args += ["--x509certfile", paths["client-cert"], "--x509keyfile", paths["client-key"]]
     args += ["-p", str(server_listener.address.port), "127.0.0.1"]
@@ -282,9 +274,9 @@ def test_gnutls_cli_to_our_server(
 
 @needs_socat
 def test_socat_openssl_client_to_our_server(
-    creds_dir: Path, server_listener: qiochan.Listener, no_fd_leak: None
+    tls_creds_dir: Path, server_listener: qiochan.Listener, no_fd_leak: None
 ) -> None:
-    paths = files(creds_dir)
+    paths = files(tls_creds_dir)
     target = (
         f"OPENSSL:127.0.0.1:{server_listener.address.port},cafile={paths['ca-cert']},"
         f"cert={paths['client-cert']},key={paths['client-key']},commonname=localhost"
@@ -301,15 +293,15 @@ def test_socat_openssl_client_to_our_server(
 
 
 @needs_socat
-def test_our_client_to_socat_openssl_listen(creds_dir: Path, no_fd_leak: None) -> None:
-    paths = files(creds_dir)
+def test_our_client_to_socat_openssl_listen(tls_creds_dir: Path, no_fd_leak: None) -> None:
+    paths = files(tls_creds_dir)
     listen = (
         f"OPENSSL-LISTEN:0,bind=127.0.0.1,cert={paths['server-cert']},"
         f"key={paths['server-key']},cafile={paths['ca-cert']},verify=1"
     )
     with spawn([SOCAT or "socat", "-d", "-d", listen, "PIPE"]) as peer:
         port = int(peer.err.wait_for(rb"listening on AF=2 127\.0\.0\.1:(\d+)", "socat").group(1))
-        with connect_tls(port, creds_dir) as tls:
+        with connect_tls(port, tls_creds_dir) as tls:
             writer = threading.Thread(target=tls.write_all, args=(PAYLOAD,))
             writer.start()
             echoed = read_exactly(tls, len(PAYLOAD))
@@ -374,7 +366,7 @@ print(sent)
 @needs_libgnutls
 @pytest.mark.parametrize("allow_unclean_eof", [True, False])
 def test_gnutls_bare_close_client_delivers_every_byte(
-    creds_dir: Path, tmp_path: Path, allow_unclean_eof: bool, no_fd_leak: None
+    tls_creds_dir: Path, tmp_path: Path, allow_unclean_eof: bool, no_fd_leak: None
 ) -> None:
     """QEMU's migration source ends with a bare TCP close: no byte may be lost.
 
@@ -382,13 +374,13 @@ def test_gnutls_bare_close_client_delivers_every_byte(
     the client's socket would turn its close into a reset that discards the
     tail of the stream still queued on its side.
     """
-    assert load_creds(creds_dir, "server").ssl_context().num_tickets == 0
+    assert load_creds(tls_creds_dir, "server").ssl_context().num_tickets == 0
     payload = os.urandom(8 << 20)
     payload_path = tmp_path / "stream.bin"
     payload_path.write_bytes(payload)
-    paths = files(creds_dir)
+    paths = files(tls_creds_dir)
     option = "on" if allow_unclean_eof else "off"
-    layer = f"tls:creds={creds_dir},allow-unclean-eof={option}"
+    layer = f"tls:creds={tls_creds_dir},allow-unclean-eof={option}"
     with qiochan.listen("tcp:127.0.0.1:0", layers=[layer]) as listener:
         args = [sys.executable, "-c", _GNUTLS_BARE_CLIENT, "127.0.0.1"]
         args += [str(listener.address.port), "localhost", paths["ca-cert"]]

@@ -24,13 +24,6 @@ from qiochan_tls.layout import SERVER_CERT, SERVER_KEY
 TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="module")
-def creds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("layer-creds")
-    create_creds_dir(directory)
-    return directory
-
-
 def serve_one(listener: qiochan.Listener, results: list[object]) -> threading.Thread:
     """Accept one client in a thread; append the channel or the error to ``results``."""
 
@@ -51,14 +44,14 @@ def test_backend_is_registered() -> None:
     assert qiochan.backends()["tls"].kind == "layer"
 
 
-def test_connect_and_listen_with_tls(creds_dir: Path, no_fd_leak: None) -> None:
-    layer = f"tls:creds={creds_dir},authz=C=UK,,O=Example,,CN=client"
+def test_connect_and_listen_with_tls(tls_creds_dir: Path, no_fd_leak: None) -> None:
+    layer = f"tls:creds={tls_creds_dir},authz=C=UK,,O=Example,,CN=client"
     with qiochan.listen("tcp:127.0.0.1:0", layers=[layer]) as listener:
         results: list[object] = []
         thread = serve_one(listener, results)
         port = listener.address.port
         with qiochan.connect(
-            f"tcp:127.0.0.1:{port}", layers=[f"tls:creds={creds_dir},hostname=localhost"]
+            f"tcp:127.0.0.1:{port}", layers=[f"tls:creds={tls_creds_dir},hostname=localhost"]
         ) as client:
             thread.join(TIMEOUT)
             (server,) = results
@@ -71,13 +64,15 @@ def test_connect_and_listen_with_tls(creds_dir: Path, no_fd_leak: None) -> None:
                 assert buf == b"through the layer"
 
 
-def test_client_hostname_defaults_to_the_peer_address(creds_dir: Path, no_fd_leak: None) -> None:
+def test_client_hostname_defaults_to_the_peer_address(
+    tls_creds_dir: Path, no_fd_leak: None
+) -> None:
     """Without hostname=, a TCP client checks the server against the address it reached."""
-    with qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={creds_dir}"]) as listener:
+    with qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={tls_creds_dir}"]) as listener:
         results: list[object] = []
         thread = serve_one(listener, results)
         with qiochan.connect(
-            f"tcp:127.0.0.1:{listener.address.port}", layers=[f"tls:creds={creds_dir}"]
+            f"tcp:127.0.0.1:{listener.address.port}", layers=[f"tls:creds={tls_creds_dir}"]
         ) as client:
             assert isinstance(client, QIOChannelTLS) and client.hostname == "127.0.0.1"
             thread.join(TIMEOUT)
@@ -87,12 +82,12 @@ def test_client_hostname_defaults_to_the_peer_address(creds_dir: Path, no_fd_lea
 
 
 def test_listener_survives_a_failed_client(
-    creds_dir: Path, tmp_path: Path, no_fd_leak: None
+    tls_creds_dir: Path, tmp_path: Path, no_fd_leak: None
 ) -> None:
     """A client that fails the handshake makes accept() raise; the next one is served."""
     stranger = tmp_path / "stranger"
     create_creds_dir(stranger)
-    with qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={creds_dir}"]) as listener:
+    with qiochan.listen("tcp:127.0.0.1:0", layers=[f"tls:creds={tls_creds_dir}"]) as listener:
         address = f"tcp:127.0.0.1:{listener.address.port}"
         results: list[object] = []
         thread = serve_one(listener, results)
@@ -101,19 +96,21 @@ def test_listener_survives_a_failed_client(
         thread.join(TIMEOUT)
         assert isinstance(results[0], HandshakeError) and isinstance(results[0], TLSError)
         thread = serve_one(listener, results)
-        with qiochan.connect(address, layers=[f"tls:creds={creds_dir},hostname=localhost"]):
+        with qiochan.connect(address, layers=[f"tls:creds={tls_creds_dir},hostname=localhost"]):
             thread.join(TIMEOUT)
             assert isinstance(results[1], QIOChannelTLS)
             results[1].close()
 
 
-def test_authz_glob_denies(creds_dir: Path, no_fd_leak: None) -> None:
-    layer = f"tls:creds={creds_dir},authz=*CN=admin"
+def test_authz_glob_denies(tls_creds_dir: Path, no_fd_leak: None) -> None:
+    layer = f"tls:creds={tls_creds_dir},authz=*CN=admin"
     with qiochan.listen("tcp:127.0.0.1:0", layers=[layer]) as listener:
         results: list[object] = []
         thread = serve_one(listener, results)
         address = f"tcp:127.0.0.1:{listener.address.port}"
-        with qiochan.connect(address, layers=[f"tls:creds={creds_dir},hostname=localhost"]) as c:
+        with qiochan.connect(
+            address, layers=[f"tls:creds={tls_creds_dir},hostname=localhost"]
+        ) as c:
             thread.join(TIMEOUT)
             assert isinstance(results[0], TLSHandshakeError)
             assert "authorization denied" in str(results[0])
@@ -144,13 +141,13 @@ def pipe_ends() -> Iterator[tuple[qiochan.QIOChannel, qiochan.QIOChannel]]:
     ],
 )
 def test_option_errors(
-    creds_dir: Path,
+    tls_creds_dir: Path,
     pipe_ends: tuple[qiochan.QIOChannel, qiochan.QIOChannel],
     role: str,
     options: dict[str, str],
     message: str,
 ) -> None:
-    filled = {key: value.replace("{dir}", str(creds_dir)) for key, value in options.items()}
+    filled = {key: value.replace("{dir}", str(tls_creds_dir)) for key, value in options.items()}
     with pytest.raises(AddressError, match=message):
         wrap(pipe_ends[0], role, **filled)  # type: ignore[arg-type]
 
@@ -163,11 +160,11 @@ def test_bad_creds_dir_is_a_tls_error(
 
 
 def test_layer_spec_objects(
-    creds_dir: Path, pipe_ends: tuple[qiochan.QIOChannel, qiochan.QIOChannel]
+    tls_creds_dir: Path, pipe_ends: tuple[qiochan.QIOChannel, qiochan.QIOChannel]
 ) -> None:
     """Programmatic callers may pass a TLSCredsX509 object instead of a directory."""
     server_end, client_end = pipe_ends
-    server_creds = TLSCredsX509(creds_dir, "server")
+    server_creds = TLSCredsX509(tls_creds_dir, "server")
     results: list[object] = []
 
     def serve() -> None:
@@ -178,17 +175,17 @@ def test_layer_spec_objects(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    client = wrap(client_end, "client", creds=str(creds_dir), hostname="localhost")
+    client = wrap(client_end, "client", creds=str(tls_creds_dir), hostname="localhost")
     thread.join(TIMEOUT)
     server = results[0]
     assert isinstance(server, QIOChannelTLS) and server.creds is server_creds
     assert client.handshake_complete
 
 
-def test_creds_are_cached_until_the_files_change(creds_dir: Path, tmp_path: Path) -> None:
-    first = load_creds(creds_dir, "server")
-    assert load_creds(creds_dir, "server") is first
-    assert load_creds(creds_dir, "client") is not first
+def test_creds_are_cached_until_the_files_change(tls_creds_dir: Path, tmp_path: Path) -> None:
+    first = load_creds(tls_creds_dir, "server")
+    assert load_creds(tls_creds_dir, "server") is first
+    assert load_creds(tls_creds_dir, "client") is not first
     directory = tmp_path / "rotating"
     creds = create_creds_dir(directory)
     before = load_creds(directory, "server")

@@ -246,15 +246,7 @@ def test_their_server_rejecting_our_path_reports_the_status_line() -> None:
 # -- wss:// ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    certs = pytest.importorskip("qiochan_tls.certs")
-    directory = tmp_path_factory.mktemp("wss-creds")
-    certs.create_creds_dir(directory)
-    return directory
-
-
-def test_their_wss_client_reaches_our_wss_server(creds: Path) -> None:
+def test_their_wss_client_reaches_our_wss_server(tls_creds_dir: Path) -> None:
     data = os.urandom(MIB)
 
     def echo(channel: QIOChannel) -> None:
@@ -262,8 +254,9 @@ def test_their_wss_client_reaches_our_wss_server(creds: Path) -> None:
         channel.read_all(buf)
         channel.write_all(buf)
 
-    context = ssl.create_default_context(cafile=str(creds / "ca-cert.pem"))
-    layers = [f"tls:creds={creds},verify-peer=off"]  # a browser-like client has no certificate
+    context = ssl.create_default_context(cafile=str(tls_creds_dir / "ca-cert.pem"))
+    # a browser-like client has no certificate
+    layers = [f"tls:creds={tls_creds_dir},verify-peer=off"]
     with our_server(echo, "wss://127.0.0.1:0/secure", layers=layers) as address:
         url = f"wss://localhost:{address.port}/secure"
         with ws_connect(url, ssl=context, open_timeout=TIMEOUT, max_size=None) as client:
@@ -274,16 +267,16 @@ def test_their_wss_client_reaches_our_wss_server(creds: Path) -> None:
             assert back == data
 
 
-def test_our_wss_client_reaches_their_wss_server(creds: Path) -> None:
+def test_our_wss_client_reaches_their_wss_server(tls_creds_dir: Path) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(creds / "server-cert.pem", creds / "server-key.pem")
+    context.load_cert_chain(tls_creds_dir / "server-cert.pem", tls_creds_dir / "server-key.pem")
 
     def echo(connection: ServerConnection) -> None:
         connection.send(connection.recv())
 
     with their_server(echo, ssl=context) as port:
         url = f"wss://localhost:{port}/"
-        with qiochan.connect(url, layers=[f"tls:creds={creds}"]) as client:
+        with qiochan.connect(url, layers=[f"tls:creds={tls_creds_dir}"]) as client:
             client.write_all(b"over tls")
             buf = bytearray(8)
             client.read_all(buf)

@@ -192,16 +192,8 @@ def test_wss_server_needs_credentials() -> None:
 # -- wss:// ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    certs = pytest.importorskip("qiochan_tls.certs")
-    directory = tmp_path_factory.mktemp("wss-creds")
-    certs.create_creds_dir(directory)
-    return directory
-
-
-def test_wss_stack_puts_tls_under_the_websocket(creds: Path) -> None:
-    layers = [f"tls:creds={creds}"]
+def test_wss_stack_puts_tls_under_the_websocket(tls_creds_dir: Path) -> None:
+    layers = [f"tls:creds={tls_creds_dir}"]
     with qiochan.listen("wss://127.0.0.1:0/secure", layers=layers) as listener:
         assert listener.address.scheme == "wss"
 
@@ -220,12 +212,12 @@ def test_wss_stack_puts_tls_under_the_websocket(creds: Path) -> None:
         assert not failures
 
 
-def test_tls_layer_on_ws_runs_inside_the_websocket(creds: Path) -> None:
-    layers = [f"tls:creds={creds}"]
+def test_tls_layer_on_ws_runs_inside_the_websocket(tls_creds_dir: Path) -> None:
+    layers = [f"tls:creds={tls_creds_dir}"]
     with qiochan.listen("ws://127.0.0.1:0/", layers=layers) as listener:
         with serving(listener, echo) as failures:
             url = f"ws://127.0.0.1:{listener.address.port}/"
-            client = qiochan.connect(url, layers=[f"tls:creds={creds},hostname=localhost"])
+            client = qiochan.connect(url, layers=[f"tls:creds={tls_creds_dir},hostname=localhost"])
             assert type(client).__name__ == "QIOChannelTLS"
             assert isinstance(getattr(client, "master", None), QIOChannelWebsock)
             assert roundtrip(client) == b"hello"
@@ -235,9 +227,9 @@ def test_tls_layer_on_ws_runs_inside_the_websocket(creds: Path) -> None:
 # a root of the system bundle has a serial number cryptography warns about
 @pytest.mark.filterwarnings("ignore:Parsed a serial number")
 def test_wss_client_without_tls_layer_uses_the_system_store(
-    creds: Path, monkeypatch: pytest.MonkeyPatch
+    tls_creds_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layers = [f"tls:creds={creds},verify-peer=off"]
+    layers = [f"tls:creds={tls_creds_dir},verify-peer=off"]
     with qiochan.listen("wss://127.0.0.1:0/", layers=layers) as listener:
         url = f"wss://localhost:{listener.address.port}/"
         with serving(listener, echo, clients=2) as failures:
@@ -245,8 +237,8 @@ def test_wss_client_without_tls_layer_uses_the_system_store(
             with pytest.raises(TLSError, match="certificate verify failed"):
                 qiochan.connect(url)
             # OpenSSL's SSL_CERT_FILE names the system store: make it our CA
-            monkeypatch.setenv("SSL_CERT_FILE", str(creds / "ca-cert.pem"))
-            assert system_ca_bundle() == creds / "ca-cert.pem"
+            monkeypatch.setenv("SSL_CERT_FILE", str(tls_creds_dir / "ca-cert.pem"))
+            assert system_ca_bundle() == tls_creds_dir / "ca-cert.pem"
             assert roundtrip(qiochan.connect(url)) == b"hello"
         assert len(failures) == 1
 

@@ -12,16 +12,8 @@ from pairs import PairFactory, command_relay_pairs, connected_pair, tls_pairs, w
 
 from qiochan_memory import memory_pipe
 from qiochan_socket import socket_pair
-from qiochan_tls.certs import create_creds_dir
 
 Runner = Callable[..., None]
-
-
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tls-creds")
-    create_creds_dir(directory)
-    return directory
 
 
 # The relay child: copies stdin to a unix socket and the socket to stdout, keeps a
@@ -70,28 +62,32 @@ def relay_masters(tmp_path: Path) -> Iterator[PairFactory]:
         yield make
 
 
-def test_tls_over_memory_pipe(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
-    qiochan_conformance(tls_pairs(memory_pipe, creds))
+def test_tls_over_memory_pipe(
+    qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None
+) -> None:
+    qiochan_conformance(tls_pairs(memory_pipe, tls_creds_dir))
 
 
-def test_tls_over_tcp(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
-    qiochan_conformance(tls_pairs(connected_pair, creds))
+def test_tls_over_tcp(qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None) -> None:
+    qiochan_conformance(tls_pairs(connected_pair, tls_creds_dir))
 
 
 def test_tls_over_unix_socketpair(
-    qiochan_conformance: Runner, creds: Path, no_fd_leak: None
+    qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None
 ) -> None:
-    qiochan_conformance(tls_pairs(socket_pair, creds))
+    qiochan_conformance(tls_pairs(socket_pair, tls_creds_dir))
 
 
-def test_tls_over_websocket(qiochan_conformance: Runner, creds: Path, no_fd_leak: None) -> None:
-    qiochan_conformance(tls_pairs(websocket_pairs(socket_pair), creds))
+def test_tls_over_websocket(
+    qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None
+) -> None:
+    qiochan_conformance(tls_pairs(websocket_pairs(socket_pair), tls_creds_dir))
 
 
 def test_tls_over_command_pipe(
     qiochan_conformance: Runner,
-    creds: Path,
+    tls_creds_dir: Path,
     relay_masters: PairFactory,
     no_fd_leak: None,
 ) -> None:
-    qiochan_conformance(tls_pairs(relay_masters, creds))
+    qiochan_conformance(tls_pairs(relay_masters, tls_creds_dir))

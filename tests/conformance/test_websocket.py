@@ -36,15 +36,6 @@ def relay_masters(tmp_path: Path) -> Iterator[PairFactory]:
         yield make
 
 
-@pytest.fixture(scope="module")
-def tls_creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qiochan_tls.certs import create_creds_dir
-
-    directory = tmp_path_factory.mktemp("tls-creds")
-    create_creds_dir(directory)
-    return directory
-
-
 def test_websocket_over_memory_pipe(qiochan_conformance: Runner, no_fd_leak: None) -> None:
     qiochan_conformance(websocket_pairs(memory_pipe))
 
@@ -63,13 +54,15 @@ def test_websocket_over_command_pipe(
     qiochan_conformance(websocket_pairs(relay_masters))
 
 
-def test_websocket_over_tls(qiochan_conformance: Runner, tls_creds: Path, no_fd_leak: None) -> None:
+def test_websocket_over_tls(
+    qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None
+) -> None:
     """The wss:// stack: websocket over TLS over TCP."""
-    qiochan_conformance(websocket_pairs(tls_pairs(connected_pair, tls_creds)))
+    qiochan_conformance(websocket_pairs(tls_pairs(connected_pair, tls_creds_dir)))
 
 
 def test_tls_inside_websocket(
-    qiochan_conformance: Runner, tls_creds: Path, no_fd_leak: None
+    qiochan_conformance: Runner, tls_creds_dir: Path, no_fd_leak: None
 ) -> None:
     """TLS carried in websocket frames (as VeNCrypt over a VNC websocket)."""
-    qiochan_conformance(tls_pairs(websocket_pairs(socket_pair), tls_creds))
+    qiochan_conformance(tls_pairs(websocket_pairs(socket_pair), tls_creds_dir))
