@@ -76,7 +76,7 @@ def volume_parser(doc: str | None, repeat: int) -> argparse.ArgumentParser:
     Returns:
         The parser, to which a benchmark may add its own options.
     """
-    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
     parser.add_argument("--mib", type=int, default=64, help="MiB moved per timed run")
     parser.add_argument(
         "--repeat", type=int, default=repeat, help=f"timed runs per side (default {repeat})"

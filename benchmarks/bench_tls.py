@@ -19,7 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import KIB, MIB, Comparison, compare, in_thread, print_table, tcp_pair, volume_parser
+from _common import (
+    KIB,
+    MIB,
+    Comparison,
+    compare,
+    in_thread,
+    print_table,
+    recv_exactly,
+    tcp_pair,
+    volume_parser,
+)
 
 from qiochan_socket import QIOChannelSocket
 from qiochan_tls import QIOChannelTLS, TLSCredsX509
@@ -72,15 +82,6 @@ def qiochan_pair(
     return client, server
 
 
-def _recv_exactly(sock: ssl.SSLSocket, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        n = sock.recv_into(view[done:])
-        if n == 0:
-            raise EOFError("peer closed early")
-        done += n
-
-
 def bench_stream(contexts: Contexts, write_size: int, total: int, repeat: int) -> Comparison:
     """Client writes ``total`` bytes in ``write_size`` writes over TCP; server reads them."""
     raw_client, raw_server = sslsocket_pair(contexts, tcp_pair)
@@ -97,7 +98,7 @@ def bench_stream(contexts: Contexts, write_size: int, total: int, repeat: int) -
 
         join = in_thread(send)
         for _ in range(count):
-            _recv_exactly(raw_server, view)
+            recv_exactly(raw_server, view)
         join()
 
     def ours() -> None:
