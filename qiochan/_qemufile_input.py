@@ -87,6 +87,20 @@ class InputMixin(QEMUFileBase):
             available = self._size
         return available
 
+    def _read_size(self, what: str, size: int) -> int:
+        """Check that this is an open input stream and ``size`` an int >= 0; return it.
+
+        Raises:
+            ChannelError: the file is closed or is an output stream.
+            TypeError: ``size`` is not an integer.
+            ValueError: ``size`` is negative.
+        """
+        self._check_readable(what)
+        size = operator.index(size)
+        if size < 0:
+            raise ValueError(f"{what}: size must be >= 0, not {size}")
+        return size
+
     # -- peeking and skipping -------------------------------------------------------
 
     def peek_buffer(self, size: int, offset: int = 0) -> memoryview:
@@ -143,11 +157,10 @@ class InputMixin(QEMUFileBase):
 
         Raises:
             ValueError: ``size`` is negative.
+            TypeError: ``size`` is not an integer.
             ChannelError: the file is closed or is an output stream.
         """
-        self._check_readable("skip")
-        if size < 0:
-            raise ValueError(f"skip: size must be >= 0, not {size}")
+        size = self._read_size("skip", size)
         if self._index + size <= self._size:
             self._index += size
 
@@ -208,6 +221,7 @@ class InputMixin(QEMUFileBase):
 
         Raises:
             ValueError: ``size`` is negative.
+            TypeError: ``size`` is not an integer.
             ChannelError: the file is closed or is an output stream.
         """
         i = self._index
@@ -215,19 +229,14 @@ class InputMixin(QEMUFileBase):
         if size > 0 and j <= self._size:
             self._index = j
             return self._view[i:j].tobytes()
-        self._check_readable("get_bytes")
-        if size < 0:
-            raise ValueError(f"get_bytes: size must be >= 0, not {size}")
+        size = self._read_size("get_bytes", size)
         out = memoryview(bytearray(size))
         n = self._get_into(out)
         return out[:n].tobytes()
 
     def _get_in_place_slow(self, size: int) -> memoryview:
         """get_buffer_in_place when the bytes are not all buffered: refill or copy."""
-        self._check_readable("get_buffer_in_place")
-        size = operator.index(size)
-        if size < 0:
-            raise ValueError(f"get_buffer_in_place: size must be >= 0, not {size}")
+        size = self._read_size("get_buffer_in_place", size)
         if size < IO_BUF_SIZE and self._ensure(size) >= size:
             i = self._index
             self._index = i + size
@@ -292,11 +301,10 @@ class InputMixin(QEMUFileBase):
             stream ended or failed first.
         Raises:
             ValueError: ``size`` is negative.
+            TypeError: ``size`` is not an integer.
             ChannelError: the file is closed or is an output stream.
         """
-        self._check_readable("get_to_fd")
-        if size < 0:
-            raise ValueError(f"get_to_fd: size must be >= 0, not {size}")
+        size = self._read_size("get_to_fd", size)
         while size:
             i = self._index
             pending = self._size - i
