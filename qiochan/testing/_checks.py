@@ -135,7 +135,13 @@ def _read_exactly_nonblocking(reader: QIOChannel, size: int) -> bytes:
     return bytes(received)
 
 
-def _write_all_nonblocking(writer: QIOChannel, data: bytes) -> int:
+def _write_all_nonblocking(
+    writer: QIOChannel, data: bytes, on_block: Callable[[], object] | None = None
+) -> int:
+    """Write ``data`` without blocking, waiting for OUT on ERR_BLOCK.
+
+    Returns how many writes hit ERR_BLOCK. ``on_block`` runs before each wait.
+    """
     blocked = 0
     for chunk in _split(data):
         rest = chunk
@@ -143,6 +149,8 @@ def _write_all_nonblocking(writer: QIOChannel, data: bytes) -> int:
             n = writer.writev([rest])
             if n == ERR_BLOCK:
                 blocked += 1
+                if on_block is not None:
+                    on_block()
                 _wait(writer, Condition.OUT, "non-blocking write")
                 continue
             assert 0 <= n <= rest.nbytes, f"writev returned {n} for {rest.nbytes} bytes"
@@ -189,17 +197,27 @@ def _describe_mismatch(sent: bytes, received: bytes) -> str:
 
 
 def check_transfer_nonblocking(factory: PairFactory) -> None:
-    """Non-blocking writer and reader threads, waiting on readiness, move data intact."""
+    """Non-blocking writer and reader threads, waiting on readiness, move data intact.
+
+    The reader starts only once the writer has hit ERR_BLOCK (or finished), so a
+    channel with bounded buffering always makes the writer wait for OUT, however
+    the threads are scheduled.
+    """
     data = _pattern(_TRANSFER, seed=2)
     with _pair(factory) as (writer, reader):
         writer.set_blocking(False)
         reader.set_blocking(False)
         result: dict[str, bytes] = {}
+        writer_blocked = threading.Event()
 
         def write() -> None:
-            _write_all_nonblocking(writer, data)
+            try:
+                _write_all_nonblocking(writer, data, on_block=writer_blocked.set)
+            finally:
+                writer_blocked.set()
 
         def read() -> None:
+            writer_blocked.wait(TIMEOUT)
             result["data"] = _read_exactly_nonblocking(reader, len(data))
 
         _run_threads(write, read, what="non-blocking transfer")
