@@ -40,6 +40,7 @@ __all__ = [
     "QEMUFileCore",
     "load_core",
     "python_fast_paths",
+    "write_direct",
 ]
 
 #: Size of the internal buffer (QEMU's ``IO_BUF_SIZE``).
@@ -147,7 +148,7 @@ class QEMUFileCore:
     def _put_buffer_async_slow(self, buf: Any, may_free: bool = False) -> None:
         raise NotImplementedError
 
-    def _flush(self) -> None:
+    def _flush(self, written: int | None = None) -> None:
         raise NotImplementedError
 
     def _get_value(self, width: int) -> int:
@@ -328,3 +329,9 @@ def python_fast_paths() -> dict[str, Any]:
 
 
 Core, ACCELERATED = load_core()
+
+#: The C core's direct writer, ``write_direct(fd, views) -> bytes written``
+#: (see ``QIOChannel.io_write_fd``), or None with the Python core.
+write_direct: Callable[[int, list[memoryview]], int] | None = None
+if ACCELERATED:
+    from ._speedups import write_direct

@@ -13,6 +13,7 @@ those of ``qio_channel_writev_all``/``qio_channel_read``.
 
 from __future__ import annotations
 
+from ._qemufile_core import write_direct
 from .channel import ERR_BLOCK, QIOChannel, ReadFlag, WriteFlag, _advance
 from .errors import ChannelError, from_oserror
 from .watch import Condition
@@ -23,24 +24,35 @@ _NO_READ_FLAGS = ReadFlag(0)
 _NO_WRITE_FLAGS = WriteFlag(0)
 
 
-def write_all(ioc: QIOChannel, iov: list[memoryview], total: int) -> None:
+def write_all(
+    ioc: QIOChannel, iov: list[memoryview], total: int, written: int | None = None
+) -> None:
     """Write the ``total`` bytes of the byte views ``iov`` (one vectored write when possible).
+
+    With the C core, a channel with an :meth:`~QIOChannel.io_write_fd` is
+    written directly, without the GIL.  ``written`` says a direct write
+    already sent that many bytes of ``iov``: only the rest goes out, through
+    ``writev_all``.
 
     Raises:
         ChannelError: the write failed or the channel is closed.
     """
-    if ioc.closed:
-        ioc.writev_all(iov)  # raises the channel's "closed" error
-        return
-    try:
-        done = ioc.io_writev(iov, (), _NO_WRITE_FLAGS)
-    except ChannelError:
-        raise
-    except OSError as exc:
-        raise from_oserror("Unable to write to channel", exc) from exc
-    if done == total:
-        return
-    ioc.writev_all(_advance(iov, done) if done > 0 else iov)
+    if written is None:
+        if ioc.closed:
+            ioc.writev_all(iov)  # raises the channel's "closed" error
+            return
+        try:
+            fd = ioc.io_write_fd() if write_direct is not None else -1
+            if fd >= 0 and write_direct is not None:
+                written = write_direct(fd, iov)
+            else:
+                written = ioc.io_writev(iov, (), _NO_WRITE_FLAGS)
+        except ChannelError:
+            raise
+        except OSError as exc:
+            raise from_oserror("Unable to write to channel", exc) from exc
+    if written != total:
+        ioc.writev_all(_advance(iov, written) if written > 0 else iov)
 
 
 def read_once(ioc: QIOChannel, target: memoryview) -> int:

@@ -253,8 +253,12 @@ class OutputMixin(QEMUFileBase):
         if self._writable and not self._error:
             self._flush()
 
-    def _flush(self) -> None:
-        """fflush for an open, error-free output stream."""
+    def _flush(self, written: int | None = None) -> None:
+        """fflush for an open, error-free output stream.
+
+        ``written`` is set by the C core after its direct write sent that many
+        bytes of the queue (open segment included) and stopped short.
+        """
         iov = self._iov
         i = self._index
         seg = self._seg
@@ -264,7 +268,7 @@ class OutputMixin(QEMUFileBase):
             pending += i - seg
         if iov:
             try:
-                write_all(self._ioc, iov, pending)
+                write_all(self._ioc, iov, pending, written)
             except OSError as exc:
                 self._latch(-errno.EIO, exc)
             else:

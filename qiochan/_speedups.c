@@ -24,17 +24,24 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define IO_BUF_SIZE 32768
 #define MAX_IOV_LIMIT 64
+/* Most views written in one direct_write: a full queue plus the open segment, with room. */
+#define DIRECT_MAX_VIEWS (2 * MAX_IOV_LIMIT)
 
 static Py_ssize_t max_iov_size = MAX_IOV_LIMIT;
 
 /* Interned method names and width constants, made once at import. */
 static PyObject *str_put_value, *str_put_buffer_slow, *str_put_buffer_async_slow;
 static PyObject *str_get_value, *str_get_in_place_slow, *str_flush, *str_read_into;
+static PyObject *str_ioc, *str_io_write_fd;
 static PyObject *width_obj[9];
 
 typedef struct {
@@ -44,6 +51,7 @@ typedef struct {
     Py_ssize_t seg;       /* start of the writer's open buffer segment */
     Py_ssize_t fast_end;  /* writers take the fast path while index + n < fast_end */
     Py_ssize_t iov_bytes; /* bytes in the queued iovecs */
+    Py_ssize_t total;     /* bytes written to (or read from) the channel */
     char reading;         /* an open input stream: the fast paths may refill */
     PyObject *buf;        /* bytearray of IO_BUF_SIZE bytes */
     PyObject *view;       /* memoryview(buf) */
@@ -51,6 +59,8 @@ typedef struct {
     PyObject *free_list;  /* indices in iov of may_free buffers */
     Py_buffer export;     /* held for the object's lifetime: buf cannot be resized */
     unsigned char *data;  /* export.buf */
+    int nspare;           /* recycled segment views in spare (see recycle_segments) */
+    PyObject *spare[MAX_IOV_LIMIT];
 } Core;
 
 /* -- helpers ------------------------------------------------------------------ */
@@ -83,6 +93,252 @@ read_fits(Core *self, Py_ssize_t n)
 {
     Py_ssize_t i = self->index, size = self->size;
     return i >= 0 && i <= size && size <= IO_BUF_SIZE && n <= size - i;
+}
+
+/* -- segment views ------------------------------------------------------------------- */
+
+/*
+ * Each page put_buffer_async queues is preceded by a view of the buffer
+ * segment before it (the page header): one new memoryview per page, which
+ * costs as much as the rest of the call.  A successful flush therefore keeps
+ * the segment views of the queue it drops when nothing else can see them,
+ * and segment_view points a kept one at the new segment instead of slicing.
+ */
+
+/* A view of data[seg:i] (0 <= seg < i <= IO_BUF_SIZE), or NULL with an exception. */
+static PyObject *
+segment_view(Core *self, Py_ssize_t seg, Py_ssize_t i)
+{
+    if (self->nspare > 0) {
+        PyObject *view = self->spare[--self->nspare];
+        Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+        b->buf = self->data + seg;
+        b->len = i - seg;
+        b->shape[0] = i - seg;
+        return view;
+    }
+    return PySequence_GetSlice(self->view, seg, i);
+}
+
+/*
+ * Keep the views of queue (a list about to be freed, that nothing else holds)
+ * that are one-dimensional byte slices of this file's buffer referenced only
+ * by queue: no exports, no weak references.  They are writable (a bytearray's),
+ * so memoryview never cached a hash for them, and whatever happens to them
+ * later, they point into the buffer they keep alive.
+ */
+static void
+recycle_segments(Core *self, PyObject *queue)
+{
+    PyMemoryViewObject *own = (PyMemoryViewObject *)self->view;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(queue) && self->nspare < MAX_IOV_LIMIT; k++) {
+        PyObject *item = PyList_GET_ITEM(queue, k);
+        if (!Py_IS_TYPE(item, &PyMemoryView_Type) || Py_REFCNT(item) != 1) {
+            continue;
+        }
+        PyMemoryViewObject *view = (PyMemoryViewObject *)item;
+        if (view->mbuf == own->mbuf && view->exports == 0 && view->weakreflist == NULL
+            && !(view->flags & _Py_MEMORYVIEW_RELEASED) && view->view.ndim == 1
+            && view->view.itemsize == 1 && view->view.strides[0] == 1 && !view->view.readonly
+            && view->view.suboffsets == NULL) {
+            Py_INCREF(item);
+            self->spare[self->nspare++] = item;
+        }
+    }
+}
+
+/* -- direct writes ------------------------------------------------------------------ */
+
+/*
+ * Pin the memoryview item for a write without the GIL, as PyObject_GetBuffer
+ * would (a strong reference, and an export that makes release() refuse), and
+ * return its buffer; NULL (no exception) when it is not a live C-contiguous
+ * memoryview.
+ */
+static Py_buffer *
+pin_view(PyObject *item)
+{
+    if (!PyMemoryView_Check(item)) {
+        return NULL;
+    }
+    PyMemoryViewObject *view = (PyMemoryViewObject *)item;
+    if ((view->flags & _Py_MEMORYVIEW_RELEASED) || !(view->flags & _Py_MEMORYVIEW_C)) {
+        return NULL;
+    }
+    Py_INCREF(item);
+    view->exports++;
+    return &view->view;
+}
+
+static void
+unpin_view(PyObject *item)
+{
+    ((PyMemoryViewObject *)item)->exports--;
+    Py_DECREF(item);
+}
+
+/*
+ * Write the memoryviews of the list iov, then tail_len bytes at tail (memory
+ * the caller keeps alive), to fd, the GIL released: sendmsg(2) with
+ * MSG_NOSIGNAL, or writev(2) when fd is not a socket (ENOTSOCK), as the
+ * socket and file channels' io_writev do.  Partial writes continue; the first
+ * error, EINTR or EAGAIN stops, and is left to the caller's normal path
+ * (writev_all), which repeats the call and raises, retries or waits exactly
+ * as the channel does.  So anything unusual (an item that is not a
+ * contiguous memoryview, more than DIRECT_MAX_VIEWS items) writes nothing.
+ *
+ * Every view is pinned (pin_view) while the GIL is released, so no other
+ * thread can release or free what the kernel is reading.
+ *
+ * Returns the bytes written (0 when nothing was); never fails.
+ */
+static Py_ssize_t
+direct_write(int fd, PyObject *iov, const unsigned char *tail, Py_ssize_t tail_len)
+{
+    PyObject *pinned[DIRECT_MAX_VIEWS];
+    struct iovec vec[DIRECT_MAX_VIEWS + 1];
+    Py_ssize_t taken = 0, count = PyList_GET_SIZE(iov), done = 0, first = 0;
+    int use_sendmsg = 1;
+
+    if (count > DIRECT_MAX_VIEWS) {
+        return 0;
+    }
+    for (; taken < count; taken++) {
+        /* pinning runs no Python code: the list stays put */
+        PyObject *item = PyList_GET_ITEM(iov, taken);
+        Py_buffer *b = pin_view(item);
+        if (b == NULL) {
+            goto release; /* released, strided...: the normal path raises the error */
+        }
+        pinned[taken] = item;
+        vec[taken].iov_base = b->buf;
+        vec[taken].iov_len = (size_t)b->len;
+    }
+    if (tail_len > 0) {
+        vec[count].iov_base = (void *)tail;
+        vec[count++].iov_len = (size_t)tail_len;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    while (first < count) {
+        int n = (int)(count - first < IOV_MAX ? count - first : IOV_MAX);
+        ssize_t r;
+        if (use_sendmsg) {
+            struct msghdr msg = {.msg_iov = vec + first, .msg_iovlen = (size_t)n};
+            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+            if (r < 0 && errno == ENOTSOCK) {
+                use_sendmsg = 0;
+                continue;
+            }
+        }
+        else {
+            r = writev(fd, vec + first, n);
+        }
+        if (r <= 0) {
+            break; /* error, EINTR, EAGAIN: left to the normal path */
+        }
+        done += r;
+        size_t left = (size_t)r;
+        while (first < count && left >= vec[first].iov_len) {
+            left -= vec[first].iov_len;
+            first++;
+        }
+        if (left > 0) {
+            vec[first].iov_base = (char *)vec[first].iov_base + left;
+            vec[first].iov_len -= left;
+        }
+    }
+    Py_END_ALLOW_THREADS
+release:
+    for (Py_ssize_t k = 0; k < taken; k++) {
+        unpin_view(pinned[k]);
+    }
+    return done;
+}
+
+
+/*
+ * The flush the fast paths trigger (a full buffer or iovec queue): the common
+ * case of the Python _flush, in C.  When the channel has an io_write_fd and
+ * the queue holds no may_free pages, the queue and the open segment are
+ * written with direct_write; if everything went out, the state is reset as
+ * _flush resets it.  Anything else calls the Python _flush: _flush() when no
+ * direct write was tried (no fd, may_free pages), _flush(written) after a short
+ * one (an error, EINTR, EAGAIN), which writes the rest through writev_all,
+ * waits and latches errors: the semantics stay in Python.
+ */
+static int
+core_flush(Core *self)
+{
+    PyObject *result, *fresh = NULL, *ioc, *fdobj, *iov;
+    Py_ssize_t done = -1; /* -1: no direct write was attempted */
+    long fd;
+
+    ioc = PyObject_GetAttr((PyObject *)self, str_ioc);
+    if (ioc == NULL) {
+        return -1;
+    }
+    fdobj = PyObject_CallMethodNoArgs(ioc, str_io_write_fd);
+    Py_DECREF(ioc);
+    if (fdobj == NULL) {
+        return -1;
+    }
+    fd = PyLong_Check(fdobj) ? PyLong_AsLong(fdobj) : -1;
+    Py_DECREF(fdobj);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (fd > INT_MAX) {
+        fd = -1;
+    }
+    /* allocate before looking at the state: a collection may run Python code */
+    fresh = fd >= 0 ? PyList_New(0) : NULL;
+    if (fd >= 0 && fresh == NULL) {
+        return -1;
+    }
+    Py_ssize_t i = self->index, seg = self->seg, pending = self->iov_bytes;
+    iov = self->iov;
+    if (fresh != NULL && self->fast_end > 0 && !self->reading && iov != NULL
+        && PyList_CheckExact(iov) && self->free_list != NULL && PyList_CheckExact(self->free_list)
+        && PyList_GET_SIZE(self->free_list) == 0 && seg >= 0 && seg <= i && i <= IO_BUF_SIZE
+        && pending >= 0 && pending <= PY_SSIZE_T_MAX - IO_BUF_SIZE) {
+        pending += i - seg;
+        Py_INCREF(iov);
+        done = direct_write((int)fd, iov, self->data + seg, i - seg);
+        if (done == pending) {
+            /* everything went out: reset as _flush does, then drop the old queue */
+            self->total += pending;
+            self->iov_bytes = 0;
+            self->index = self->seg = 0;
+            self->fast_end = IO_BUF_SIZE;
+            PyObject *old = self->iov;
+            self->iov = fresh;
+            if (old == iov && Py_REFCNT(iov) == 2) {
+                recycle_segments(self, iov); /* only old and iov hold the queue */
+            }
+            Py_XDECREF(old);
+            Py_DECREF(iov);
+            return 0;
+        }
+        Py_DECREF(iov);
+    }
+    Py_XDECREF(fresh);
+    if (done < 0) {
+        PyObject *args[1] = {(PyObject *)self};
+        result = PyObject_VectorcallMethod(str_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    else {
+        PyObject *written = PyLong_FromSsize_t(done);
+        if (written == NULL) {
+            return -1;
+        }
+        result = call_slow1(self, str_flush, written);
+        Py_DECREF(written);
+    }
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
 }
 
 /* -- writers ---------------------------------------------------------------------- */
@@ -136,14 +392,8 @@ put_through(Core *self, const char *src, Py_ssize_t n)
         self->index = i + chunk;
         src += chunk;
         n -= chunk;
-        if (self->index == IO_BUF_SIZE) {
-            PyObject *args[1] = {(PyObject *)self};
-            PyObject *r = PyObject_VectorcallMethod(
-                str_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            if (r == NULL) {
-                return -1;
-            }
-            Py_DECREF(r);
+        if (self->index == IO_BUF_SIZE && core_flush(self) < 0) {
+            return -1;
         }
     }
     return 0;
@@ -263,7 +513,7 @@ Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     seg = self->seg;
     if (seg >= 0 && seg < i && i <= IO_BUF_SIZE) {
         /* the open buffer segment is closed: it goes before the caller's buffer */
-        segment = PySequence_GetSlice(self->view, seg, i);
+        segment = segment_view(self, seg, i);
         if (segment == NULL) {
             Py_DECREF(view);
             return NULL;
@@ -297,9 +547,10 @@ Core_put_buffer_async(Core *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     Py_DECREF(iov);
     if (count >= max_iov_size - 1) {
         if (count >= max_iov_size) {
-            PyObject *args1[1] = {(PyObject *)self};
-            return PyObject_VectorcallMethod(
-                str_flush, args1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (core_flush(self) < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
         }
         self->fast_end = 0;
     }
@@ -468,6 +719,9 @@ Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->view);
     Py_VISIT(self->iov);
     Py_VISIT(self->free_list);
+    for (int k = 0; k < self->nspare; k++) {
+        Py_VISIT(self->spare[k]);
+    }
     return 0;
 }
 
@@ -476,6 +730,10 @@ Core_clear(Core *self)
 {
     Py_CLEAR(self->iov);
     Py_CLEAR(self->free_list);
+    while (self->nspare > 0) {
+        self->nspare--; /* not inside Py_CLEAR: it evaluates its argument twice */
+        Py_CLEAR(self->spare[self->nspare]);
+    }
     return 0;
 }
 
@@ -548,6 +806,7 @@ static PyMemberDef Core_members[] = {
     {"_seg", T_PYSSIZET, offsetof(Core, seg), 0, NULL},
     {"_fast_end", T_PYSSIZET, offsetof(Core, fast_end), 0, NULL},
     {"_iov_bytes", T_PYSSIZET, offsetof(Core, iov_bytes), 0, NULL},
+    {"_total", T_PYSSIZET, offsetof(Core, total), 0, NULL},
     {"_reading", T_BOOL, offsetof(Core, reading), 0, NULL},
     {"_buf", T_OBJECT, offsetof(Core, buf), READONLY, NULL},
     {"_view", T_OBJECT, offsetof(Core, view), READONLY, NULL},
@@ -575,6 +834,29 @@ static PyType_Spec Core_spec = {
     .slots = Core_slots,
 };
 
+static PyObject *
+speedups_write_direct(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "write_direct(fd, iov) takes an int and a list");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(direct_write(fd, args[1], NULL, 0));
+}
+
+static PyMethodDef speedups_functions[] = {
+    {"write_direct", (PyCFunction)(void (*)(void))speedups_write_direct, METH_FASTCALL,
+     PyDoc_STR("write_direct($module, fd, iov, /)\n--\n\n"
+               "Write the memoryviews of the list iov to fd without the GIL; return the bytes\n"
+               "written before the first error, EINTR or EAGAIN (0 if none).")},
+    {NULL, NULL, 0, NULL},
+};
+
 /* -- the module ---------------------------------------------------------------------- */
 
 static int
@@ -591,6 +873,8 @@ intern_names(void)
         {&str_get_in_place_slow, "_get_in_place_slow"},
         {&str_flush, "_flush"},
         {&str_read_into, "_read_into"},
+        {&str_ioc, "_ioc"},
+        {&str_io_write_fd, "io_write_fd"},
     };
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         if (*names[k].slot == NULL) {
@@ -639,6 +923,7 @@ static struct PyModuleDef speedups_module = {
     .m_name = "qiochan._speedups",
     .m_doc = "C fast paths of QEMUFile (see qiochan/_qemufile_core.py for the Python twin).",
     .m_size = 0,
+    .m_methods = speedups_functions,
     .m_slots = speedups_slots,
 };
 

@@ -5,6 +5,9 @@ from typing import Any
 IO_BUF_SIZE: int
 MAX_IOV_SIZE: int
 
+def write_direct(fd: int, iov: list[memoryview], /) -> int:
+    """Write the views to ``fd`` without the GIL; return the bytes written before any error."""
+
 class QEMUFileCore:
     """The state and fast paths of a QEMUFile: the C twin of ``_qemufile_core.QEMUFileCore``."""
 
@@ -16,6 +19,7 @@ class QEMUFileCore:
     _fast_end: int
     _iov: list[memoryview]
     _iov_bytes: int
+    _total: int
     _free: list[int]
     _reading: bool
     def put_byte(self, v: int, /) -> None: ...

@@ -769,6 +769,20 @@ class QIOChannel:
         """Backend: write ``iov`` (with ``fds``); return bytes written or ERR_BLOCK."""
         raise NotImplementedError(f"{type(self).__name__} must implement io_writev")
 
+    def io_write_fd(self) -> int:
+        """Backend (optional): the fd a plain write may bypass ``io_writev`` through, or -1.
+
+        Return a file descriptor only when ``writev(2)`` of bytes on it (or
+        ``sendmsg(2)`` with ``MSG_NOSIGNAL``, for a socket) does exactly what
+        ``io_writev(iov, (), WriteFlag(0))`` would: no framing, encryption or
+        bookkeeping in between.  It is asked again before every such write,
+        so return -1 once the channel is closed.  QEMUFile's C core writes its
+        flushes this way; a short write, an error or a would-block then goes
+        through ``writev_all`` as usual.  The default, -1, always uses
+        ``io_writev``.
+        """
+        return -1
+
     def io_close(self) -> None:
         """Backend: release the OS objects."""
         raise NotImplementedError(f"{type(self).__name__} must implement io_close")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import qiochan._qemufile_io
 from qiochan import QEMUFile
 from qiochan._qemufile_core import ACCELERATED, python_fast_paths
 
@@ -63,6 +64,7 @@ def qemufile_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if core == "python":
         for name, method in python_fast_paths().items():
             monkeypatch.setattr(QEMUFile, name, method)
+        monkeypatch.setattr(qiochan._qemufile_io, "write_direct", None)
     return core
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import array
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -26,9 +29,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_qemufile_support import ScriptedChannel
 
-from qiochan import QEMUFile
+import qiochan._qemufile_io
+from qiochan import QEMUFile, QIOChannel
 from qiochan import _qemufile_core as core
+from qiochan._qemufile_core import MAX_IOV_SIZE
+from qiochan.channel import WriteFlag
+from qiochan_file import QIOChannelFile
 from qiochan_memory import QIOChannelNull
+from qiochan_socket import QIOChannelSocket
 
 needs_c = pytest.mark.skipif(not core.ACCELERATED, reason="the C speedups are not built")
 
@@ -315,10 +323,18 @@ def test_the_buffer_cannot_be_resized() -> None:
     f.fclose()
 
 
-def test_a_file_in_a_reference_cycle_is_collected() -> None:
-    f = QEMUFile.new_output(QIOChannelNull())
+def dev_null() -> QIOChannel:
+    """A file channel writing to /dev/null: it has an fd, so flushes are direct writes."""
+    return QIOChannelFile.new_path("/dev/null", os.O_WRONLY)
+
+
+@pytest.mark.parametrize("sink", [QIOChannelNull, dev_null])
+def test_a_file_in_a_reference_cycle_is_collected(sink: Callable[[], QIOChannel]) -> None:
+    f = QEMUFile.new_output(sink())
     page = memoryview(bytearray(4096))
-    f.put_buffer_async(page)
+    for _ in range(MAX_IOV_SIZE):  # flushes, and with an fd keeps views for reuse
+        f.put_be64(1)
+        f.put_buffer_async(page)
     f.cycle = f  # type: ignore[attr-defined]
     ref = weakref.ref(f)
     del f
@@ -326,13 +342,14 @@ def test_a_file_in_a_reference_cycle_is_collected() -> None:
     assert ref() is None
 
 
-def test_fast_paths_do_not_leak() -> None:
+@pytest.mark.parametrize("sink", [QIOChannelNull, dev_null])
+def test_fast_paths_do_not_leak(sink: Callable[[], QIOChannel]) -> None:
     """Fast-path calls, flushes, refills and rejected values leave nothing allocated."""
     pages = [memoryview(bytearray(4096)) for _ in range(64)]
     data = bytes(range(256)) * 16 * 64
 
     def workload() -> None:
-        f = QEMUFile.new_output(QIOChannelNull())
+        f = QEMUFile.new_output(sink())
         for round_ in range(40):
             for n, page in enumerate(pages):
                 f.put_be64(round_ * 64 + n)
@@ -362,3 +379,131 @@ def test_fast_paths_do_not_leak() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024, f"{grown} bytes still allocated"
+
+
+# -- direct writes ------------------------------------------------------------------------------
+
+
+class CountingSocket(QIOChannelSocket):
+    """A socket channel counting the writes that went through io_writev."""
+
+    io_writes = 0
+
+    def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        self.io_writes += 1
+        return super().io_writev(iov, fds, flags)
+
+
+class NoFdSocket(QIOChannelSocket):
+    """A socket channel that offers no fd for direct writes: every write is an io_writev."""
+
+    def io_write_fd(self) -> int:
+        return -1
+
+
+def _drain(sock: socket.socket) -> tuple[threading.Thread, bytearray]:
+    received = bytearray()
+
+    def run() -> None:
+        while chunk := sock.recv(65536):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, received
+
+
+def _collect(thread: threading.Thread, sock: socket.socket) -> None:
+    thread.join(30)
+    sock.close()
+    assert not thread.is_alive(), "the reader hung"
+
+
+@needs_c
+def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flushes of a channel with an io_write_fd bypass io_writev; the Python core's do not."""
+    for direct in (True, False):
+        if not direct:
+            monkeypatch.setattr(qiochan._qemufile_io, "write_direct", None)
+        ours, theirs = socket.socketpair()
+        reader, received = _drain(theirs)
+        ioc = CountingSocket.from_socket(ours)
+        f = (QEMUFile if direct else PyQEMUFile).new_output(ioc)
+        expected = bytearray()
+        for n in range(200):
+            f.put_be64(n)
+            f.put_buffer_async(POOL[n : n + 4096])
+            f.put_buffer(POOL[:100])
+            expected += n.to_bytes(8, "big") + POOL[n : n + 4096] + POOL[:100]
+        f.fflush()
+        writes = ioc.io_writes
+        assert f.fclose() == 0
+        _collect(reader, theirs)
+        assert received == expected
+        if direct:
+            assert writes == 0
+        else:
+            assert writes >= 200 * 2 // MAX_IOV_SIZE
+
+
+@needs_c
+def test_write_direct_writes_nothing_it_cannot_pin() -> None:
+    """Anything but live contiguous memoryviews (or too many) is left to io_writev."""
+    assert core.write_direct is not None
+    read_end, write_end = os.pipe()
+    try:
+        released = memoryview(b"gone")
+        released.release()
+        for iov in (
+            [memoryview(b"ok"), b"bytes"],
+            [memoryview(b"ok"), released],
+            [memoryview(b"ok"), memoryview(b"strided")[::2]],
+            [memoryview(b"x")] * 129,
+        ):
+            assert core.write_direct(write_end, iov) == 0  # type: ignore[arg-type]
+        assert core.write_direct(read_end, [memoryview(b"wrong end")]) == 0  # EBADF
+        assert (
+            core.write_direct(write_end, [memoryview(b"a"), memoryview(b""), memoryview(b"bc")])
+            == 3
+        )
+        assert os.read(read_end, 100) == b"abc"
+        with pytest.raises(TypeError):
+            core.write_direct(write_end, (memoryview(b"a"),))  # type: ignore[arg-type]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@needs_c
+def test_write_direct_stops_at_a_full_non_blocking_socket() -> None:
+    assert core.write_direct is not None
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        page = memoryview(bytes(65536))
+        total = 0
+        while (n := core.write_direct(ours.fileno(), [page, page])) > 0:
+            total += n
+        assert total > 0
+        assert core.write_direct(ours.fileno(), [page]) == 0  # EAGAIN: nothing, no exception
+
+
+@needs_c
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(_write_ops, max_size=60), blocking=st.booleans())
+def test_writers_match_over_sockets(ops: list[tuple[str, Any]], blocking: bool) -> None:
+    """Over real sockets: same results, same bytes (C core direct, Python core io_writev)."""
+    streams = []
+    for cls, channel_cls in ((QEMUFile, QIOChannelSocket), (PyQEMUFile, NoFdSocket)):
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        reader, received = _drain(theirs)
+        ioc = channel_cls.from_socket(ours)
+        ioc.set_blocking(blocking)
+        streams.append((cls.new_output(ioc), reader, theirs, received))
+    for op, arg in ops:
+        assert outcome(streams[0][0], op, arg) == outcome(streams[1][0], op, arg), (op, arg)
+    assert streams[0][0].fclose() == streams[1][0].fclose() == 0
+    for _f, reader, theirs, _received in streams:
+        _collect(reader, theirs)
+    assert streams[0][3] == streams[1][3]

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import weakref
 from collections.abc import Sequence
 
 import pytest
 from test_qemufile_support import ScriptedChannel
 
 from qiochan import ChannelError, QEMUFile
+from qiochan._qemufile_core import MAX_IOV_SIZE
 from qiochan._qemufile_io import read_once, write_all
 from qiochan.channel import ReadFlag, WriteFlag
+from qiochan_file import file_pipe
+from qiochan_socket import QIOChannelSocket, socket_pair
 
 pytestmark = pytest.mark.usefixtures("qemufile_core")
 
@@ -78,3 +88,170 @@ def test_read_once_waits_while_the_channel_would_block() -> None:
     assert target == b"abc"
     assert channel.blocked == 1
     assert read_once(channel, memoryview(target)) == 0
+
+
+# -- direct writes (QIOChannel.io_write_fd) --------------------------------------------------
+
+PAGE = 4096
+
+
+def page_stream(f: QEMUFile, pages: int) -> bytes:
+    """Write ``pages`` header+page records QEMU's way (plus a copied trailer); return the bytes."""
+    expected = bytearray()
+    for n in range(pages):
+        page = bytes([n % 251]) * PAGE
+        f.put_be64(n)
+        f.put_buffer_async(page)
+        expected += n.to_bytes(8, "big") + page
+        if n % 5 == 0:
+            f.put_buffer(page[:300])
+            expected += page[:300]
+    return bytes(expected)
+
+
+def drain(sock: socket.socket, into: bytearray) -> threading.Thread:
+    """Start a thread reading ``sock`` into ``into`` until EOF; return it."""
+
+    def run() -> None:
+        while chunk := sock.recv(65536):
+            into.extend(chunk)
+
+    thread = threading.Thread(target=run, name="drain", daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_a_socket_stream_arrives_intact_through_short_writes(
+    blocking: bool, no_fd_leak: None
+) -> None:
+    """A 4 KiB send buffer makes every flush a short write (or a would-block)."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    received = bytearray()
+    reader = drain(theirs, received)
+    ioc = QIOChannelSocket.from_socket(ours)
+    ioc.set_blocking(blocking)
+    f = QEMUFile.new_output(ioc)
+    expected = page_stream(f, 300)
+    assert f.fclose() == 0
+    reader.join(30)
+    theirs.close()
+    assert not reader.is_alive()
+    assert received == expected
+
+
+def test_a_pipe_file_channel_is_written_with_writev(no_fd_leak: None) -> None:
+    """A file channel's fd is no socket: the direct write falls back from sendmsg to writev."""
+    writer, reader = file_pipe()
+    received = bytearray()
+
+    def run() -> None:
+        while chunk := os.read(reader.fd, 65536):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    f = QEMUFile.new_output(writer)
+    expected = page_stream(f, 100)
+    assert f.fclose() == 0
+    thread.join(30)
+    reader.close()
+    assert received == expected
+
+
+def test_a_peer_that_went_away_latches_eio(no_fd_leak: None) -> None:
+    ours, theirs = socket_pair()
+    theirs.close()
+    f = QEMUFile.new_output(ours)
+    page_stream(f, 40)  # more than one flush
+    ret, exc = f.get_error_obj()
+    assert ret == -errno.EIO
+    assert isinstance(exc, ChannelError) and exc.errno == errno.EPIPE
+    assert f.fclose() == -errno.EIO
+
+
+def test_no_sigpipe_when_the_peer_went_away() -> None:
+    """sendmsg with MSG_NOSIGNAL: a process that did not ignore SIGPIPE survives."""
+    script = textwrap.dedent(
+        """
+        import errno, signal
+        from qiochan import QEMUFile
+        from qiochan_socket import socket_pair
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        ours, theirs = socket_pair()
+        theirs.close()
+        f = QEMUFile.new_output(ours)
+        for n in range(100):
+            f.put_be64(n)
+            f.put_buffer_async(bytes(4096))
+        assert f.fclose() == -errno.EIO
+        print("survived")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "survived"
+
+
+def test_a_channel_closed_under_the_file_is_never_written_directly(no_fd_leak: None) -> None:
+    """io_write_fd is asked at every flush: a reused fd number receives nothing."""
+    ours, theirs = socket_pair()
+    f = QEMUFile.new_output(ours)
+    f.put_be64(1)
+    old_fd = ours.fd
+    read_end, write_end = os.pipe()
+    ours.close()
+    os.dup2(write_end, old_fd)  # the old number now writes into an unrelated pipe
+    try:
+        page_stream(f, 40)
+        ret, exc = f.get_error_obj()
+        assert ret == -errno.EIO
+        assert isinstance(exc, ChannelError) and exc.errno == errno.EBADF
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+    finally:
+        for fd in (old_fd, read_end, write_end):
+            os.close(fd)
+        f.fclose()
+        theirs.close()
+
+
+def test_views_held_across_a_flush_are_never_reused(no_fd_leak: None) -> None:
+    """A flush may reuse the queue's views of the buffer, but never ones anything still sees.
+
+    A held view keeps showing the same 8 bytes of the buffer (whose contents
+    change as the buffer is reused), never another range.
+    """
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+    reader = drain(theirs, received)
+    f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
+    half = MAX_IOV_SIZE // 2
+    for n in range(half - 1):
+        f.put_be64(n)
+        f.put_buffer_async(bytes(PAGE))
+    queue = f._iov  # the whole queue, held while the next page fills it
+    f.put_be64(half - 1)
+    f.put_buffer_async(bytes(PAGE))
+    assert f._iov is not queue and len(queue) == MAX_IOV_SIZE  # flushed
+    f.put_be64(0xDDDD)
+    f.put_buffer_async(bytes(PAGE))
+    held = f._iov[0]  # one view, held
+    f.put_be64(0xEEEE)
+    f.put_buffer_async(bytes(PAGE))
+    watched = weakref.ref(f._iov[2])  # one view, only watched
+    expected = [(queue[2 * n], 8 * n) for n in range(half)] + [(held, 0)]
+    for _ in range(3):
+        page_stream(f, 40)  # several flushes, each reusing what it can
+        for view, start in expected:
+            assert view.nbytes == 8
+            assert bytes(view) == f._buf[start : start + 8]
+    assert watched() is None
+    assert f.fclose() == 0
+    reader.join(30)
+    theirs.close()
+    assert received[:8] == bytes(8)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pipechannel import PipeChannel, pipe_pair
 
-from qiochan import Condition, QIOChannel, ReadFlag, WriteFlag
+from qiochan import ERR_BLOCK, Condition, QIOChannel, ReadFlag, WriteFlag
 from qiochan.testing import (
     ONE_WAY_CHECKS,
     TWO_WAY_CHECKS,
@@ -97,6 +97,35 @@ def test_kit_catches_missing_readiness(short_timeout: None, no_fd_leak: None) ->
         )
     with pytest.raises(AssertionError, match=r"watch|finish"):
         run_check("watch_in", lambda: broken_pair(DeafPipe, broken_writer=False), two_way=False)
+
+
+class StaleFdPipe(PipeChannel):
+    """Offers its fd for direct writes, and keeps offering it after close."""
+
+    def io_write_fd(self) -> int:
+        return self.fd
+
+
+class ForwardingLayer(PipeChannel):
+    """A 'layer' that frames its writes yet offers the raw fd: direct writes skip the framing."""
+
+    def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        data = b"".join(iov)
+        framed = memoryview(b"<" + data + b">")
+        n = super().io_writev([framed], fds, flags)
+        return len(data) if n == framed.nbytes else ERR_BLOCK
+
+    def io_write_fd(self) -> int:
+        return self.fd
+
+
+def test_kit_catches_a_bad_write_fd(short_timeout: None, no_fd_leak: None) -> None:
+    with pytest.raises(AssertionError, match="-1 once the channel is closed"):
+        run_check("write_fd", lambda: broken_pair(StaleFdPipe, broken_writer=True), two_way=False)
+    with pytest.raises(AssertionError, match="the peer read"):
+        run_check(
+            "write_fd", lambda: broken_pair(ForwardingLayer, broken_writer=True), two_way=False
+        )
 
 
 def test_kit_catches_false_eof(short_timeout: None, no_fd_leak: None) -> None:

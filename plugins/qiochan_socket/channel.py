@@ -401,6 +401,10 @@ class QIOChannelSocket(QIOChannel):
 
     # -- the backend contract --------------------------------------------------------------
 
+    def io_write_fd(self) -> int:
+        """Return the fd plain writes may go to directly (io_writev adds nothing), or -1."""
+        return self.fd
+
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:

@@ -448,6 +448,22 @@ def check_async_transfer(factory: PairFactory) -> None:
         assert received == data, _describe_mismatch(data, bytes(received))
 
 
+def check_write_fd(factory: PairFactory) -> None:
+    """io_write_fd is -1, or an fd whose plain writes the peer reads; -1 once closed."""
+    with _pair(factory) as (writer, reader):
+        fd = writer.io_write_fd()
+        if fd < 0:
+            assert fd == -1, f"io_write_fd returned {fd}: an fd or -1"
+            return
+        assert os.write(fd, b"direct, ") == 8
+        writer.write_all(b"then io_writev")
+        buf = bytearray(22)
+        reader.read_all(buf)
+        assert buf == b"direct, then io_writev", f"the peer read {bytes(buf)!r}"
+        writer.close()
+        assert writer.io_write_fd() == -1, "io_write_fd must return -1 once the channel is closed"
+
+
 def check_fd_passing(factory: PairFactory) -> None:
     """fds written with data arrive as new fds referring to the same files."""
     with _pair(factory) as (writer, reader):
@@ -521,6 +537,7 @@ ONE_WAY_CHECKS: dict[str, Check] = {
     "watch_out": check_watch_out,
     "removed_watch_never_fires": check_removed_watch_never_fires,
     "async_transfer": check_async_transfer,
+    "write_fd": check_write_fd,
     "fd_passing": check_fd_passing,
 }
 
