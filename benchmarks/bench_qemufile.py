@@ -18,9 +18,11 @@ Rows (``ratio`` = raw time / QEMUFile time, 1.0 = as fast as raw):
 
 Two more rows show where the zero-copy target sits: ``sendmsg`` of the very
 iovecs ``put_buffer_async`` queues (64 per call: header, page, header, ...)
-against the 32 KiB ``sendall``, i.e. the best any zero-copy writer could do
-here, and ``put_buffer_async`` against that ``sendmsg``.  (``writev_floor.c``
-measures the same floor from C, without Python.)  The title says
+against the 32 KiB ``sendall``, i.e. the best a zero-copy writer going
+through Python's ``sendmsg`` could do here, and ``put_buffer_async`` against
+that ``sendmsg``.  The C core writes those iovecs itself (the socket channel
+offers its fd through ``io_write_fd``), so it can beat that row;
+``writev_floor.c`` measures the kernel's own floor from C.  The title says
 which QEMUFile core ran (``QIOCHAN_NO_SPEEDUPS=1`` selects the Python one).
 """
 

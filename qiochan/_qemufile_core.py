@@ -330,8 +330,9 @@ def python_fast_paths() -> dict[str, Any]:
 
 Core, ACCELERATED = load_core()
 
-#: The C core's direct writer, ``write_direct(fd, views) -> bytes written``
-#: (see ``QIOChannel.io_write_fd``), or None with the Python core.
-write_direct: Callable[[int, list[memoryview]], int] | None = None
+#: The C core's direct writer, ``write_direct(channel, views)``: the bytes it
+#: wrote with one system call on ``channel.io_write_fd()``, or -1 when the
+#: channel offers no fd; None with the Python core.
+write_direct: Callable[[Any, list[memoryview]], int] | None = None
 if ACCELERATED:
     from ._speedups import write_direct

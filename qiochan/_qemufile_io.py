@@ -42,10 +42,8 @@ def write_all(
             ioc.writev_all(iov)  # raises the channel's "closed" error
             return
         try:
-            fd = ioc.io_write_fd() if write_direct is not None else -1
-            if fd >= 0 and write_direct is not None:
-                written = write_direct(fd, iov)
-            else:
+            written = write_direct(ioc, iov) if write_direct is not None else -1
+            if written < 0:  # no fd to write directly
                 written = ioc.io_writev(iov, (), _NO_WRITE_FLAGS)
         except ChannelError:
             raise

@@ -35,6 +35,9 @@
 #define MAX_IOV_LIMIT 64
 /* Most views written in one direct_write: a full queue plus the open segment, with room. */
 #define DIRECT_MAX_VIEWS (2 * MAX_IOV_LIMIT)
+#if defined(IOV_MAX) && IOV_MAX < DIRECT_MAX_VIEWS + 1
+#error "direct_write needs IOV_MAX >= DIRECT_MAX_VIEWS + 1"
+#endif
 
 static Py_ssize_t max_iov_size = MAX_IOV_LIMIT;
 
@@ -105,12 +108,35 @@ read_fits(Core *self, Py_ssize_t n)
  * and segment_view points a kept one at the new segment instead of slicing.
  */
 
+/*
+ * True when item is a one-dimensional byte slice of this file's buffer that
+ * only its single reference holder sees: no other reference, no exports, no
+ * weak references, not released.  Such a view is writable (a bytearray's), so
+ * memoryview never cached a hash for it.
+ */
+static int
+reusable(Core *self, PyObject *item)
+{
+    if (!Py_IS_TYPE(item, &PyMemoryView_Type) || Py_REFCNT(item) != 1) {
+        return 0;
+    }
+    PyMemoryViewObject *view = (PyMemoryViewObject *)item;
+    return view->mbuf == ((PyMemoryViewObject *)self->view)->mbuf && view->exports == 0
+        && view->weakreflist == NULL && !(view->flags & _Py_MEMORYVIEW_RELEASED)
+        && view->view.ndim == 1 && view->view.itemsize == 1 && view->view.strides[0] == 1
+        && !view->view.readonly && view->view.suboffsets == NULL;
+}
+
 /* A view of data[seg:i] (0 <= seg < i <= IO_BUF_SIZE), or NULL with an exception. */
 static PyObject *
 segment_view(Core *self, Py_ssize_t seg, Py_ssize_t i)
 {
-    if (self->nspare > 0) {
+    while (self->nspare > 0) {
         PyObject *view = self->spare[--self->nspare];
+        if (!reusable(self, view)) {
+            Py_DECREF(view); /* reached through gc.get_objects() meanwhile: not ours alone */
+            continue;
+        }
         Py_buffer *b = PyMemoryView_GET_BUFFER(view);
         b->buf = self->data + seg;
         b->len = i - seg;
@@ -120,27 +146,13 @@ segment_view(Core *self, Py_ssize_t seg, Py_ssize_t i)
     return PySequence_GetSlice(self->view, seg, i);
 }
 
-/*
- * Keep the views of queue (a list about to be freed, that nothing else holds)
- * that are one-dimensional byte slices of this file's buffer referenced only
- * by queue: no exports, no weak references.  They are writable (a bytearray's),
- * so memoryview never cached a hash for them, and whatever happens to them
- * later, they point into the buffer they keep alive.
- */
+/* Keep the reusable views of queue, a list about to be freed that nothing else holds. */
 static void
 recycle_segments(Core *self, PyObject *queue)
 {
-    PyMemoryViewObject *own = (PyMemoryViewObject *)self->view;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(queue) && self->nspare < MAX_IOV_LIMIT; k++) {
         PyObject *item = PyList_GET_ITEM(queue, k);
-        if (!Py_IS_TYPE(item, &PyMemoryView_Type) || Py_REFCNT(item) != 1) {
-            continue;
-        }
-        PyMemoryViewObject *view = (PyMemoryViewObject *)item;
-        if (view->mbuf == own->mbuf && view->exports == 0 && view->weakreflist == NULL
-            && !(view->flags & _Py_MEMORYVIEW_RELEASED) && view->view.ndim == 1
-            && view->view.itemsize == 1 && view->view.strides[0] == 1 && !view->view.readonly
-            && view->view.suboffsets == NULL) {
+        if (reusable(self, item)) {
             Py_INCREF(item);
             self->spare[self->nspare++] = item;
         }
@@ -177,15 +189,27 @@ unpin_view(PyObject *item)
     Py_DECREF(item);
 }
 
+/* The fd io_write_fd() returned, or -1 for anything that is not one. */
+static int
+as_write_fd(PyObject *fdobj)
+{
+    long fd = PyLong_Check(fdobj) ? PyLong_AsLong(fdobj) : -1;
+    if (fd == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return fd >= 0 && fd <= INT_MAX ? (int)fd : -1;
+}
+
 /*
  * Write the memoryviews of the list iov, then tail_len bytes at tail (memory
- * the caller keeps alive), to fd, the GIL released: sendmsg(2) with
- * MSG_NOSIGNAL, or writev(2) when fd is not a socket (ENOTSOCK), as the
- * socket and file channels' io_writev do.  Partial writes continue; the first
- * error, EINTR or EAGAIN stops, and is left to the caller's normal path
- * (writev_all), which repeats the call and raises, retries or waits exactly
- * as the channel does.  So anything unusual (an item that is not a
- * contiguous memoryview, more than DIRECT_MAX_VIEWS items) writes nothing.
+ * the caller keeps alive), to fd with one system call, the GIL released:
+ * sendmsg(2) with MSG_NOSIGNAL, or writev(2) when fd is not a socket
+ * (ENOTSOCK), as the socket and file channels' io_writev do.  A short write
+ * (a signal, a full non-blocking socket), EINTR, EAGAIN or an error is left to
+ * the caller's normal path (writev_all), which continues, retries after
+ * running signal handlers, waits or raises exactly as the channel does.
+ * Anything unusual (an item that is not a live contiguous memoryview, more
+ * than DIRECT_MAX_VIEWS items) writes nothing.
  *
  * Every view is pinned (pin_view) while the GIL is released, so no other
  * thread can release or free what the kernel is reading.
@@ -197,8 +221,8 @@ direct_write(int fd, PyObject *iov, const unsigned char *tail, Py_ssize_t tail_l
 {
     PyObject *pinned[DIRECT_MAX_VIEWS];
     struct iovec vec[DIRECT_MAX_VIEWS + 1];
-    Py_ssize_t taken = 0, count = PyList_GET_SIZE(iov), done = 0, first = 0;
-    int use_sendmsg = 1;
+    Py_ssize_t taken = 0, count = PyList_GET_SIZE(iov);
+    ssize_t r = 0;
 
     if (count > DIRECT_MAX_VIEWS) {
         return 0;
@@ -219,42 +243,39 @@ direct_write(int fd, PyObject *iov, const unsigned char *tail, Py_ssize_t tail_l
         vec[count++].iov_len = (size_t)tail_len;
     }
     Py_BEGIN_ALLOW_THREADS
-    while (first < count) {
-        int n = (int)(count - first < IOV_MAX ? count - first : IOV_MAX);
-        ssize_t r;
-        if (use_sendmsg) {
-            struct msghdr msg = {.msg_iov = vec + first, .msg_iovlen = (size_t)n};
-            r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-            if (r < 0 && errno == ENOTSOCK) {
-                use_sendmsg = 0;
-                continue;
-            }
-        }
-        else {
-            r = writev(fd, vec + first, n);
-        }
-        if (r <= 0) {
-            break; /* error, EINTR, EAGAIN: left to the normal path */
-        }
-        done += r;
-        size_t left = (size_t)r;
-        while (first < count && left >= vec[first].iov_len) {
-            left -= vec[first].iov_len;
-            first++;
-        }
-        if (left > 0) {
-            vec[first].iov_base = (char *)vec[first].iov_base + left;
-            vec[first].iov_len -= left;
-        }
+    struct msghdr msg = {.msg_iov = vec, .msg_iovlen = (size_t)count};
+    r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (r < 0 && errno == ENOTSOCK) {
+        r = writev(fd, vec, (int)count);
     }
     Py_END_ALLOW_THREADS
 release:
     for (Py_ssize_t k = 0; k < taken; k++) {
         unpin_view(pinned[k]);
     }
-    return done;
+    return r > 0 ? (Py_ssize_t)r : 0;
 }
 
+/* write_direct(ioc, iov): see the docstring in speedups_functions. */
+static PyObject *
+speedups_write_direct(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "write_direct(ioc, iov) takes a channel and a list");
+        return NULL;
+    }
+    PyObject *fdobj = PyObject_CallMethodNoArgs(args[0], str_io_write_fd);
+    if (fdobj == NULL) {
+        return NULL;
+    }
+    int fd = as_write_fd(fdobj);
+    Py_DECREF(fdobj); /* an int: frees nothing that runs code */
+    if (fd < 0) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromSsize_t(direct_write(fd, args[1], NULL, 0));
+}
 
 /*
  * The flush the fast paths trigger (a full buffer or iovec queue): the common
@@ -263,77 +284,84 @@ release:
  * written with direct_write; if everything went out, the state is reset as
  * _flush resets it.  Anything else calls the Python _flush: _flush() when no
  * direct write was tried (no fd, may_free pages), _flush(written) after a short
- * one (an error, EINTR, EAGAIN), which writes the rest through writev_all,
+ * one (a signal, an error, EAGAIN), which writes the rest through writev_all,
  * waits and latches errors: the semantics stay in Python.
+ *
+ * io_write_fd() is asked last, so that no Python code (a finalizer run by an
+ * allocation, another thread) can close the channel between the answer and
+ * the write.  If another thread changed the state during the write (using
+ * one QEMUFile from two threads at once is not supported), it is left as that
+ * thread left it: a closed or failed file is never reopened.
  */
 static int
 core_flush(Core *self)
 {
-    PyObject *result, *fresh = NULL, *ioc, *fdobj, *iov;
+    PyObject *result = NULL, *fresh, *ioc, *fdobj;
     Py_ssize_t done = -1; /* -1: no direct write was attempted */
-    long fd;
 
+    fresh = PyList_New(0); /* allocations first: a collection may run Python code */
+    if (fresh == NULL) {
+        return -1;
+    }
     ioc = PyObject_GetAttr((PyObject *)self, str_ioc);
     if (ioc == NULL) {
+        Py_DECREF(fresh);
         return -1;
     }
     fdobj = PyObject_CallMethodNoArgs(ioc, str_io_write_fd);
-    Py_DECREF(ioc);
     if (fdobj == NULL) {
-        return -1;
+        goto done;
     }
-    fd = PyLong_Check(fdobj) ? PyLong_AsLong(fdobj) : -1;
-    Py_DECREF(fdobj);
-    if (fd == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (fd > INT_MAX) {
-        fd = -1;
-    }
-    /* allocate before looking at the state: a collection may run Python code */
-    fresh = fd >= 0 ? PyList_New(0) : NULL;
-    if (fd >= 0 && fresh == NULL) {
-        return -1;
-    }
-    Py_ssize_t i = self->index, seg = self->seg, pending = self->iov_bytes;
-    iov = self->iov;
-    if (fresh != NULL && self->fast_end > 0 && !self->reading && iov != NULL
-        && PyList_CheckExact(iov) && self->free_list != NULL && PyList_CheckExact(self->free_list)
-        && PyList_GET_SIZE(self->free_list) == 0 && seg >= 0 && seg <= i && i <= IO_BUF_SIZE
-        && pending >= 0 && pending <= PY_SSIZE_T_MAX - IO_BUF_SIZE) {
-        pending += i - seg;
+    int fd = as_write_fd(fdobj);
+    Py_DECREF(fdobj); /* an int: frees nothing that runs code */
+    PyObject *iov = self->iov, *free_list = self->free_list;
+    Py_ssize_t i = self->index, seg = self->seg, queued = self->iov_bytes;
+    Py_ssize_t fast_end = self->fast_end, total = self->total;
+    if (fd >= 0 && fast_end > 0 && !self->reading && iov != NULL && PyList_CheckExact(iov)
+        && free_list != NULL && PyList_CheckExact(free_list) && PyList_GET_SIZE(free_list) == 0
+        && seg >= 0 && seg <= i && i <= IO_BUF_SIZE && queued >= 0
+        && queued <= PY_SSIZE_T_MAX - IO_BUF_SIZE && total >= 0
+        && total <= PY_SSIZE_T_MAX - (queued + IO_BUF_SIZE)) {
+        Py_ssize_t pending = queued + (i - seg), count = PyList_GET_SIZE(iov);
         Py_INCREF(iov);
-        done = direct_write((int)fd, iov, self->data + seg, i - seg);
+        done = direct_write(fd, iov, self->data + seg, i - seg);
         if (done == pending) {
-            /* everything went out: reset as _flush does, then drop the old queue */
-            self->total += pending;
-            self->iov_bytes = 0;
-            self->index = self->seg = 0;
-            self->fast_end = IO_BUF_SIZE;
-            PyObject *old = self->iov;
-            self->iov = fresh;
-            if (old == iov && Py_REFCNT(iov) == 2) {
-                recycle_segments(self, iov); /* only old and iov hold the queue */
+            if (self->iov == iov && PyList_GET_SIZE(iov) == count && self->index == i
+                && self->seg == seg && self->iov_bytes == queued && self->fast_end == fast_end
+                && self->total == total && self->free_list == free_list
+                && PyList_GET_SIZE(free_list) == 0) {
+                /* everything went out: reset as _flush does, then drop the old queue */
+                self->total = total + pending;
+                self->iov_bytes = 0;
+                self->index = self->seg = 0;
+                self->fast_end = IO_BUF_SIZE;
+                self->iov = fresh;
+                fresh = NULL;
+                if (Py_REFCNT(iov) == 2) {
+                    recycle_segments(self, iov); /* only we hold the queue now */
+                }
+                Py_DECREF(iov); /* the reference self->iov had */
             }
-            Py_XDECREF(old);
             Py_DECREF(iov);
-            return 0;
+            result = Py_NewRef(Py_None);
+            goto done;
         }
         Py_DECREF(iov);
     }
-    Py_XDECREF(fresh);
     if (done < 0) {
         PyObject *args[1] = {(PyObject *)self};
         result = PyObject_VectorcallMethod(str_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     else {
         PyObject *written = PyLong_FromSsize_t(done);
-        if (written == NULL) {
-            return -1;
+        if (written != NULL) {
+            result = call_slow1(self, str_flush, written);
+            Py_DECREF(written);
         }
-        result = call_slow1(self, str_flush, written);
-        Py_DECREF(written);
     }
+done:
+    Py_XDECREF(fresh);
+    Py_DECREF(ioc);
     if (result == NULL) {
         return -1;
     }
@@ -834,26 +862,12 @@ static PyType_Spec Core_spec = {
     .slots = Core_slots,
 };
 
-static PyObject *
-speedups_write_direct(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    if (nargs != 2 || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "write_direct(fd, iov) takes an int and a list");
-        return NULL;
-    }
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0) {
-        return NULL;
-    }
-    return PyLong_FromSsize_t(direct_write(fd, args[1], NULL, 0));
-}
-
 static PyMethodDef speedups_functions[] = {
     {"write_direct", (PyCFunction)(void (*)(void))speedups_write_direct, METH_FASTCALL,
-     PyDoc_STR("write_direct($module, fd, iov, /)\n--\n\n"
-               "Write the memoryviews of the list iov to fd without the GIL; return the bytes\n"
-               "written before the first error, EINTR or EAGAIN (0 if none).")},
+     PyDoc_STR("write_direct($module, ioc, iov, /)\n--\n\n"
+               "Write the memoryviews of the list iov with one system call on the fd\n"
+               "ioc.io_write_fd() returns, without the GIL; return the bytes written (0\n"
+               "after an error, EINTR or EAGAIN), or -1 when the channel offers no fd.")},
     {NULL, NULL, 0, NULL},
 };
 

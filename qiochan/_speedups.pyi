@@ -5,8 +5,8 @@ from typing import Any
 IO_BUF_SIZE: int
 MAX_IOV_SIZE: int
 
-def write_direct(fd: int, iov: list[memoryview], /) -> int:
-    """Write the views to ``fd`` without the GIL; return the bytes written before any error."""
+def write_direct(ioc: Any, iov: list[memoryview], /) -> int:
+    """Write the views on ``ioc.io_write_fd()`` without the GIL: bytes written, or -1 (no fd)."""
 
 class QEMUFileCore:
     """The state and fast paths of a QEMUFile: the C twin of ``_qemufile_core.QEMUFileCore``."""

@@ -12,6 +12,7 @@ must switch it off.
 from __future__ import annotations
 
 import array
+import ctypes
 import gc
 import os
 import socket
@@ -446,10 +447,21 @@ def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch)
             assert writes >= 200 * 2 // MAX_IOV_SIZE
 
 
+class FdOnly:
+    """The one channel method write_direct calls."""
+
+    def __init__(self, fd: Any) -> None:
+        self.fd = fd
+
+    def io_write_fd(self) -> Any:
+        return self.fd
+
+
 @needs_c
 def test_write_direct_writes_nothing_it_cannot_pin() -> None:
     """Anything but live contiguous memoryviews (or too many) is left to io_writev."""
     assert core.write_direct is not None
+    write = core.write_direct
     read_end, write_end = os.pipe()
     try:
         released = memoryview(b"gone")
@@ -460,15 +472,15 @@ def test_write_direct_writes_nothing_it_cannot_pin() -> None:
             [memoryview(b"ok"), memoryview(b"strided")[::2]],
             [memoryview(b"x")] * 129,
         ):
-            assert core.write_direct(write_end, iov) == 0  # type: ignore[arg-type]
-        assert core.write_direct(read_end, [memoryview(b"wrong end")]) == 0  # EBADF
-        assert (
-            core.write_direct(write_end, [memoryview(b"a"), memoryview(b""), memoryview(b"bc")])
-            == 3
-        )
+            assert write(FdOnly(write_end), iov) == 0  # type: ignore[arg-type]
+        assert write(FdOnly(read_end), [memoryview(b"wrong end")]) == 0  # EBADF
+        for no_fd in (-1, -5, 2**31, 2**80, "3", None):
+            assert write(FdOnly(no_fd), [memoryview(b"x")]) == -1
+        three = [memoryview(b"a"), memoryview(b""), memoryview(b"bc")]
+        assert write(FdOnly(write_end), three) == 3
         assert os.read(read_end, 100) == b"abc"
         with pytest.raises(TypeError):
-            core.write_direct(write_end, (memoryview(b"a"),))  # type: ignore[arg-type]
+            write(FdOnly(write_end), (memoryview(b"a"),))  # type: ignore[arg-type]
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -480,12 +492,40 @@ def test_write_direct_stops_at_a_full_non_blocking_socket() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.setblocking(False)
+        channel = FdOnly(ours.fileno())
         page = memoryview(bytes(65536))
         total = 0
-        while (n := core.write_direct(ours.fileno(), [page, page])) > 0:
+        while (n := core.write_direct(channel, [page, page])) > 0:
             total += n
         assert total > 0
-        assert core.write_direct(ours.fileno(), [page]) == 0  # EAGAIN: nothing, no exception
+        assert core.write_direct(channel, [page]) == 0  # EAGAIN: nothing, no exception
+
+
+def _offset(view: memoryview, buf: bytearray) -> int:
+    """Return where ``view`` starts in ``buf``."""
+    start = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    return start - ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+@needs_c
+def test_a_reused_view_is_one_nothing_else_reached_meanwhile() -> None:
+    """gc.get_referents hands out the kept views: one taken there is never rewritten."""
+    ours, theirs = socket.socketpair()
+    reader, _received = _drain(theirs)
+    f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
+    for n in range(MAX_IOV_SIZE // 2):  # one direct flush: the header views are kept
+        f.put_be64(n)
+        f.put_buffer_async(bytes(4096))
+    kept = [o for o in gc.get_referents(f) if type(o) is memoryview and o is not f._view]
+    assert kept, "the flush kept no views"
+    regions = [(view.nbytes, _offset(view, f._buf)) for view in kept]
+    for n in range(len(kept) + 2):
+        f.put_be64(0xDEADBEEF00 + n)
+        f.put_buffer_async(bytes(4096))
+    assert [(view.nbytes, _offset(view, f._buf)) for view in kept] == regions
+    assert not any(view is item for view in kept for item in f._iov)
+    assert f.fclose() == 0
+    _collect(reader, theirs)
 
 
 @needs_c

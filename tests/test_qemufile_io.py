@@ -196,6 +196,45 @@ def test_no_sigpipe_when_the_peer_went_away() -> None:
     assert done.stdout.strip() == "survived"
 
 
+@pytest.mark.parametrize("speedups", ["", "1"], ids=["as-built", "no-speedups"])
+def test_a_signal_interrupts_a_blocked_flush(speedups: str) -> None:
+    """A flush blocked on a peer that never reads still runs signal handlers promptly."""
+    script = textwrap.dedent(
+        """
+        import signal, socket
+        from qiochan import QEMUFile
+        from qiochan_socket import QIOChannelSocket
+
+        class Interrupted(Exception):
+            pass
+
+        def handler(signum, frame):
+            raise Interrupted
+
+        signal.signal(signal.SIGALRM, handler)
+        ours, theirs = socket.socketpair()  # theirs never reads
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        try:
+            f.put_buffer(bytes(4 << 20))
+        except Interrupted:
+            print("interrupted")
+        """
+    )
+    env = {**os.environ, "QIOCHAN_NO_SPEEDUPS": speedups}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted"
+
+
 def test_a_channel_closed_under_the_file_is_never_written_directly(no_fd_leak: None) -> None:
     """io_write_fd is asked at every flush: a reused fd number receives nothing."""
     ours, theirs = socket_pair()
