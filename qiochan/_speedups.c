@@ -348,16 +348,11 @@ core_flush(Core *self)
         }
         Py_DECREF(iov);
     }
-    if (done < 0) {
-        PyObject *args[1] = {(PyObject *)self};
-        result = PyObject_VectorcallMethod(str_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    }
-    else {
-        PyObject *written = PyLong_FromSsize_t(done);
-        if (written != NULL) {
-            result = call_slow1(self, str_flush, written);
-            Py_DECREF(written);
-        }
+    /* _flush(None): nothing was tried; _flush(done): a direct write stopped short */
+    PyObject *written = done < 0 ? Py_NewRef(Py_None) : PyLong_FromSsize_t(done);
+    if (written != NULL) {
+        result = call_slow1(self, str_flush, written);
+        Py_DECREF(written);
     }
 done:
     Py_XDECREF(fresh);
