@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import tracemalloc
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_qemufile_support import ScriptedChannel
+from test_qemufile_support import Drain, ScriptedChannel
 
 import qiochan._qemufile_io
 from qiochan import QEMUFile, QIOChannel
@@ -402,24 +401,6 @@ class NoFdSocket(QIOChannelSocket):
         return -1
 
 
-def _drain(sock: socket.socket) -> tuple[threading.Thread, bytearray]:
-    received = bytearray()
-
-    def run() -> None:
-        while chunk := sock.recv(65536):
-            received.extend(chunk)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, received
-
-
-def _collect(thread: threading.Thread, sock: socket.socket) -> None:
-    thread.join(30)
-    sock.close()
-    assert not thread.is_alive(), "the reader hung"
-
-
 @needs_c
 def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flushes of a channel with an io_write_fd bypass io_writev; the Python core's do not."""
@@ -427,7 +408,7 @@ def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch)
         if not direct:
             monkeypatch.setattr(qiochan._qemufile_io, "write_direct", None)
         ours, theirs = socket.socketpair()
-        reader, received = _drain(theirs)
+        reader = Drain(theirs.recv)
         ioc = CountingSocket.from_socket(ours)
         f = (QEMUFile if direct else PyQEMUFile).new_output(ioc)
         expected = bytearray()
@@ -439,7 +420,8 @@ def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch)
         f.fflush()
         writes = ioc.io_writes
         assert f.fclose() == 0
-        _collect(reader, theirs)
+        received = reader.finish()
+        theirs.close()
         assert received == expected
         if direct:
             assert writes == 0
@@ -511,7 +493,7 @@ def _offset(view: memoryview, buf: bytearray) -> int:
 def test_a_reused_view_is_one_nothing_else_reached_meanwhile() -> None:
     """gc.get_referents hands out the kept views: one taken there is never rewritten."""
     ours, theirs = socket.socketpair()
-    reader, _received = _drain(theirs)
+    reader = Drain(theirs.recv)
     f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
     for n in range(MAX_IOV_SIZE // 2):  # one direct flush: the header views are kept
         f.put_be64(n)
@@ -525,7 +507,8 @@ def test_a_reused_view_is_one_nothing_else_reached_meanwhile() -> None:
     assert [(view.nbytes, _offset(view, f._buf)) for view in kept] == regions
     assert not any(view is item for view in kept for item in f._iov)
     assert f.fclose() == 0
-    _collect(reader, theirs)
+    reader.finish()
+    theirs.close()
 
 
 @needs_c
@@ -537,13 +520,14 @@ def test_writers_match_over_sockets(ops: list[tuple[str, Any]], blocking: bool) 
     for cls, channel_cls in ((QEMUFile, QIOChannelSocket), (PyQEMUFile, NoFdSocket)):
         ours, theirs = socket.socketpair()
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
-        reader, received = _drain(theirs)
         ioc = channel_cls.from_socket(ours)
         ioc.set_blocking(blocking)
-        streams.append((cls.new_output(ioc), reader, theirs, received))
+        streams.append((cls.new_output(ioc), Drain(theirs.recv), theirs))
     for op, arg in ops:
         assert outcome(streams[0][0], op, arg) == outcome(streams[1][0], op, arg), (op, arg)
     assert streams[0][0].fclose() == streams[1][0].fclose() == 0
-    for _f, reader, theirs, _received in streams:
-        _collect(reader, theirs)
-    assert streams[0][3] == streams[1][3]
+    received = []
+    for _f, reader, theirs in streams:
+        received.append(reader.finish())
+        theirs.close()
+    assert received[0] == received[1]

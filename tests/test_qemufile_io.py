@@ -8,12 +8,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import weakref
 from collections.abc import Sequence
 
 import pytest
-from test_qemufile_support import ScriptedChannel
+from test_qemufile_support import Drain, ScriptedChannel
 
 from qiochan import ChannelError, QEMUFile
 from qiochan._qemufile_core import MAX_IOV_SIZE
@@ -109,18 +108,6 @@ def page_stream(f: QEMUFile, pages: int) -> bytes:
     return bytes(expected)
 
 
-def drain(sock: socket.socket, into: bytearray) -> threading.Thread:
-    """Start a thread reading ``sock`` into ``into`` until EOF; return it."""
-
-    def run() -> None:
-        while chunk := sock.recv(65536):
-            into.extend(chunk)
-
-    thread = threading.Thread(target=run, name="drain", daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("blocking", [True, False])
 def test_a_socket_stream_arrives_intact_through_short_writes(
     blocking: bool, no_fd_leak: None
@@ -128,34 +115,25 @@ def test_a_socket_stream_arrives_intact_through_short_writes(
     """A 4 KiB send buffer makes every flush a short write (or a would-block)."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    received = bytearray()
-    reader = drain(theirs, received)
+    reader = Drain(theirs.recv)
     ioc = QIOChannelSocket.from_socket(ours)
     ioc.set_blocking(blocking)
     f = QEMUFile.new_output(ioc)
     expected = page_stream(f, 300)
     assert f.fclose() == 0
-    reader.join(30)
+    received = reader.finish()
     theirs.close()
-    assert not reader.is_alive()
     assert received == expected
 
 
 def test_a_pipe_file_channel_is_written_with_writev(no_fd_leak: None) -> None:
     """A file channel's fd is no socket: the direct write falls back from sendmsg to writev."""
     writer, reader = file_pipe()
-    received = bytearray()
-
-    def run() -> None:
-        while chunk := os.read(reader.fd, 65536):
-            received.extend(chunk)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    drain = Drain(lambda size: os.read(reader.fd, size))
     f = QEMUFile.new_output(writer)
     expected = page_stream(f, 100)
     assert f.fclose() == 0
-    thread.join(30)
+    received = drain.finish()
     reader.close()
     assert received == expected
 
@@ -266,8 +244,7 @@ def test_views_held_across_a_flush_are_never_reused(no_fd_leak: None) -> None:
     change as the buffer is reused), never another range.
     """
     ours, theirs = socket.socketpair()
-    received = bytearray()
-    reader = drain(theirs, received)
+    reader = Drain(theirs.recv)
     f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
     half = MAX_IOV_SIZE // 2
     for n in range(half - 1):
@@ -291,6 +268,6 @@ def test_views_held_across_a_flush_are_never_reused(no_fd_leak: None) -> None:
             assert bytes(view) == f._buf[start : start + 8]
     assert watched() is None
     assert f.fclose() == 0
-    reader.join(30)
+    received = reader.finish()
     theirs.close()
     assert received[:8] == bytes(8)

@@ -248,6 +248,25 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Drain:
+    """A thread reading with ``read(size)`` until EOF (``b""``), keeping every byte."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.received = bytearray()
+        self._thread = threading.Thread(target=self._run, args=(read,), name="drain", daemon=True)
+        self._thread.start()
+
+    def _run(self, read: Callable[[int], bytes]) -> None:
+        while chunk := read(65536):
+            self.received.extend(chunk)
+
+    def finish(self) -> bytes:
+        """Wait for EOF (failing instead of hanging); return every byte read."""
+        self._thread.join(JOIN_TIMEOUT)
+        assert not self._thread.is_alive(), "the reader never saw EOF"
+        return bytes(self.received)
+
+
 def _join(thread: threading.Thread) -> None:
     thread.join(JOIN_TIMEOUT)
     assert not thread.is_alive(), "writer thread hung"
