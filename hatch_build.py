@@ -1,4 +1,4 @@
-"""Build hook: compile ``qiochan._speedups`` (QEMUFile's C fast paths) into the wheel.
+"""Build hook: compile ``qiochan.qemufile._speedups`` (QEMUFile's C fast paths) into the wheel.
 
 The extension is optional.  When it cannot be built (no C compiler, no Python
 headers) the build goes on with a warning and QEMUFile runs on its pure-Python
@@ -6,7 +6,7 @@ core; set ``QIOCHAN_REQUIRE_SPEEDUPS=1`` to make that an error instead, or
 ``QIOCHAN_NO_SPEEDUPS=1`` to skip the extension altogether.
 
 Editable installs (``pip install -e .``) build it in place, next to its source,
-so rerun the install after editing ``qiochan/_speedups.c``.
+so rerun the install after editing ``qiochan/qemufile/_speedups.c``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from hatchling.builders.config import BuilderConfig
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = "qiochan/_speedups.c"
-MODULE = "qiochan._speedups"
+SOURCE = "qiochan/qemufile/_speedups.c"
+MODULE = "qiochan.qemufile._speedups"
 
 
 def compile_extension(root: Path, build_dir: Path, inplace: bool) -> Path:
@@ -73,7 +73,7 @@ class SpeedupsBuildHook(BuildHookInterface[BuilderConfig]):
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         if version != "editable":
-            build_data["force_include"][str(built)] = f"qiochan/{built.name}"
+            build_data["force_include"][str(built)] = f"qiochan/qemufile/{built.name}"
 
     def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
         tmp = getattr(self, "_tmp", None)

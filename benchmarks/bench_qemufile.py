@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import KIB, Comparison, compare, print_table
 
 from qiochan import QEMUFile
-from qiochan._qemufile_core import ACCELERATED, MAX_IOV_SIZE
+from qiochan.qemufile import ACCELERATED, MAX_IOV_SIZE
 from qiochan_memory import QIOChannelNull
 from qiochan_socket import QIOChannelSocket
 

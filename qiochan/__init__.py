@@ -26,9 +26,11 @@ from .task import QIOTask
 from .watch import Condition, Watch, WatchSource, source_remove
 
 if TYPE_CHECKING:
+    from .options import LayerSpec
+    from .plugin import Backend
     from .qemufile import QEMUFile
-    from .registry import Backend, backends, plugin_manager
-    from .transport import LayerSpec, Listener, connect, listen, open_channel
+    from .registry import backends, plugin_manager
+    from .transport import Listener, connect, listen, open_channel
 
 __version__ = "0.1.0"
 
@@ -66,13 +68,13 @@ __all__ = [
 
 _LAZY = {
     "QEMUFile": ".qemufile",
-    "Backend": ".registry",
+    "Backend": ".plugin",
     "backends": ".registry",
     "plugin_manager": ".registry",
     "connect": ".transport",
     "listen": ".transport",
     "open_channel": ".transport",
-    "LayerSpec": ".transport",
+    "LayerSpec": ".options",
     "Listener": ".transport",
 }
 

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AddressError, ConfigError
+from .options import LayerSpec, parse_layer
+from .registry import backends, resolve_address
 
 __all__ = [
     "CONFIG_ENV",
@@ -141,8 +143,6 @@ def _toml_type(value: Any) -> str:
 
 
 def _parse_layer(value: Any, path: Path | None, key: str) -> Any:
-    from .transport import LayerSpec, parse_layer
-
     if isinstance(value, str):
         try:
             return parse_layer(value)
@@ -165,9 +165,6 @@ def _parse_layer(value: Any, path: Path | None, key: str) -> Any:
 
 def _check_address(address: str, path: Path | None, key: str) -> None:
     """Reject a malformed address or one whose scheme no plugin knows."""
-    from .registry import backends
-    from .transport import resolve_address
-
     scheme, sep, _rest = address.partition(":")
     scheme = scheme.strip().lower()
     if not sep or not scheme:
@@ -186,8 +183,6 @@ def _check_address(address: str, path: Path | None, key: str) -> None:
 
 
 def _check_layer(layer: Any, path: Path | None, key: str) -> None:
-    from .registry import backends
-
     known = {s for b in backends().values() if b.kind == "layer" for s in b.schemes}
     if layer.name not in known:
         raise ConfigError(

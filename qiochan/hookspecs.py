@@ -1,36 +1,21 @@
 """The hooks a qiochan plugin may implement (pluggy project name ``"qiochan"``).
 
-A plugin is a module (or any object) with functions decorated by
-:data:`hookimpl`, registered through the ``qiochan.plugins`` entry-point group::
-
-    # pyproject.toml of a third-party distribution
-    [project.entry-points."qiochan.plugins"]
-    mytransport = "mytransport_plugin"
-
-    # mytransport_plugin.py
-    from qiochan.hookspecs import hookimpl
-    from qiochan.registry import Backend
-
-    @hookimpl
-    def qiochan_backends():
-        return [Backend(name="mytransport", schemes=("my",), connect=...)]
+Plugins import :data:`~qiochan.plugin.hookimpl` and :class:`~qiochan.plugin.Backend`
+from :mod:`qiochan.plugin`; this module only specifies the hooks (``hookimpl`` and
+``hookspec`` stay importable from here as well).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pluggy
+from .plugin import PROJECT, hookimpl, hookspec
 
 if TYPE_CHECKING:
     from .channel import QIOChannel
-    from .registry import Backend
+    from .plugin import Backend
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
-
-PROJECT = "qiochan"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec

@@ -5,9 +5,19 @@ A literal comma inside a value is written ``,,`` as on QEMU's command line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .errors import AddressError
 
-__all__ = ["format_options", "parse_bool", "parse_int", "parse_options", "split_options"]
+__all__ = [
+    "LayerSpec",
+    "format_options",
+    "parse_bool",
+    "parse_int",
+    "parse_layer",
+    "parse_options",
+    "split_options",
+]
 
 _TRUE = frozenset({"on", "yes", "true", "1"})
 _FALSE = frozenset({"off", "no", "false", "0"})
@@ -105,3 +115,33 @@ def parse_int(
             f"{context}: {key.replace('_', '-')}={number} is out of range {minimum}{upper}"
         )
     return number
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A parsed layer: its name and options (keys with underscores).
+
+    ``str(spec)`` formats it back to ``name:key=value,...``.
+    """
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}:{format_options(self.options)}"
+
+
+def parse_layer(text: str) -> LayerSpec:
+    """Parse ``"name[:key=value,...]"``.
+
+    Raises:
+        AddressError: empty name or a malformed option (the message names it).
+    """
+    name, _sep, rest = text.partition(":")
+    name = name.strip().lower()
+    if not name:
+        raise AddressError(f"Layer {text!r} has no name (expected e.g. 'tls:creds=DIR')")
+    options = parse_options(split_options(rest), f"layer {name!r}") if rest else {}
+    return LayerSpec(name, options)

@@ -15,16 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from importlib import metadata
 from typing import Any, Literal
 
 import pluggy
 
 from . import _hooks, hookspecs
-from .channel import Feature
-from .errors import PluginError
+from .address import parse_address
+from .errors import AddressError, PluginError
+from .plugin import Backend
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -33,82 +33,12 @@ __all__ = [
     "find_backend",
     "plugin_manager",
     "reload_plugins",
+    "resolve_address",
 ]
 
 log = logging.getLogger("qiochan.registry")
 
 ENTRY_POINT_GROUP = "qiochan.plugins"
-_KINDS = ("transport", "layer")
-
-
-@dataclass
-class Backend:
-    """Describes one transport or layer a plugin provides.
-
-    Attributes:
-        name: unique backend name (``"socket"``, ``"tls"``...).
-        schemes: address schemes it serves (``("tcp", "unix")``) or, for a layer,
-            the layer names it answers to (``("tls",)``).
-        kind: ``"transport"`` (owns an OS object) or ``"layer"`` (wraps a channel).
-        features: the :class:`~qiochan.Feature` values its channels may have.
-        available: False when it cannot work here (missing dependency...).
-        missing: why it is unavailable and what to install.
-        connect: ``connect(address, **options) -> QIOChannel``.
-        listen: ``listen(address, **options) -> Listener``.
-        open: ``open(address, mode, **options) -> QIOChannel``.
-        wrap: ``wrap(channel, role, **options) -> QIOChannel`` with the handshake done.
-        parse: ``parse(text) -> address`` for schemes :mod:`qiochan.address` does not know.
-        own_layers: connect/listen take ``layers=`` and apply them themselves
-            (``wss://`` puts TLS under the websocket).
-        description: one line for ``qiochan backends``.
-        plugin: the registered plugin name (filled in by the registry).
-    """
-
-    name: str
-    schemes: tuple[str, ...] = ()
-    kind: Literal["transport", "layer"] = "transport"
-    features: frozenset[Feature] = frozenset()
-    available: bool = True
-    missing: str = ""
-    connect: Callable[..., Any] | None = None
-    listen: Callable[..., Any] | None = None
-    open: Callable[..., Any] | None = None
-    wrap: Callable[..., Any] | None = None
-    parse: Callable[[str], Any] | None = None
-    own_layers: bool = False
-    description: str = ""
-    plugin: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise PluginError(f"Backend name must be a non-empty string, got {self.name!r}")
-        if self.kind not in _KINDS:
-            raise PluginError(
-                f"Backend {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}"
-            )
-        if isinstance(self.schemes, str):
-            self.schemes = (self.schemes,)
-        self.schemes = tuple(self.schemes)
-        self.features = frozenset(Feature(f) for f in self.features)
-        for attr in ("connect", "listen", "open", "wrap", "parse"):
-            value = getattr(self, attr)
-            if value is not None and not callable(value):
-                raise PluginError(
-                    f"Backend {self.name!r}: {attr} must be callable, got {type(value).__name__}"
-                )
-
-    def require(self, operation: str) -> Callable[..., Any]:
-        """Return the callable for ``operation`` (``"connect"``, ``"wrap"``...).
-
-        Raises:
-            PluginError: the backend is unavailable or does not support it.
-        """
-        if not self.available:
-            raise PluginError(f"Backend {self.name!r} is unavailable: {self.missing}")
-        func: Callable[..., Any] | None = getattr(self, operation, None)
-        if func is None:
-            raise PluginError(f"Backend {self.name!r} does not support {operation}")
-        return func
 
 
 _lock = threading.RLock()
@@ -207,7 +137,7 @@ def _backends_of(manager: pluggy.PluginManager, impl: Any) -> list[Backend]:
         raise PluginError(f"{where} must return a list of Backend, got {type(items).__name__}")
     for item in items:
         if not isinstance(item, Backend):
-            raise PluginError(f"{where} returned {item!r}: expected qiochan.registry.Backend")
+            raise PluginError(f"{where} returned {item!r}: expected qiochan.plugin.Backend")
         item.plugin = plugin_name
     return list(items)
 
@@ -271,3 +201,33 @@ def find_backend(scheme: str, kind: Literal["transport", "layer"] = "transport")
         )
     known = sorted({s for b in backends().values() if b.kind == kind for s in b.schemes})
     raise PluginError(f"No {kind} backend for {scheme!r} (known: {', '.join(known) or 'none'})")
+
+
+def resolve_address(address: Any) -> tuple[Backend, Any]:
+    """Return the transport backend for ``address`` and the parsed address object.
+
+    ``address`` is an address string or an object from :mod:`qiochan.address`
+    (anything with a ``scheme`` attribute).
+
+    Raises:
+        AddressError: the address is malformed or has no scheme.
+        PluginError: no available backend serves the scheme.
+    """
+    if isinstance(address, str):
+        scheme, sep, _rest = address.partition(":")
+        scheme = scheme.strip().lower()
+        if not sep or not scheme:
+            raise AddressError(
+                f"Address {address!r} has no scheme (e.g. 'tcp:HOST:PORT') and names no "
+                "configured transport"
+            )
+        backend = find_backend(scheme)
+        if backend.parse is not None:
+            return backend, backend.parse(address)
+        return backend, parse_address(address)
+    object_scheme = getattr(address, "scheme", None)
+    if not isinstance(object_scheme, str):
+        raise TypeError(
+            f"address must be a string or an address object, not {type(address).__name__}"
+        )
+    return find_backend(object_scheme), address

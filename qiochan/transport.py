@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from . import _hooks
 from .channel import QIOChannel
-from .errors import AddressError, HandshakeError
-from .options import format_options, parse_options, split_options
-from .registry import Backend, find_backend
+from .config import lookup_transport
+from .errors import HandshakeError
+from .options import LayerSpec, parse_layer
+from .registry import find_backend, resolve_address
 
 __all__ = [
     "LayerSpec",
@@ -50,36 +50,6 @@ class Listener(Protocol):
 
     def close(self) -> None:
         """Stop listening; idempotent."""
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A parsed layer: its name and options (keys with underscores).
-
-    ``str(spec)`` formats it back to ``name:key=value,...``.
-    """
-
-    name: str
-    options: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        if not self.options:
-            return self.name
-        return f"{self.name}:{format_options(self.options)}"
-
-
-def parse_layer(text: str) -> LayerSpec:
-    """Parse ``"name[:key=value,...]"``.
-
-    Raises:
-        AddressError: empty name or a malformed option (the message names it).
-    """
-    name, _sep, rest = text.partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise AddressError(f"Layer {text!r} has no name (expected e.g. 'tls:creds=DIR')")
-    options = parse_options(split_options(rest), f"layer {name!r}") if rest else {}
-    return LayerSpec(name, options)
 
 
 def _layer_specs(layers: Iterable[Any]) -> list[Any]:
@@ -125,38 +95,6 @@ def apply_layers(channel: QIOChannel, layers: Iterable[Any], role: Role) -> QIOC
     return current
 
 
-def resolve_address(address: Any) -> tuple[Backend, Any]:
-    """Return the transport backend for ``address`` and the parsed address object.
-
-    ``address`` is an address string or an object from :mod:`qiochan.address`
-    (anything with a ``scheme`` attribute).
-
-    Raises:
-        AddressError: the address is malformed or has no scheme.
-        PluginError: no available backend serves the scheme.
-    """
-    if isinstance(address, str):
-        scheme, sep, _rest = address.partition(":")
-        scheme = scheme.strip().lower()
-        if not sep or not scheme:
-            raise AddressError(
-                f"Address {address!r} has no scheme (e.g. 'tcp:HOST:PORT') and names no "
-                "configured transport"
-            )
-        backend = find_backend(scheme)
-        if backend.parse is not None:
-            return backend, backend.parse(address)
-        from .address import parse_address
-
-        return backend, parse_address(address)
-    object_scheme = getattr(address, "scheme", None)
-    if not isinstance(object_scheme, str):
-        raise TypeError(
-            f"address must be a string or an address object, not {type(address).__name__}"
-        )
-    return find_backend(object_scheme), address
-
-
 def _configured(
     address: Any, layers: Iterable[Any], options: dict[str, Any]
 ) -> tuple[Any, Iterable[Any], dict[str, Any], float | None]:
@@ -167,8 +105,6 @@ def _configured(
     """
     if not isinstance(address, str) or ":" in address:
         return address, layers, options, None
-    from .config import lookup_transport
-
     configured = lookup_transport(address.strip())
     if configured is None:
         return address, layers, options, None

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import qiochan._qemufile_io
+import qiochan.qemufile._io
 from qiochan import QEMUFile
-from qiochan._qemufile_core import ACCELERATED, python_fast_paths
-
-sys.path.insert(0, str(Path(__file__).parent))
+from qiochan.qemufile._core import ACCELERATED, python_fast_paths
+from tests.helpers.fds import open_fds
 
 #: The QEMUFile cores the QEMUFile tests run against: the C one only when it was built.
 QEMUFILE_CORES = ["c", "python"] if ACCELERATED else ["python"]
@@ -23,13 +21,8 @@ QEMUFILE_CORES = ["c", "python"] if ACCELERATED else ["python"]
 def pytest_report_header() -> str:
     """Say which QEMUFile cores this run tests."""
     if ACCELERATED:
-        return "qiochan QEMUFile cores: C (qiochan._speedups) and pure Python"
+        return "qiochan QEMUFile cores: C (qiochan.qemufile._speedups) and pure Python"
     return "qiochan QEMUFile cores: pure Python only (the C speedups are not built)"
-
-
-def open_fds() -> set[int]:
-    """Return the fds open in this process now."""
-    return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
 @pytest.fixture
@@ -64,7 +57,7 @@ def qemufile_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if core == "python":
         for name, method in python_fast_paths().items():
             monkeypatch.setattr(QEMUFile, name, method)
-        monkeypatch.setattr(qiochan._qemufile_io, "write_direct", None)
+        monkeypatch.setattr(qiochan.qemufile._io, "write_direct", None)
     return core
 
 

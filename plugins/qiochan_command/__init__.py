@@ -8,8 +8,7 @@ plugin.  Scheme: ``exec:SHELL-COMMAND`` (run with ``/bin/sh -c``), through
 from __future__ import annotations
 
 from qiochan.channel import Feature
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .backend import connect_command, open_command
 from .channel import DEFAULT_CLOSE_TIMEOUT, QIOChannelCommand

@@ -9,8 +9,7 @@ not sockets.
 from __future__ import annotations
 
 from qiochan.channel import Feature
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .backend import open_file
 from .channel import QIOChannelFile, file_pipe

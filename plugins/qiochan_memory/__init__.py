@@ -11,8 +11,7 @@ from typing import Any, ClassVar
 
 from qiochan.channel import Feature, QIOChannel
 from qiochan.errors import AddressError
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .buffer import QIOChannelBuffer, QIOChannelNull
 from .pipe import QIOChannelMemoryPipe, memory_pipe

@@ -8,8 +8,7 @@ descriptor: sockets stay here, anything else goes to the ``file`` backend).
 from __future__ import annotations
 
 from qiochan.channel import Feature
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .backend import connect, listen, open_fd, open_socket
 from .channel import MAX_FDS, QIOChannelSocket, socket_pair

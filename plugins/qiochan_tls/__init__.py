@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from qiochan.channel import Feature
 from qiochan.errors import PluginError
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .authz import Authz, AuthzList, AuthzSimple
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from qiochan.channel import Feature, QIOChannel
 from qiochan.errors import PluginError
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 if TYPE_CHECKING:
     from .channel import (

@@ -25,9 +25,9 @@ from websockets.headers import build_host
 
 from qiochan.channel import QIOChannel
 from qiochan.errors import AddressError
-from qiochan.options import parse_int
+from qiochan.options import LayerSpec, parse_int, parse_layer
 from qiochan.registry import find_backend
-from qiochan.transport import LayeredListener, LayerSpec, Role, apply_layers, parse_layer
+from qiochan.transport import LayeredListener, Role, apply_layers
 
 from .channel import QIOChannelWebsock
 from .system_ca import system_ca_options

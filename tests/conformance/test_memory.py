@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from pipechannel import pipe_pair
 
 from qiochan.testing import ONE_WAY_CHECKS, TWO_WAY_CHECKS, run_check
 from qiochan_memory import memory_pipe
+from tests.helpers.pipechannel import pipe_pair
 
 
 @pytest.mark.parametrize("name", list(TWO_WAY_CHECKS))

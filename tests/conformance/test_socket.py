@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pairs import connected_pair, has_ipv6_loopback
 
 from qiochan.channel import QIOChannel
 from qiochan_socket import socket_pair
+from tests.helpers.pairs import connected_pair, has_ipv6_loopback
 
 Pair = tuple[QIOChannel, QIOChannel]
 Runner = Callable[..., None]

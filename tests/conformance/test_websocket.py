@@ -12,10 +12,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pairs import PairFactory, command_relay_pairs, connected_pair, tls_pairs, websocket_pairs
 
 from qiochan_memory import memory_pipe
 from qiochan_socket import socket_pair
+from tests.helpers.pairs import (
+    PairFactory,
+    command_relay_pairs,
+    connected_pair,
+    tls_pairs,
+    websocket_pairs,
+)
 
 Runner = Callable[..., None]
 

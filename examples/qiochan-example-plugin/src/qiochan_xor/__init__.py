@@ -13,8 +13,7 @@ from typing import Any
 
 from qiochan.channel import Feature, QIOChannel
 from qiochan.errors import AddressError
-from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend
+from qiochan.plugin import Backend, hookimpl
 
 from .channel import QIOChannelXor
 

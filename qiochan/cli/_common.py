@@ -1,0 +1,294 @@
+"""What every ``qiochan`` subcommand shares: errors, sizes, endpoints, plugin objects."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..channel import QIOChannel
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CLIError",
+    "Endpoint",
+    "add_layer_argument",
+    "format_bytes",
+    "open_endpoint",
+    "parse_rate",
+    "parse_size",
+    "plugin_object",
+    "say",
+]
+
+EXIT_OK = 0
+#: The operation failed (refused, handshake, I/O error, incomplete transfer...).
+EXIT_FAILED = 1
+#: The command line is wrong (usage, a malformed address or layer, an invalid config).
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A failure reported as one line on stderr and an exit status.
+
+    Args:
+        message: what failed, including how many bytes had passed for transfers.
+        code: the exit status.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_say_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    """Print one status line to stderr at once (``qiochan: ...``)."""
+    with _say_lock:
+        print(f"qiochan: {message}", file=sys.stderr, flush=True)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count: ``4096``, ``64M``, ``1.5GiB``, ``512kb`` (K/M/G/T are powers of 1024).
+
+    Raises:
+        argparse.ArgumentTypeError: not a size.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 4096, 512K, 64M, 1G; K/M/G are powers of 1024)"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_rate(text: str) -> int:
+    """Parse a rate in bytes per second (``10M``, ``10M/s``, ``100KiB/s``); must be > 0.
+
+    Raises:
+        argparse.ArgumentTypeError: not a positive rate.
+    """
+    size = parse_size(text[:-2] if text.lower().endswith("/s") else text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"rate {text!r} must be more than 0 bytes per second")
+    return size
+
+
+def format_bytes(count: float) -> str:
+    """Return ``count`` bytes in a human unit (``"64.0 MiB"``)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def add_layer_argument(
+    parser: argparse.ArgumentParser, flag: str = "--layer", dest: str = "layers", what: str = ""
+) -> None:
+    """Add a repeatable layer-spec option (``--layer tls:creds=DIR``) to ``parser``."""
+    target = f" to {what}" if what else ""
+    parser.add_argument(
+        flag,
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"apply a layer{target}, innermost first (repeatable), e.g. tls:creds=DIR "
+        "or websocket:path=/p",
+    )
+
+
+@dataclass
+class Endpoint:
+    """One side of a transfer: an address (or configured name), its layers, and the role.
+
+    Attributes:
+        address: address text or a configured transport name.
+        layers: layer specs applied innermost first.
+        listen: listen and accept one peer instead of connecting.
+        label: how messages name this side (``"source"``, ``"destination"``).
+    """
+
+    address: str
+    layers: list[str] = field(default_factory=list)
+    listen: bool = False
+    label: str = "peer"
+
+    def describe(self) -> str:
+        """Return ``address [+ layer ...]`` for messages."""
+        return " + ".join([self.address, *self.layers])
+
+    @property
+    def role(self) -> Literal["client", "server"]:
+        """The role the layers take: server when listening."""
+        return "server" if self.listen else "client"
+
+    def check(self) -> None:
+        """Check the layers before anything connects or listens.
+
+        Every spec must parse, name an available layer and, for TLS, point at
+        a credentials directory that loads for this role: a listener must not
+        wait for a peer only to fail on its handshake.
+
+        Raises:
+            CLIError: exit status 2 for a malformed spec, 1 for an unknown or
+                unavailable layer or unusable credentials.
+        """
+        from ..errors import AddressError, ChannelError
+        from ..options import parse_layer
+        from ..registry import find_backend
+
+        what = f"{self.label} {self.describe()}"
+        for text in self.layers:
+            try:
+                spec = parse_layer(text)
+            except AddressError as exc:
+                raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
+            try:
+                find_backend(spec.name, kind="layer")
+                if spec.name == "tls" and spec.options.get("creds"):
+                    _check_tls_creds(spec.options, self.role)
+            except ChannelError as exc:
+                raise CLIError(f"{what}: {exc}") from None
+
+
+def _check_tls_creds(options: dict[str, str], role: str) -> None:
+    """Load the TLS credentials a ``tls:creds=DIR`` layer names, as the layer will.
+
+    Raises:
+        TLSError: the directory is missing, incomplete or fails QEMU's checks.
+    """
+    from ..options import parse_bool
+
+    creds = plugin_object("layer", "tls", "TLSCredsX509")
+    verify = parse_bool(options.get("verify_peer", True), "verify_peer", "tls layer")
+    creds(options["creds"], role, verify, options.get("priority") or None)
+
+
+def _open_only(endpoint: Endpoint, mode: str) -> QIOChannel | None:
+    """Open ``endpoint`` when its address can only be opened (``file:``); else return None.
+
+    A configured transport name counts by the address it stands for.
+    """
+    from ..config import lookup_transport
+    from ..errors import AddressError, PluginError
+    from ..registry import resolve_address
+    from ..transport import apply_layers, open_channel
+
+    address, layers = endpoint.address, list(endpoint.layers)
+    if ":" not in address:
+        configured = lookup_transport(address)
+        if configured is None:
+            return None  # connect/listen will report it
+        address, layers = configured.address, [*configured.layers, *layers]
+    try:
+        backend, _parsed = resolve_address(address)
+    except (AddressError, PluginError):
+        return None  # an error connect/listen will report
+    if backend.open is None or backend.connect is not None or backend.listen is not None:
+        return None
+    return apply_layers(open_channel(address, mode), layers, endpoint.role)
+
+
+def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
+    """Connect to ``endpoint``, or listen on it and accept exactly one peer.
+
+    A listening endpoint announces its real address (port 0 resolved) on
+    stderr before it waits, and keeps it in ``endpoint.address``.  An address
+    that can only be opened (``file:``) is opened in ``mode`` whatever the
+    role, and its layers applied in the role the endpoint has.
+
+    Returns:
+        The channel, blocking, with every handshake done.
+    Raises:
+        CLIError: the address, a layer or the peer failed (exit status 2 for a
+            malformed address or configuration, 1 otherwise).
+    """
+    from ..errors import AddressError, ChannelError, ConfigError
+
+    what = f"{endpoint.label} {endpoint.describe()}"
+    try:
+        return _open_endpoint(endpoint, mode)
+    except (AddressError, ConfigError) as exc:
+        raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
+    except ChannelError as exc:
+        raise CLIError(f"{what}: {exc} (0 bytes passed)") from None
+
+
+def _open_endpoint(endpoint: Endpoint, mode: str) -> QIOChannel:
+    from ..transport import connect, listen
+
+    opened = _open_only(endpoint, mode)
+    if opened is not None:
+        return opened
+    if not endpoint.listen:
+        return connect(endpoint.address, layers=endpoint.layers)
+    listener = listen(endpoint.address, layers=endpoint.layers)
+    endpoint.address = str(listener.address)  # the real port, for every later message
+    try:
+        say(f"{endpoint.label}: listening on {endpoint.address}")
+        return listener.accept()  # type: ignore[no-any-return]
+    finally:
+        listener.close()
+
+
+def plugin_object(kind: Literal["transport", "layer"], scheme: str, attribute: str) -> Any:
+    """Return ``attribute`` of the plugin module serving ``scheme`` (found through the registry).
+
+    The command never imports a plugin package: it asks the registry which
+    plugin serves the scheme and uses the object that plugin registered.
+
+    Raises:
+        PluginError: no available plugin serves it.
+        CLIError: the plugin does not provide ``attribute``.
+    """
+    import importlib
+
+    from ..registry import find_backend, plugin_manager
+
+    backend = find_backend(scheme, kind=kind)
+    value: Any = plugin_manager().get_plugin(backend.plugin)
+    for part in attribute.split("."):
+        found = getattr(value, part, None)
+        module_name = getattr(value, "__name__", None)
+        if found is None and isinstance(module_name, str):
+            try:  # a submodule of the plugin package not imported yet
+                found = importlib.import_module(f"{module_name}.{part}")
+            except ImportError:
+                found = None
+        if found is None:
+            raise CLIError(f"plugin {backend.plugin!r} for {scheme!r} does not provide {attribute}")
+        value = found
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def join_words(words: Sequence[str]) -> str:
+    """Return ``"a, b and c"``."""
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} and {words[-1]}"

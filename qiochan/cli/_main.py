@@ -1,0 +1,286 @@
+"""The ``qiochan`` command (also ``python -m qiochan``).
+
+Subcommands::
+
+    qiochan backends                      every discovered backend, available or why not
+    qiochan demo [--size 64M]             a checksummed QEMUFile stream through every chain
+    qiochan relay SRC DST                 copy both directions between two transports
+    qiochan send FILE DST                 stream a file to DST
+    qiochan recv SRC FILE                 receive a stream from SRC into FILE
+    qiochan certs DIR --hostname H        TLS credentials in QEMU's layout
+
+Every address takes the address syntax (``tcp:HOST:PORT``, ``unix:PATH``,
+``exec:CMD``, ``file:PATH``, ``ws://``, ``wss://``...) or the name of a
+transport from the transports file (``--config``), plus repeatable ``--layer
+SPEC`` options.  Errors are one line on stderr: exit status 1 when the
+operation failed, 2 when the command line (an address, a layer, the
+configuration) is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import __version__
+from ._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CLIError,
+    add_layer_argument,
+    parse_rate,
+    parse_size,
+)
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("qiochan.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _handler(module: str, name: str) -> Handler:
+    """Return a handler that imports its module only when the subcommand runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from importlib import import_module
+
+        func: Handler = getattr(import_module(module, __package__), name)
+        return func(args)
+
+    return run
+
+
+def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
+    """Options accepted before and after the subcommand (``qiochan -v demo`` = ``demo -v``)."""
+    default: Any = argparse.SUPPRESS if for_subcommand else None
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("common options")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="transports file naming transports (default: $QIOCHAN_CONFIG, else "
+        "~/.config/qiochan/transports.toml)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if for_subcommand else 0,
+        help="log what happens (-vv: debug, with tracebacks)",
+    )
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=default,
+        help="show progress bars even when stderr is not a terminal",
+    )
+    group.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=default,
+        help="never show progress bars (the last of the two wins)",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``qiochan`` command."""
+    common = _common_options(for_subcommand=True)
+    parser = argparse.ArgumentParser(
+        prog="qiochan",
+        description="QEMU's QIOChannel transports, layers and QEMUFile stream from the shell.",
+        parents=[_common_options(for_subcommand=False)],
+    )
+    parser.add_argument("--version", action="version", version=f"qiochan {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str, module: str, func: str, *, help: str, description: str
+    ) -> argparse.ArgumentParser:
+        """Add subcommand ``name`` run by ``module.func`` (imported when it runs)."""
+        command = commands.add_parser(name, parents=[common], help=help, description=description)
+        command.set_defaults(handler=_handler(module, func))
+        return command
+
+    backends = add(
+        "backends",
+        "._backends",
+        "run_backends",
+        help="list every discovered backend: schemes, kind, features, availability",
+        description="List every backend the plugins provide, including unavailable ones "
+        "and plugins that failed to load, with the reason.",
+    )
+    backends.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    demo = add(
+        "demo",
+        "._demo",
+        "run_demo",
+        help="move a checksummed QEMUFile page stream through every transport chain",
+        description="Move a generated stream of RAM page records through QEMUFile over every "
+        "available transport and layer chain on loopback, verify every byte and print "
+        "the throughput of each chain.",
+    )
+    demo.add_argument(
+        "--size",
+        type=parse_size,
+        default=64 << 20,
+        help="bytes of RAM pages per chain (default 64M; K/M/G are powers of 1024)",
+    )
+    demo.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only chains whose name contains NAME (repeatable), e.g. tls",
+    )
+
+    relay = add(
+        "relay",
+        "._relay",
+        "run_relay",
+        help="relay both directions between two transports until EOF",
+        description="Accept one peer on SRC (or connect to it), then connect to DST (or "
+        "accept one peer on it) and copy both directions until each ends; an end of "
+        "stream is passed on as a half-close.  Exit 0 when both directions ended cleanly "
+        "or by a peer close after the data passed.",
+    )
+    relay.add_argument("src", metavar="SRC", help="source address or transport name")
+    relay.add_argument("dst", metavar="DST", help="destination address or transport name")
+    relay.add_argument(
+        "--connect-src", action="store_true", help="connect to SRC instead of listening on it"
+    )
+    relay.add_argument(
+        "--listen-dst", action="store_true", help="listen on DST instead of connecting to it"
+    )
+    add_layer_argument(relay, "--src-layer", "src_layers", "the source side")
+    add_layer_argument(relay, "--dst-layer", "dst_layers", "the destination side")
+
+    send = add(
+        "send",
+        "._transfer",
+        "run_send",
+        help="stream a file to a transport",
+        description="Connect to DST (or accept one peer with --listen), write FILE ('-': "
+        "stdin), half-close and wait for the peer to close.  Exit 0 once every byte was "
+        "written, even if the peer then resets.",
+    )
+    send.add_argument("file", metavar="FILE", help="file to send, '-' for stdin")
+    send.add_argument("dst", metavar="DST", help="destination address or transport name")
+    send.add_argument("--listen", action="store_true", help="listen on DST and accept one peer")
+    _transfer_options(send)
+
+    recv = add(
+        "recv",
+        "._transfer",
+        "run_recv",
+        help="receive a stream from a transport into a file",
+        description="Accept one peer on SRC (or connect with --connect) and write what it "
+        "sends to FILE ('-': stdout) until its end of stream.  Exit 0 only when the "
+        "stream ended cleanly, i.e. FILE is complete.",
+    )
+    recv.add_argument("src", metavar="SRC", help="source address or transport name")
+    recv.add_argument("file", metavar="FILE", help="file to write, '-' for stdout")
+    recv.add_argument("--connect", action="store_true", help="connect to SRC instead")
+    _transfer_options(recv)
+
+    certs = add(
+        "certs",
+        "._certs",
+        "run_certs",
+        help="create TLS credentials in QEMU's directory layout",
+        description="Create ca-cert.pem, server-cert.pem/server-key.pem and "
+        "client-cert.pem/client-key.pem in DIR, as QEMU's tls-creds-x509 and "
+        "tls:creds=DIR read them.",
+    )
+    certs.add_argument("dir", metavar="DIR", help="directory to create the files in")
+    certs.add_argument(
+        "--hostname",
+        action="append",
+        metavar="H",
+        help="server host name (repeatable; default localhost)",
+    )
+    certs.add_argument(
+        "--ip",
+        action="append",
+        metavar="ADDR",
+        help="server IP address (repeatable; default 127.0.0.1)",
+    )
+    certs.add_argument(
+        "--no-client", action="store_true", help="do not create a client certificate"
+    )
+    return parser
+
+
+def _transfer_options(parser: argparse.ArgumentParser) -> None:
+    add_layer_argument(parser)
+    parser.add_argument(
+        "--rate-limit",
+        type=parse_rate,
+        default=None,
+        metavar="RATE",
+        help="at most RATE bytes per second, e.g. 10M (K/M/G are powers of 1024)",
+    )
+
+
+def _configure_logging(verbosity: int) -> None:
+    if verbosity <= 0:
+        level = logging.WARNING
+    elif verbosity == 1:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="qiochan: %(levelname)s %(name)s: %(message)s")
+
+
+def _error(command: str, message: str) -> None:
+    print(f"qiochan {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``qiochan`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 success, 1 the operation failed, 2 a usage error,
+        130 interrupted.
+    """
+    from ..errors import AddressError, ChannelError, ConfigError
+
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    command: str = args.command
+    try:
+        if args.config:
+            from ..config import load_config, set_config_path
+
+            set_config_path(args.config)
+            load_config()  # a named file must exist and be valid, whether used or not
+        return int(args.handler(args))
+    except CLIError as exc:
+        _error(command, str(exc))
+        return exc.code
+    except (AddressError, ConfigError) as exc:
+        _error(command, str(exc))
+        return EXIT_USAGE
+    except (ChannelError, OSError) as exc:
+        _error(command, str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error(command, "interrupted")
+        return 130
+    except Exception as exc:
+        if args.verbose >= 2:
+            raise
+        _error(command, f"internal error: {type(exc).__name__}: {exc} (-vv shows the traceback)")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

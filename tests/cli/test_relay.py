@@ -1,0 +1,213 @@
+"""``qiochan relay`` as a subprocess: both directions, half-close, chains, exit semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.cli import assert_one_line_error, background, cli_env, port_of
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return cli_env(tmp_path)
+
+
+def _pattern(size: int, seed: bytes) -> bytes:
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+class _Peer:
+    """A raw socket peer on a thread: sends ``outgoing`` (then half-closes), reads to EOF."""
+
+    def __init__(self, sock: socket.socket, outgoing: bytes, *, send_after_eof: bool) -> None:
+        self.sock = sock
+        self.outgoing = outgoing
+        self.send_after_eof = send_after_eof
+        self.received = hashlib.sha256()
+        self.count = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        self.sock.sendall(self.outgoing)
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def _run(self) -> None:
+        try:
+            sender = None
+            if not self.send_after_eof:
+                sender = threading.Thread(target=self._send, daemon=True)
+                sender.start()
+            while chunk := self.sock.recv(MIB):
+                self.received.update(chunk)
+                self.count += len(chunk)
+            if self.send_after_eof:
+                self._send()  # a reply after the other side's half-close
+            if sender is not None:
+                sender.join()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.sock.close()
+
+    def join(self) -> None:
+        self.thread.join(40)
+        assert not self.thread.is_alive(), "peer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+class _Accepted:
+    """The peer a listening test socket accepts on a thread."""
+
+    def __init__(self, server: socket.socket, outgoing: bytes, **kwargs: Any) -> None:
+        self.peer: _Peer | None = None
+        self._thread = threading.Thread(
+            target=self._accept, args=(server, outgoing, kwargs), daemon=True
+        )
+        self._thread.start()
+
+    def _accept(self, server: socket.socket, outgoing: bytes, kwargs: dict[str, Any]) -> None:
+        conn, _ = server.accept()
+        self.peer = _Peer(conn, outgoing, **kwargs)
+
+    def get(self) -> _Peer:
+        """Wait for the connection; return its peer."""
+        self._thread.join(40)
+        assert self.peer is not None, "nobody connected"
+        return self.peer
+
+
+def _connect_peer(address: str, outgoing: bytes, **kwargs: Any) -> _Peer:
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(address.removeprefix("unix:"))
+    else:
+        sock = socket.create_connection(("127.0.0.1", port_of(address)))
+    return _Peer(sock, outgoing, **kwargs)
+
+
+def test_relay_moves_64_mib_tcp_to_unix_both_ways_with_half_close(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    forward, backward = _pattern(64 * MIB, b"forward"), _pattern(MIB + 123, b"backward")
+    path = tmp_path / "dst.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    with server, background("relay", "tcp:127.0.0.1:0", f"unix:{path}", env=env) as relay:
+        accepted = _Accepted(server, backward, send_after_eof=True)
+        source = _connect_peer(relay.listening("source"), forward, send_after_eof=False)
+        destination = accepted.get()
+        source.join()
+        destination.join()
+        result = relay.finish()
+    assert result.returncode == 0, result.stderr
+    assert destination.received.digest() == hashlib.sha256(forward).digest()
+    assert source.received.digest() == hashlib.sha256(backward).digest()
+    assert f"{len(forward)} bytes (64.0 MiB) source -> destination" in result.stderr
+    assert f"{len(backward)} bytes" in result.stderr
+
+
+def test_relay_to_a_command_passes_the_half_close_on(env: dict[str, str]) -> None:
+    data = _pattern(8 * MIB, b"cat")
+    with background("relay", "tcp:127.0.0.1:0", "exec:cat", env=env) as relay:
+        source = _connect_peer(relay.listening(), data, send_after_eof=False)
+        source.join()  # cat sees EOF only if the half-close reached its stdin
+        result = relay.finish()
+    assert result.returncode == 0, result.stderr
+    assert source.received.digest() == hashlib.sha256(data).digest()
+
+
+def test_relay_chain_tcp_wss_tcp(env: dict[str, str], tmp_path: Path) -> None:
+    creds = tmp_path / "pki"
+    from tests.helpers.cli import run_cli
+
+    assert run_cli("certs", str(creds), env=env).returncode == 0
+    tls = f"tls:creds={creds}"
+    data = _pattern(16 * MIB, b"wss")
+    server = socket.create_server(("127.0.0.1", 0))
+    final = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    with (
+        server,
+        background("relay", "wss://127.0.0.1:0/mig", final, "--src-layer", tls, env=env) as exit_,
+    ):
+        wss = exit_.listening().replace("127.0.0.1", "localhost")
+        with background("relay", "tcp:127.0.0.1:0", wss, "--dst-layer", tls, env=env) as entry:
+            # nothing comes back: a websocket close ends both directions (RFC 6455)
+            accepted = _Accepted(server, b"", send_after_eof=True)
+            source = _connect_peer(entry.listening(), data, send_after_eof=False)
+            source.join()
+            accepted.get().join()
+            assert entry.finish().returncode == 0, entry.stderr
+            assert exit_.finish().returncode == 0, exit_.stderr
+    assert accepted.get().received.digest() == hashlib.sha256(data).digest()
+    assert source.count == 0
+
+
+def test_connect_src_and_listen_dst(env: dict[str, str]) -> None:
+    data = _pattern(MIB, b"roles")
+    server = socket.create_server(("127.0.0.1", 0))
+    src = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    with (
+        server,
+        background("relay", src, "tcp:127.0.0.1:0", "--connect-src", "--listen-dst", env=env) as r,
+    ):
+        accepted = _Accepted(server, data, send_after_eof=False)
+        destination = _connect_peer(r.listening("destination"), b"", send_after_eof=True)
+        destination.join()
+        accepted.get().join()
+        result = r.finish()
+    assert result.returncode == 0, result.stderr
+    assert destination.received.digest() == hashlib.sha256(data).digest()
+
+
+def test_refused_destination_fails_after_accepting_the_source(env: dict[str, str]) -> None:
+    with background("relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", env=env) as relay:
+        source = _connect_peer(relay.listening(), b"", send_after_eof=True)
+        result = relay.finish()
+        source.join()  # the relay closed the source: it reads EOF
+    assert_one_line_error(result, 1, "destination tcp:127.0.0.1:1", "refused", "0 bytes passed")
+
+
+def _reset(conn: socket.socket) -> None:
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_destination_reset_mid_stream_fails_with_counts(env: dict[str, str]) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    dst = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    accepted = threading.Event()
+
+    def reset_early() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        accepted.set()
+        _reset(conn)
+
+    resetter = threading.Thread(target=reset_early, daemon=True)
+    with server, background("relay", "tcp:127.0.0.1:0", dst, env=env) as relay:
+        resetter.start()
+        sock = socket.create_connection(("127.0.0.1", port_of(relay.listening())))
+        with sock:
+            try:
+                sock.sendall(_pattern(32 * MIB, b"cut"))
+            except OSError:
+                pass  # the relay gave up on the source too
+            result = relay.finish()
+        resetter.join(10)
+    line = assert_one_line_error(result, 1, "relay failed", "source -> destination")
+    assert "reset" in line.lower() or "broken pipe" in line.lower()
+    assert accepted.is_set()

@@ -1,0 +1,1 @@
+"""Helpers shared by the test packages: channel pairs, CLI runners, QEMUFile scripts."""
