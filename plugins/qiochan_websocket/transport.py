@@ -3,7 +3,10 @@
 Layer spec: ``websocket:path=/p[,host=H][,origin=O][,max-size=N][,timeout=S]
 [,frame-size=N]``.  For a client, ``host`` is the ``Host`` header (default:
 the master's remote address) and ``origin`` the ``Origin`` header; for a
-server, ``origin`` is the one origin admitted (403 for others).
+server, ``origin`` is the one origin admitted (403 for others).  A server's
+``route`` option (a :data:`~qiochan_websocket.handshake.Route` callable, given
+in a :class:`~qiochan.options.LayerSpec` by a program, not in spec text)
+replaces the fixed path: it decides on each request target, 404 when it says no.
 
 ``ws://HOST:PORT/PATH`` is TCP + websocket, ``wss://`` TCP + TLS + websocket.
 The TCP part comes from the ``tcp`` transport backend and the TLS part from
@@ -36,7 +39,7 @@ __all__ = ["OPTIONS", "WebsocketListener", "connect_url", "listen_url", "wrap"]
 
 _CONTEXT = "layer 'websocket'"
 #: The options of the ``websocket`` layer (dashes written as underscores).
-OPTIONS = ("path", "host", "origin", "max_size", "timeout", "frame_size")
+OPTIONS = ("path", "host", "origin", "max_size", "timeout", "frame_size", "route")
 
 Layer = Callable[[QIOChannel, Role], QIOChannel]
 
@@ -96,8 +99,15 @@ def _arguments(role: Role, options: dict[str, Any]) -> dict[str, Any]:
     if role == "server":
         if options.get("host"):
             raise AddressError(f"{_CONTEXT}: host= applies to a client only")
+        route = options.get("route")
+        if route is not None:
+            if not callable(route):
+                raise AddressError(f"{_CONTEXT}: route= must be a callable, not {route!r}")
+            arguments["path"] = route
         arguments["origins"] = None if origin is None else [origin]
     else:
+        if options.get("route") is not None:
+            raise AddressError(f"{_CONTEXT}: route= applies to a server only")
         arguments["origin"] = origin
         arguments["host"] = options.get("host") or None
     return arguments

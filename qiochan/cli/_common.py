@@ -180,28 +180,10 @@ def _check_tls_creds(options: dict[str, str], role: str) -> None:
 
 
 def _open_only(endpoint: Endpoint, mode: str) -> QIOChannel | None:
-    """Open ``endpoint`` when its address can only be opened (``file:``); else return None.
+    """Open ``endpoint`` when its address can only be opened (``file:``); else return None."""
+    from ..transport import open_only
 
-    A configured transport name counts by the address it stands for.
-    """
-    from ..config import lookup_transport
-    from ..errors import AddressError, PluginError
-    from ..registry import resolve_address
-    from ..transport import apply_layers, open_channel
-
-    address, layers = endpoint.address, list(endpoint.layers)
-    if ":" not in address:
-        configured = lookup_transport(address)
-        if configured is None:
-            return None  # connect/listen will report it
-        address, layers = configured.address, [*configured.layers, *layers]
-    try:
-        backend, _parsed = resolve_address(address)
-    except (AddressError, PluginError):
-        return None  # an error connect/listen will report
-    if backend.open is None or backend.connect is not None or backend.listen is not None:
-        return None
-    return apply_layers(open_channel(address, mode), layers, endpoint.role)
+    return open_only(endpoint.address, layers=endpoint.layers, role=endpoint.role, mode=mode)
 
 
 def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
@@ -284,6 +266,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
 
 

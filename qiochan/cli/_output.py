@@ -102,6 +102,11 @@ class Progress:
         if self._progress is not None:
             self._progress.stop()
 
+    @property
+    def enabled(self) -> bool:
+        """True when bars are shown."""
+        return self._progress is not None
+
     def add(self, description: str, total: int | None) -> int:
         """Add a bar (``total`` None: no known end); return its id."""
         if self._progress is None:

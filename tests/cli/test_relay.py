@@ -106,7 +106,7 @@ def test_relay_moves_64_mib_tcp_to_unix_both_ways_with_half_close(
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen()
-    with server, background("relay", "tcp:127.0.0.1:0", f"unix:{path}", env=env) as relay:
+    with server, background("relay", "--once", "tcp:127.0.0.1:0", f"unix:{path}", env=env) as relay:
         accepted = _Accepted(server, backward, send_after_eof=True)
         source = _connect_peer(relay.listening("source"), forward, send_after_eof=False)
         destination = accepted.get()
@@ -122,7 +122,7 @@ def test_relay_moves_64_mib_tcp_to_unix_both_ways_with_half_close(
 
 def test_relay_to_a_command_passes_the_half_close_on(env: dict[str, str]) -> None:
     data = _pattern(8 * MIB, b"cat")
-    with background("relay", "tcp:127.0.0.1:0", "exec:cat", env=env) as relay:
+    with background("relay", "--once", "tcp:127.0.0.1:0", "exec:cat", env=env) as relay:
         source = _connect_peer(relay.listening(), data, send_after_eof=False)
         source.join()  # cat sees EOF only if the half-close reached its stdin
         result = relay.finish()
@@ -141,10 +141,14 @@ def test_relay_chain_tcp_wss_tcp(env: dict[str, str], tmp_path: Path) -> None:
     final = f"tcp:127.0.0.1:{server.getsockname()[1]}"
     with (
         server,
-        background("relay", "wss://127.0.0.1:0/mig", final, "--src-layer", tls, env=env) as exit_,
+        background(
+            "relay", "--once", "wss://127.0.0.1:0/mig", final, "--src-layer", tls, env=env
+        ) as exit_,
     ):
         wss = exit_.listening().replace("127.0.0.1", "localhost")
-        with background("relay", "tcp:127.0.0.1:0", wss, "--dst-layer", tls, env=env) as entry:
+        with background(
+            "relay", "--once", "tcp:127.0.0.1:0", wss, "--dst-layer", tls, env=env
+        ) as entry:
             # nothing comes back: a websocket close ends both directions (RFC 6455)
             accepted = _Accepted(server, b"", send_after_eof=True)
             source = _connect_peer(entry.listening(), data, send_after_eof=False)
@@ -162,7 +166,9 @@ def test_connect_src_and_listen_dst(env: dict[str, str]) -> None:
     src = f"tcp:127.0.0.1:{server.getsockname()[1]}"
     with (
         server,
-        background("relay", src, "tcp:127.0.0.1:0", "--connect-src", "--listen-dst", env=env) as r,
+        background(
+            "relay", "--once", src, "tcp:127.0.0.1:0", "--connect-src", "--listen-dst", env=env
+        ) as r,
     ):
         accepted = _Accepted(server, data, send_after_eof=False)
         destination = _connect_peer(r.listening("destination"), b"", send_after_eof=True)
@@ -174,7 +180,7 @@ def test_connect_src_and_listen_dst(env: dict[str, str]) -> None:
 
 
 def test_refused_destination_fails_after_accepting_the_source(env: dict[str, str]) -> None:
-    with background("relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", env=env) as relay:
+    with background("relay", "--once", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", env=env) as relay:
         source = _connect_peer(relay.listening(), b"", send_after_eof=True)
         result = relay.finish()
         source.join()  # the relay closed the source: it reads EOF
@@ -198,7 +204,7 @@ def test_destination_reset_mid_stream_fails_with_counts(env: dict[str, str]) -> 
         _reset(conn)
 
     resetter = threading.Thread(target=reset_early, daemon=True)
-    with server, background("relay", "tcp:127.0.0.1:0", dst, env=env) as relay:
+    with server, background("relay", "--once", "tcp:127.0.0.1:0", dst, env=env) as relay:
         resetter.start()
         sock = socket.create_connection(("127.0.0.1", port_of(relay.listening())))
         with sock:
