@@ -370,6 +370,7 @@ class Gateway:
         self._partner: _relay_io.Acceptor | None = None
         self._partners: asyncio.Queue[QIOChannel] | None = None
         self._pending: set[asyncio.Task[Any]] = set()  # partner handshakes
+        self._open_locks: dict[Target, asyncio.Lock] = {}
         self._live: dict[int, _Connection] = {}
         self._claimed = 0
         self._relayed_ended = 0
@@ -613,37 +614,42 @@ class Gateway:
         return self._targets[info.token]
 
     async def _open_partner(self, target: Target) -> QIOChannel:
+        """Open the destination of a connection whose handshakes are done.
+
+        Connections to one target are opened one at a time, in the order
+        their handshakes completed (``asyncio.Lock`` is first come, first
+        served): a peer whose connections must arrive in order -- QEMU 7.2
+        takes the first multifd connection to arrive for the main channel --
+        sees them arrive at the destination in the order it made them.
+        """
         if self._partners is not None:
             return await self._partners.get()
-        return await _relay_io.open_destination(
-            target.address, target.layers, self._handshake_timeout
-        )
+        lock = self._open_locks.setdefault(target, asyncio.Lock())
+        async with lock:
+            return await _relay_io.open_destination(
+                target.address, target.layers, self._handshake_timeout
+            )
 
     async def _relay(
         self, connection: _Connection, accepted: QIOChannel, target: Target
     ) -> tuple[Outcome, str]:
         info = connection.info
-        info.target = str(target)
+        if not self._connect_source:
+            info.target = str(target)
+            names = (f"source {info.peer}", f"destination {target}")
+        else:  # the destination peer was accepted: the source is what we open
+            target = Target(str(self.source), tuple(str(layer) for layer in self._source_layers))
+            info.target = str(target)
+            names = (f"source {target}", f"destination {info.peer}")
         self._notify(info)
-        driver_is_source = not self._connect_source
-        if driver_is_source:
-            source_name, destination_name = f"source {info.peer}", f"destination {target}"
-        else:
-            source_name = f"source {self.source}"
-            destination_name = f"destination {info.peer}"
         try:
-            if driver_is_source:
-                partner = await self._open_partner(target)
-            else:
-                partner = await _relay_io.open_destination(
-                    self.source, self._source_layers, self._handshake_timeout
-                )
+            partner = await self._open_partner(target)
         except ChannelError as exc:
             accepted.close()
-            failed_side = destination_name if driver_is_source else source_name
-            return "failed", f"{failed_side}: {exc}"
-        source, destination = (accepted, partner) if driver_is_source else (partner, accepted)
-        return await self._splice(connection, source, destination, (source_name, destination_name))
+            return "failed", f"{names[1] if not self._connect_source else names[0]}: {exc}"
+        if self._connect_source:
+            return await self._splice(connection, partner, accepted, names)
+        return await self._splice(connection, accepted, partner, names)
 
     async def _serve_pair(self) -> None:
         """One pair when neither side listens: connect the source, then the destination."""
