@@ -107,11 +107,16 @@ class Acceptor:
         self.listener.close()
 
 
-async def _in_worker(func: Callable[[], QIOChannel], timeout: float | None, on_timeout: Any) -> Any:
+async def _in_worker(
+    func: Callable[[], QIOChannel],
+    timeout: float | None,
+    on_timeout: Callable[[], None] | None = None,
+) -> Any:
     """Run ``func`` on the worker pool, bounded by ``timeout`` seconds.
 
-    On timeout (or cancellation) ``on_timeout()`` runs to end the work early,
-    and a channel the worker still returns is closed.
+    On timeout (or cancellation) ``on_timeout()`` runs to end the work early
+    (on a timeout, the worker is then waited for), and a channel the worker
+    still returns is closed.
 
     Raises:
         TimeoutError: past the deadline. Whatever ``func`` raises.
@@ -121,9 +126,17 @@ async def _in_worker(func: Callable[[], QIOChannel], timeout: float | None, on_t
     try:
         async with asyncio.timeout(timeout):
             return await asyncio.shield(future)
+    except TimeoutError:
+        future.add_done_callback(_close_orphan)
+        if on_timeout is not None:
+            on_timeout()
+            # ending the work early wakes the worker: wait, so its channel is closed
+            await asyncio.wait([future])
+        raise
     except BaseException:
         if not future.done():
-            on_timeout()
+            if on_timeout is not None:
+                on_timeout()
             future.add_done_callback(_close_orphan)
         raise
 
@@ -182,7 +195,7 @@ async def open_destination(
     # the connect's own timeout ends the worker; the outer one is a backstop
     backstop = None if timeout is None else timeout + 5.0
     try:
-        result: QIOChannel = await _in_worker(connect, backstop, lambda: None)
+        result: QIOChannel = await _in_worker(connect, backstop)
     except TimeoutError:
         raise ChannelError(
             f"connect did not complete within {timeout} s", errno.ETIMEDOUT

@@ -68,6 +68,9 @@ log = logging.getLogger("qiochan.relay")
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: Connections relayed at once; beyond it new clients wait in the listen backlog.
 DEFAULT_MAX_ACTIVE = 1024
+#: The listen backlog asked for (the kernel caps it at net.core.somaxconn): a
+#: burst of clients waits there instead of being refused.
+LISTEN_BACKLOG = 1024
 
 #: How a connection ended: ``"ok"`` (relayed and ended cleanly), ``"failed"``
 #: (an error on either side, the destination unreachable...), ``"aborted"``
@@ -261,6 +264,14 @@ def _routed_layers(address: Any, layers: Sequence[Any], route: Callable[[str], b
     )
 
 
+def _listen(address: Any, layers: Sequence[Any]) -> Any:
+    """Listen with a deep backlog where the backend takes one (socket-based ones do)."""
+    try:
+        return listen(address, layers=layers, backlog=LISTEN_BACKLOG)
+    except TypeError:  # a plugin's listen without a backlog option
+        return listen(address, layers=layers)
+
+
 def _request_target(channel: QIOChannel) -> str:
     """The request target a websocket server layer in ``channel``'s chain admitted."""
     current: Any = channel
@@ -430,12 +441,12 @@ class Gateway:
             source_layers = _routed_layers(self.source, source_layers, self._admits)
         try:
             if not self._connect_source:
-                self._driver = _relay_io.Acceptor(listen(self.source, layers=source_layers), loop)
+                self._driver = _relay_io.Acceptor(_listen(self.source, source_layers), loop)
                 if self._listen_destination:
-                    listener = listen(self.destination, layers=self._destination_layers)
+                    listener = _listen(self.destination, self._destination_layers)
                     self._partner = _relay_io.Acceptor(listener, loop)
             elif self._listen_destination:
-                listener = listen(self.destination, layers=self._destination_layers)
+                listener = _listen(self.destination, self._destination_layers)
                 self._driver = _relay_io.Acceptor(listener, loop)
         except BaseException:
             self._close_acceptors()
