@@ -217,3 +217,104 @@ def test_destination_reset_mid_stream_fails_with_counts(env: dict[str, str]) -> 
     line = assert_one_line_error(result, 1, "relay failed", "source -> destination")
     assert "reset" in line.lower() or "broken pipe" in line.lower()
     assert accepted.is_set()
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    """A threaded echo server on loopback: every connection gets its bytes back."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(MIB):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _echo_once(address: str, data: bytes) -> bytes:
+    """Send ``data`` (from a thread) and read as many bytes back, then close.
+
+    No half-close before the echo is in: a websocket hop would end both directions.
+    """
+    with socket.create_connection(("127.0.0.1", port_of(address)), timeout=40) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        received = bytearray()
+        while len(received) < len(data) and (chunk := sock.recv(MIB)):
+            received += chunk
+        sender.join(40)
+        return bytes(received)
+
+
+def test_serving_relay_prints_json_per_connection_and_stops_on_sigterm(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+    import signal
+
+    server, _thread = _echo_server()
+    echo = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    with server, background("relay", "tcp:127.0.0.1:0", echo, "--json", env=env) as relay:
+        address = relay.listening("source")
+        payloads = [_pattern(100_000 + n, b"json") for n in range(3)]
+        for data in payloads:
+            assert _echo_once(address, data) == data
+        relay.expect(r"#3 .*: ok in")
+        relay.proc.send_signal(signal.SIGTERM)
+        result = relay.finish(timeout=5)
+    assert result.returncode == 0, result.stderr
+    assert "3 connections" in result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["id"] for o in objects] == [1, 2, 3]
+    assert [o["bytes_src_to_dst"] for o in objects] == [len(p) for p in payloads]
+    assert {o["outcome"] for o in objects} == {"ok"}
+    assert all(o["target"] == echo and o["peer"].startswith("tcp:127.0.0.1:") for o in objects)
+
+
+def test_relay_routes_tokens_from_a_targets_file(env: dict[str, str], tmp_path: Path) -> None:
+    server, _thread = _echo_server()
+    targets = tmp_path / "targets.toml"
+    targets.write_text(f'[targets]\nvm1 = "tcp:127.0.0.1:{server.getsockname()[1]}"\n')
+    with (
+        server,
+        background("relay", "ws://127.0.0.1:0/", "--targets", str(targets), env=env) as gateway,
+    ):
+        url = gateway.listening("source")
+        with socket.create_connection(("127.0.0.1", port_of(url)), timeout=40) as sock:
+            sock.sendall(
+                b"GET /vm2 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 404")
+        gateway.expect(r"#1 .*rejected")
+        data = _pattern(MIB, b"token")
+        with background(
+            "relay", "--once", "tcp:127.0.0.1:0", url.rstrip("/") + "/?token=vm1", env=env
+        ) as entry:
+            assert _echo_once(entry.listening("source"), data) == data
+            assert entry.finish().returncode == 0, entry.stderr
+        gateway.expect(r"#2 .*ok in")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["ws://127.0.0.1:0/"], ["DST or --targets"]),
+        (["tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--targets", "t.toml"], ["DST or --targets"]),
+        (["ws://127.0.0.1:0/", "--targets", "absent.toml"], ["absent.toml"]),
+    ],
+)
+def test_relay_usage_errors(env: dict[str, str], args: list[str], words: list[str]) -> None:
+    from tests.helpers.cli import run_cli
+
+    assert_one_line_error(run_cli("relay", *args, env=env), 2, *words)
