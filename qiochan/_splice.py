@@ -32,8 +32,17 @@ log = logging.getLogger("qiochan.relay")
 Counter = Callable[[int], None]
 
 
-class _Side(asyncio.Protocol):
-    """One side: what it reads goes to the other side's transport (and to its tap)."""
+#: Bytes read from a side at once, into one buffer reused for every read.
+_READ_SIZE = 256 * 1024
+
+
+class _Side(asyncio.BufferedProtocol):
+    """One side: what it reads goes to the other side's transport (and to its tap).
+
+    Reads land in a buffer of its own, passed on without a copy when the
+    other side's channel takes it at once (the transport copies only what
+    it must keep).
+    """
 
     def __init__(self, splice: Splice, label: str, count: Counter, tap: IO[bytes] | None) -> None:
         self.splice = splice
@@ -46,6 +55,7 @@ class _Side(asyncio.Protocol):
         self.input_ended = False
         self.output_ended = False
         self.lost = False
+        self._buffer = memoryview(bytearray(_READ_SIZE))
 
     def _peer_transport(self) -> ChannelTransport:
         assert self.peer is not None and self.peer.transport is not None
@@ -55,9 +65,13 @@ class _Side(asyncio.Protocol):
         assert isinstance(transport, ChannelTransport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        self.read_bytes += len(data)
-        self.count(len(data))
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self._buffer[:nbytes]
+        self.read_bytes += nbytes
+        self.count(nbytes)
         if self.tap is not None:
             self.tap.write(data)
         self._peer_transport().write(data)
