@@ -218,19 +218,7 @@ def _finish(src: VM, dst: VM, relays: list[Background], source_ram: Path, dest_r
     assert dest_ram.read_bytes() == source_ram.read_bytes()
 
 
-#: Our websocket *server* layer holds back the last frames of a multifd channel
-#: until more data arrives (the exit relay read 196608 bytes fewer than the entry
-#: sent, and QEMU's sync points wait for them): a websocket layer bug, left to the
-#: layers rewrite; websockify as the server hop works.
-_WS_SERVER_STALL = pytest.mark.xfail(
-    run=False, reason="websocket server layer holds back frames under multifd (see comment)"
-)
-
-
-@pytest.mark.parametrize(
-    "chain",
-    [pytest.param(c, marks=_WS_SERVER_STALL) if c == "tcp-ws-tcp" else c for c in CHAINS],
-)
+@pytest.mark.parametrize("chain", list(CHAINS))
 def test_multifd_migration_through_gateway(
     qemu: str, tmp_path: Path, creds: Path, random_ram: Path, chain: str
 ) -> None:
