@@ -90,14 +90,14 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             return
         except ConnectionRefusedError:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.05)
-    raise RuntimeError(f"{process.args} never listened on {port}")
+    raise RuntimeError(f"{process.args!r} never listened on {port}")
 
 
 @contextlib.contextmanager
@@ -130,8 +130,10 @@ def _tcp_stream(port: int, size: int) -> None:
 
 def _ws_stream(port: int, size: int) -> None:
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
-    with connect(f"ws://127.0.0.1:{port}/", compression=None, subprotocols=["binary"]) as ws:
+    binary = [Subprotocol("binary")]
+    with connect(f"ws://127.0.0.1:{port}/", compression=None, subprotocols=binary) as ws:
         ws.send(_HEADER.pack(size))
         left = size
         while left > 0:

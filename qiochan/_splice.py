@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import IO
+from typing import Protocol
 
 from .aio import ChannelTransport
 from .channel import QIOChannel
@@ -30,6 +30,19 @@ log = logging.getLogger("qiochan.relay")
 
 #: Called with the byte count of each chunk a side reads.
 Counter = Callable[[int], None]
+
+
+class Tap(Protocol):
+    """Where a copy of one direction goes: it lends the buffers that direction reads into."""
+
+    def buffer(self) -> memoryview:
+        """Return a buffer to read into."""
+
+    def write(self, data: memoryview, /) -> object:
+        """Take ``data``, a filled slice of a buffer :meth:`buffer` returned."""
+
+    def release(self, buffer: memoryview, /) -> object:
+        """Take back a buffer :meth:`buffer` returned that was not filled."""
 
 
 #: Bytes read from a side at once, into one buffer reused for every read.
@@ -44,7 +57,7 @@ class _Side(asyncio.BufferedProtocol):
     it must keep).
     """
 
-    def __init__(self, splice: Splice, label: str, count: Counter, tap: IO[bytes] | None) -> None:
+    def __init__(self, splice: Splice, label: str, count: Counter, tap: Tap | None) -> None:
         self.splice = splice
         self.label = label
         self.count = count
@@ -55,7 +68,10 @@ class _Side(asyncio.BufferedProtocol):
         self.input_ended = False
         self.output_ended = False
         self.lost = False
-        self._buffer = memoryview(bytearray(_READ_SIZE))
+        # without a tap one buffer serves every read; a tap lends a fresh one per read
+        self._buffer: memoryview | None = (
+            None if tap is not None else memoryview(bytearray(_READ_SIZE))
+        )
 
     def _peer_transport(self) -> ChannelTransport:
         assert self.peer is not None and self.peer.transport is not None
@@ -66,15 +82,20 @@ class _Side(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._buffer is None:
+            assert self.tap is not None
+            self._buffer = self.tap.buffer()
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        assert self._buffer is not None
         data = self._buffer[:nbytes]
         self.read_bytes += nbytes
         self.count(nbytes)
+        self._peer_transport().write(data)  # keeps a copy of what it cannot send now
         if self.tap is not None:
-            self.tap.write(data)
-        self._peer_transport().write(data)
+            self.tap.write(data)  # the tap owns this buffer now: read into another
+            self._buffer = None
 
     def eof_received(self) -> bool:
         self.input_ended = True
@@ -108,6 +129,9 @@ class _Side(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.tap is not None and self._buffer is not None:
+            self.tap.release(self._buffer)
+            self._buffer = None
         if not self.input_ended:
             self.input_ended = True
             self.splice.input_ended(self, exc)
@@ -147,7 +171,7 @@ class Splice:
         labels: tuple[str, str],
         forward: Counter,
         backward: Counter,
-        taps: tuple[IO[bytes] | None, IO[bytes] | None] = (None, None),
+        taps: tuple[Tap | None, Tap | None] = (None, None),
     ) -> None:
         self._src = _Side(self, labels[0], forward, taps[0])
         self._dst = _Side(self, labels[1], backward, taps[1])

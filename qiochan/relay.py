@@ -41,10 +41,11 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from . import _relay_io
 from ._splice import Splice
+from ._tap import TapFile, TapWriter
 from .channel import QIOChannel
 from .errors import AddressError, ChannelError, ConfigError
 from .options import LayerSpec, parse_layer
@@ -375,7 +376,7 @@ class Gateway:
         self._handshake_timeout = handshake_timeout
         self._max_active = max_active
         self._on_connection = on_connection
-        self._tap = None if tap is None else Path(tap)
+        self._tap = None if tap is None else TapWriter(Path(tap))
         self._ids = itertools.count(1)
         self._driver: _relay_io.Acceptor | None = None
         self._partner: _relay_io.Acceptor | None = None
@@ -698,21 +699,24 @@ class Gateway:
         names: tuple[str, str],
     ) -> tuple[Outcome, str]:
         info = connection.info
-        with contextlib.ExitStack() as taps:
-            files: tuple[IO[bytes] | None, IO[bytes] | None] = (None, None)
-            if self._tap is not None:
-                files = (
-                    taps.enter_context(open(self._tap / f"{info.id}-src-to-dst.bin", "wb")),
-                    taps.enter_context(open(self._tap / f"{info.id}-dst-to-src.bin", "wb")),
-                )
-            splice = connection.splice = Splice(
-                names, info._count_forward, info._count_backward, files
-            )
+        taps: tuple[TapFile, TapFile] | tuple[None, None] = (None, None)
+        if self._tap is not None:
             try:
-                failure = await splice.run(source, destination)
-            except asyncio.CancelledError:
-                splice.abort("aborted: the gateway was cancelled")
-                raise
+                taps = (
+                    self._tap.open(f"{info.id}-src-to-dst.bin"),
+                    self._tap.open(f"{info.id}-dst-to-src.bin"),
+                )
+            except OSError as exc:
+                log.warning("connection #%d is not tapped: %s", info.id, exc)
+        splice = connection.splice = Splice(names, info._count_forward, info._count_backward, taps)
+        try:
+            failure = await splice.run(source, destination)
+        except asyncio.CancelledError:
+            splice.abort("aborted: the gateway was cancelled")
+            raise
+        finally:
+            if self._tap is not None and taps[0] is not None and taps[1] is not None:
+                await self._tap.close(taps[0], taps[1])
         if not failure:
             return "ok", ""
         return ("aborted" if failure.startswith("aborted") else "failed"), failure

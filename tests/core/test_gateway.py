@@ -345,3 +345,26 @@ def test_hostile_clients_neither_stop_good_ones_nor_leak(kind: str, tls_creds_di
             assert _fds() <= before_fds
 
     _run(main)
+
+
+def test_tap_serves_more_connections_than_its_buffer_pool(tmp_path: Path) -> None:
+    # each tapped direction borrows a pooled read buffer; one never filled must go back
+    from qiochan import _tap
+
+    connections = _tap.MAX_PENDING // _tap.BUFFER_SIZE + 20
+
+    async def main() -> None:
+        server, echo = await _echo_server()
+        hook = Ended()
+        async with (
+            server,
+            Gateway("tcp:127.0.0.1:0", echo, on_connection=hook, tap=tmp_path) as gateway,
+        ):
+            for n in range(connections):
+                data = b"%d" % n
+                assert await _tcp_client(gateway.source_address.port, data) == data
+            await hook.wait(connections, "ok")
+        for n in (1, connections):
+            assert (tmp_path / f"{n}-src-to-dst.bin").read_bytes() == b"%d" % (n - 1)
+
+    _run(main)
