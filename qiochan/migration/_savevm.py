@@ -361,7 +361,8 @@ class SavevmWalker:
         try:
             vmdesc = parse_vmdesc(text)
         except ValueError as exc:
-            raise StreamError(offset + 5, f"expected the device description's JSON: {exc}") from None
+            message = f"expected the device description's JSON: {exc}"
+            raise StreamError(offset + 5, message) from None
         summary = VmdescSummary(vmdesc["page_size"], len(vmdesc["devices"]), length)
         self.report.vmdesc = summary
         try:
