@@ -48,6 +48,7 @@ from ._report import (
 )
 from ._savevm import SavevmWalker
 from ._vmdesc import find_vmdesc, parse_vmdesc
+from ._writer import MultifdWriter, SavevmWriter
 
 __all__ = [
     "MULTIFD_MAGIC",
@@ -55,9 +56,11 @@ __all__ = [
     "CommandRecord",
     "MigCommand",
     "MultifdChannel",
+    "MultifdWriter",
     "RamBlock",
     "RamFlag",
     "RamStats",
+    "SavevmWriter",
     "SectionRecord",
     "StreamReport",
     "VmRecord",

@@ -17,6 +17,7 @@ __all__ = [
     "QEMU_VM_FILE_MAGIC",
     "QEMU_VM_FILE_VERSION",
     "QEMU_VM_FILE_VERSION_COMPAT",
+    "TARGET_PAGE_BITS_SUBSECTION",
     "UUID_SUBSECTION",
     "MigCommand",
     "RamFlag",
@@ -42,6 +43,7 @@ MULTIFD_PACKET_HEADER_SIZE = 6 * 4 + 8 + 32 + 256
 #: Subsections of the configuration section that QEMU 7.2 may send.
 MIGRATION_CAPABILITY_SUBSECTION = b"configuration/capabilities"
 UUID_SUBSECTION = b"configuration/uuid"
+TARGET_PAGE_BITS_SUBSECTION = b"configuration/target-page-bits"
 
 
 class VmRecord(IntEnum):

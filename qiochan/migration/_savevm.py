@@ -35,6 +35,7 @@ from ._format import (
     MIGRATION_CAPABILITY_SUBSECTION,
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
+    TARGET_PAGE_BITS_SUBSECTION,
     UUID_SUBSECTION,
     MigCommand,
     RpMessage,
@@ -159,6 +160,11 @@ class SavevmWalker:
                 for _ in range(count):
                     cap = reader.counted_string("a capability name")
                     self.report.capabilities.append(cap)
+            elif name == TARGET_PAGE_BITS_SUBSECTION:
+                bits = reader.be32("the target page bits")
+                if not 10 <= bits <= 20:
+                    reader.fail(sub_offset, "target page bits of 10..20", str(bits))
+                self.report.ram.page_size = 1 << bits
             elif name == UUID_SUBSECTION:
                 self.report.uuid = uuid_text(reader.raw(16, "the source's UUID"))
             else:

@@ -111,8 +111,8 @@ class VM:
         for line in self.qmp.hmp("info ramblock").splitlines()[1:]:
             fields = line.split()
             if len(fields) >= 4:
-                # Block Name, PSize, Offset, Used, Total (hex lengths)
-                blocks[fields[0]] = int(fields[3], 16)
+                # Block Name, PSize (two words), Offset, Used, Total
+                blocks[fields[0]] = int(fields[-2], 16)
         return blocks
 
 
