@@ -8,6 +8,7 @@ the first short or impossible value stop it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 from ..qemufile import QEMUFile
@@ -49,7 +50,11 @@ class Reader:
         return self.f.tell()
 
     def check(self, what: str) -> None:
-        """Raise :class:`TruncatedError` if a read came up short since the file was opened."""
+        """Raise :class:`TruncatedError` if the input failed (after a read that may be short).
+
+        Only for reads whose shortness cannot be told otherwise: an error
+        latched by a look-ahead at the very end of the stream also counts.
+        """
         if self.f.get_error():
             self.truncated(what)
 
@@ -73,36 +78,37 @@ class Reader:
             message += f", found {found}"
         raise StreamError(offset, message)
 
+    def _value(self, get: Callable[[], int], width: int, what: str) -> int:
+        f = self.f
+        start = f.tell()
+        value = get()
+        if f.tell() - start != width:
+            self.truncated(what)
+        return value
+
     def byte(self, what: str) -> int:
         """Read one byte."""
-        value = self.f.get_byte()
-        self.check(what)
-        return value
+        return self._value(self.f.get_byte, 1, what)
 
     def be16(self, what: str) -> int:
         """Read a big-endian 16-bit value."""
-        value = self.f.get_be16()
-        self.check(what)
-        return value
+        return self._value(self.f.get_be16, 2, what)
 
     def be32(self, what: str) -> int:
         """Read a big-endian 32-bit value."""
-        value = self.f.get_be32()
-        self.check(what)
-        return value
+        return self._value(self.f.get_be32, 4, what)
 
     def be64(self, what: str) -> int:
         """Read a big-endian 64-bit value."""
-        value = self.f.get_be64()
-        self.check(what)
-        return value
+        return self._value(self.f.get_be64, 8, what)
 
     def counted_string(self, what: str) -> str:
         """Read a length byte and that many bytes of printable ASCII (an idstr)."""
         offset = self.tell()
         length = self.byte(f"the length of {what}")
         data = self.f.get_bytes(length)
-        self.check(what)
+        if len(data) != length:
+            self.truncated(what)
         if not length or not _printable(data):
             self.fail(offset, what, f"{length} bytes {data[:32]!r}")
         return data.decode("ascii")
@@ -110,7 +116,8 @@ class Reader:
     def raw(self, size: int, what: str) -> bytes:
         """Read ``size`` bytes (small fields only: the bytes are copied)."""
         data = self.f.get_bytes(size)
-        self.check(what)
+        if len(data) != size:
+            self.truncated(what)
         return data
 
     def skip(self, size: int, what: str) -> None:

@@ -119,7 +119,10 @@ class SavevmWalker:
             report.complete = True
             report.end_reason = "QEMU_VM_EOF record"
             self._shut()
-            self._trailer()
+            try:
+                self._trailer()
+            except StreamError as exc:  # the stream itself was complete
+                report.notes.append(f"the device description after QEMU_VM_EOF is unusable: {exc}")
 
     def _records(self, end: int | None) -> bool:
         """Walk records until QEMU_VM_EOF (True) or, inside a package, its ``end`` (False)."""

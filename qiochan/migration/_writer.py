@@ -41,13 +41,16 @@ class SavevmWriter:
         f: the output file (flushed or closed by the caller).
         page_size: the target page size of RAM records.
         footers: write section footers (every machine type since 2.4 does).
+        first_id: the id of the first section started.
     """
 
-    def __init__(self, f: QEMUFile, *, page_size: int = 4096, footers: bool = True) -> None:
+    def __init__(
+        self, f: QEMUFile, *, page_size: int = 4096, footers: bool = True, first_id: int = 0
+    ) -> None:
         self.f = f
         self.page_size = page_size
         self.footers = footers
-        self._next_id = 0
+        self._next_id = first_id
         self._block: str | None = None
 
     def header(
