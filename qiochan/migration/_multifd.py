@@ -6,7 +6,9 @@ uuid[16], id (one byte), 7 unused bytes, 4 unused be64.
 Each ``MultiFDPacket_t``: be32 magic, version, flags, pages_alloc,
 normal_pages, next_packet_size; be64 packet_num; 4 unused be64; ramblock[256]
 (NUL-terminated); be64 offset[pages_alloc]; then ``next_packet_size`` bytes of
-page data (``normal_pages`` whole pages unless the flags say zlib or zstd).
+page data (``normal_pages`` whole pages unless the flags say zlib or zstd) when
+``normal_pages`` is not 0: a packet without pages (a sync) has no data, whatever
+its ``next_packet_size`` says (QEMU 7.2 leaves the previous packet's there).
 The channel ends when the source closes it, between packets.
 """
 
@@ -87,7 +89,9 @@ class MultifdWalker:
                 "a multifd packet with at most as many pages as slots",
                 f"{normal} pages in {pages_alloc} slots, flags {flags:#x}",
             )
-        if compression == "none" and data_size != normal * self.page_size:
+        if not normal:
+            data_size = 0  # QEMU 7.2 leaves the last size in a packet without pages
+        elif compression == "none" and data_size != normal * self.page_size:
             reader.fail(offset, f"{normal} pages of data", f"{data_size} bytes")
         reader.skip(8 * pages_alloc, "a multifd packet's page offsets")
         reader.skip(data_size, "a multifd packet's pages")

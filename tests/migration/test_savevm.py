@@ -152,7 +152,9 @@ def test_a_footer_lookalike_followed_by_a_plausible_record_misleads_the_scan() -
     # the scan stopped at the lookalike: the section looks empty and the walk "ends" there
     assert scanned.sections[0].bytes == 0
     assert scanned.vmdesc is None
-    assert scanned.notes == [f"bytes after QEMU_VM_EOF at offset {data.index(b'rest')} were ignored"]
+    assert scanned.notes == [
+        f"bytes after QEMU_VM_EOF at offset {data.index(b'rest')} were ignored"
+    ]
     sized = inspect(data, vmdesc=vmdesc_of([("victim", lookalike)]))
     assert sized.complete, sized.error
     assert sized.sections[0].bytes == len(lookalike)
