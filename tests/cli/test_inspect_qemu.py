@@ -269,13 +269,18 @@ def test_multifd_channels_captured_per_connection(
     channels = 2
     caps = [{"capability": "multifd", "state": True}]
     args = random_ram_args(random_ram)
+    dst_args = [
+        "-object", f"memory-backend-ram,id=ram0,size={RANDOM_MIB}M",
+        "-machine", "memory-backend=ram0",
+        "-incoming", "defer",
+    ]  # fmt: skip
     with (
         qemu_vm(qemu, tmp_path, "src", args, ram_mib=RANDOM_MIB) as src,
         qemu_vm(
             qemu,
             tmp_path,
             "dst",
-            [*args[:1], args[1].replace("share=on", "share=off"), *args[2:], "-incoming", "defer"],
+            dst_args,
             ram_mib=RANDOM_MIB,
         ) as dst,
     ):
