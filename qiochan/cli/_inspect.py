@@ -133,9 +133,10 @@ def _listens(address: str) -> bool:
 
 
 def _inspect_address(address: str, layers: list[str], timeout: float | None) -> Any:
-    endpoint = Endpoint(address, layers, listen=True, label="source")
+    listens = _listens(address)
+    endpoint = Endpoint(address, layers, listen=listens, label="source")
     endpoint.check()
-    if not _listens(address):
+    if not listens:  # exec:, file:, fd:...: opened (or spawned) and read
         channel = open_endpoint(endpoint, "r")
         return _inspect_channel(channel, timeout, reply=False)
     channel = _accept(endpoint, timeout)
