@@ -1,4 +1,4 @@
-"""``qiochan inspect``: files, stdin, command output and listening addresses; outputs and exit codes.
+"""``qiochan inspect``: files, stdin, commands and listening addresses; output, exit codes.
 
 The streams are written with SavevmWriter/MultifdWriter (the real-QEMU runs
 are in test_inspect_qemu.py).

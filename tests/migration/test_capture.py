@@ -1,4 +1,4 @@
-"""A real QEMU 7.2 capture cut at every 4 KiB boundary and with flipped bytes: documented outcomes only.
+"""A real QEMU 7.2 capture cut at every 4 KiB boundary, and with flipped bytes.
 
 Documented outcomes: a report with ``complete`` True (the damage hit bytes the
 format does not check, e.g. page contents), or ``complete`` False with an

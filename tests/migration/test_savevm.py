@@ -27,7 +27,7 @@ TRICKY = b"\x01\x02" + b"\x7e\x00\x00\x00\x01" + b"\x55" * 20
 
 
 def build(
-    write: Callable[[SavevmWriter], object], *, footers: bool = True, first_id: int = 0
+    write: Callable[[SavevmWriter], None], *, footers: bool = True, first_id: int = 0
 ) -> bytes:
     """Return the bytes ``write`` puts through a SavevmWriter."""
     f = QEMUFile.open_buffer("w")
@@ -243,10 +243,12 @@ def test_postcopy_block_page_size_and_packaged_stream() -> None:
         f.put_be64(PAGE)
         w.ram_eos()
         w.footer(ram)
-        inner = build(
-            lambda iw: (iw.device("dev", b"abc"), iw.command(MigCommand.POSTCOPY_RUN)),
-            first_id=1,
-        )
+
+        def package(iw: SavevmWriter) -> None:
+            iw.device("dev", b"abc")
+            iw.command(MigCommand.POSTCOPY_RUN)
+
+        inner = build(package, first_id=1)
         w.command(MigCommand.PACKAGED, len(inner).to_bytes(4, "big"))
         f.put_buffer(inner)
         w.eof()
@@ -322,7 +324,7 @@ def _put64(value: int) -> Callable[[SavevmWriter], None]:
             r"expected a page offset inside RAM block pc.ram \(0x4000 bytes\), found 0x8000",
         ),
         (
-            _setup_then(lambda w: (w.ram_eos(), w.footer(7))),
+            _setup_then(lambda w: w.f.put_buffer(b"\0\0\0\0\0\0\0\x10\x7e\0\0\0\x07")),
             r"expected the footer of section 0 \(ram\), found 0x7e with id 7",
         ),
     ],
