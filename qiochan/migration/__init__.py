@@ -114,7 +114,7 @@ def inspect_stream(
         log.info("inspection stopped: %s", exc)
     else:
         report.end_offset = reader.tell()
-    report.bytes = f.tell()
+    report.size = f.tell()
     return report
 
 

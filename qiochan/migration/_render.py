@@ -30,7 +30,7 @@ def format_report(report: StreamReport) -> str:
 def _savevm_lines(report: StreamReport) -> list[str]:
     if report.magic is None:
         return ["stream: not a QEMU migration stream"]
-    lines = [f"stream: QEVM version {report.version}, {_size(report.bytes)} ({report.bytes} B)"]
+    lines = [f"stream: QEVM version {report.version}, {_size(report.size)} ({report.size} B)"]
     if report.machine is not None:
         caps = f", capabilities: {', '.join(report.capabilities)}" if report.capabilities else ""
         lines.append(f"machine: {report.machine}{caps}")
@@ -40,7 +40,7 @@ def _savevm_lines(report: StreamReport) -> list[str]:
         for s in report.sections:
             lines.append(
                 f"  {s.id:>4}  {s.name:<{width}}  instance {s.instance:<3} version {s.version:<3}"
-                f" {s.records:>3} record(s) {_size(s.bytes):>10}  [{s.delimited}]"
+                f" {s.records:>3} record(s) {_size(s.size):>10}  [{s.delimited}]"
             )
     ram = report.ram
     if ram.blocks:
@@ -68,7 +68,7 @@ def _savevm_lines(report: StreamReport) -> list[str]:
     if report.vmdesc is not None:
         d = report.vmdesc
         lines.append(
-            f"device description: {d.devices} devices, page size {d.page_size}, {_size(d.bytes)}"
+            f"device description: {d.devices} devices, page size {d.page_size}, {_size(d.size)}"
         )
         lines.extend(f"  mismatch: {m}" for m in d.mismatches)
     return lines
@@ -80,7 +80,7 @@ def _multifd_lines(report: StreamReport) -> list[str]:
         return ["stream: multifd channel"]
     lines = [
         f"stream: multifd channel {m.channel} (version {m.version}), source {m.uuid}, "
-        f"{_size(report.bytes)} ({report.bytes} B)",
+        f"{_size(report.size)} ({report.size} B)",
         f"  {m.packets} packets ({m.sync_packets} sync), {m.normal_pages} pages, "
         f"{_size(m.data_bytes)} of page data, compression {m.compression}",
     ]

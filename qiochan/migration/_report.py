@@ -38,7 +38,8 @@ class SectionRecord:
         version: its version id.
         offset: stream offset of its first (START or FULL) record.
         records: how many START/PART/END/FULL records it had.
-        bytes: bytes of data in those records (headers and footers excluded).
+        size: bytes of data in those records (headers and footers excluded),
+            ``"bytes"`` in JSON.
         delimited: how the data of its last record was delimited.
     """
 
@@ -48,7 +49,7 @@ class SectionRecord:
     version: int
     offset: int
     records: int = 0
-    bytes: int = 0
+    size: int = 0
     delimited: Delimiter = "parsed"
 
     def to_json(self) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class SectionRecord:
             "version": self.version,
             "offset": self.offset,
             "records": self.records,
-            "bytes": self.bytes,
+            "bytes": self.size,
             "delimited": self.delimited,
         }
 
@@ -158,13 +159,13 @@ class VmdescSummary:
     Attributes:
         page_size: the target page size it states.
         devices: how many device sections it describes.
-        bytes: length of the JSON text.
+        size: length of the JSON text (``"bytes"`` in JSON).
         mismatches: sections whose data length differs from what it describes.
     """
 
     page_size: int
     devices: int
-    bytes: int
+    size: int
     mismatches: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -172,7 +173,7 @@ class VmdescSummary:
         return {
             "page_size": self.page_size,
             "devices": self.devices,
-            "bytes": self.bytes,
+            "bytes": self.size,
             "mismatches": list(self.mismatches),
         }
 
@@ -226,7 +227,7 @@ class StreamReport:
             channel) or ``"unknown"`` (neither magic).
         magic: ``"QEVM"`` for a savevm stream, ``"MULTIFD"`` for a multifd channel.
         version: the stream (or multifd) version.
-        bytes: bytes consumed from the source.
+        size: bytes consumed from the source (``"bytes"`` in JSON).
         complete: True when the stream reached its end record (``QEMU_VM_EOF``;
             for a multifd channel, a clean end between packets).
         machine: the machine type from the configuration section, if sent.
@@ -246,7 +247,7 @@ class StreamReport:
     kind: str = "unknown"
     magic: str | None = None
     version: int | None = None
-    bytes: int = 0
+    size: int = 0
     complete: bool = False
     machine: str | None = None
     capabilities: list[str] = field(default_factory=list)
@@ -272,7 +273,7 @@ class StreamReport:
             "kind": self.kind,
             "magic": self.magic,
             "version": self.version,
-            "bytes": self.bytes,
+            "bytes": self.size,
             "complete": self.complete,
             "configuration": configuration,
             "sections": [section.to_json() for section in self.sections],

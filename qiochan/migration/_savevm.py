@@ -209,7 +209,7 @@ class SavevmWalker:
             self._scan_to_footer(section)
             section.delimited = "footer-scan"
         size = reader.tell() - start
-        section.bytes += size
+        section.size += size
         if kind == VmRecord.SECTION_FULL:
             self.full_records.append(DeviceSize(section.name, section.instance, size))
         self._footer(section)

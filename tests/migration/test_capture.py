@@ -50,7 +50,7 @@ def test_the_capture_is_complete(capture: bytes, tmp_path: Path) -> None:
     path.write_bytes(capture)
     for report in (stream_report(capture), inspect_path(path)):
         assert report.complete, report.error
-        assert report.bytes == len(capture)
+        assert report.size == len(capture)
         assert report.vmdesc is not None and report.vmdesc.mismatches == []
 
 
@@ -62,7 +62,7 @@ def test_cut_at_every_4k_boundary(capture: bytes, tmp_path: Path) -> None:
         path.write_bytes(capture[:cut])
         # a cut file has no description at its end: both ways walk it the same
         for report in (stream_report(capture[:cut]), inspect_path(path)):
-            assert report.bytes == cut
+            assert report.size == cut
             if cut > eof:
                 assert report.complete
                 continue
@@ -79,7 +79,7 @@ def test_flipped_bytes(capture: bytes) -> None:
         damaged = bytearray(capture)
         damaged[position] ^= 1 << rng.randrange(8)
         report = stream_report(bytes(damaged))
-        assert report.bytes <= len(damaged)
+        assert report.size <= len(damaged)
         if report.complete:
             assert report.error is None
             continue
@@ -102,5 +102,5 @@ def test_flipped_bytes_in_a_file_delimited_by_its_description(
         damaged[position] ^= 1 << rng.randrange(8)
         path.write_bytes(damaged)
         report = inspect_path(path)
-        assert report.bytes <= len(damaged)
+        assert report.size <= len(damaged)
         assert report.complete or OUTCOME.match(report.error or ""), (position, report.error)

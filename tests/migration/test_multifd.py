@@ -37,7 +37,7 @@ def test_a_multifd_channel_is_summarised() -> None:
     report = inspect(data)
     assert report.error is None
     assert report.complete
-    assert (report.kind, report.magic, report.version, report.bytes) == (
+    assert (report.kind, report.magic, report.version, report.size) == (
         "multifd",
         "MULTIFD",
         1,

@@ -99,7 +99,7 @@ def test_whole_stream_is_reported_field_by_field() -> None:
     assert report.error is None
     assert report.complete
     assert (report.kind, report.magic, report.version) == ("savevm", "QEVM", 3)
-    assert report.bytes == len(STREAM)
+    assert report.size == len(STREAM)
     assert report.machine == "pc-i440fx-7.2"
     assert [(s.id, s.name, s.instance, s.version) for s in report.sections] == [
         (0, "ram", 0, 4),
@@ -109,7 +109,7 @@ def test_whole_stream_is_reported_field_by_field() -> None:
     ]
     ram = report.sections[0]
     assert (ram.records, ram.delimited) == (3, "parsed")
-    assert [s.bytes for s in report.sections[1:]] == [24, len(TRICKY), 300]
+    assert [s.size for s in report.sections[1:]] == [24, len(TRICKY), 300]
     assert {n: b.size for n, b in report.ram.blocks.items()} == BLOCKS
     pc_ram, bios = report.ram.blocks["pc.ram"], report.ram.blocks["pc.bios"]
     assert (pc_ram.zero_pages, pc_ram.normal_pages) == (8, 8)
@@ -135,7 +135,7 @@ def test_device_sections_are_delimited_by_a_description_given_first() -> None:
     report = inspect(STREAM, vmdesc=vmdesc_of(devices()))
     assert report.complete, report.error
     assert [s.delimited for s in report.sections] == ["parsed", "vmdesc", "vmdesc", "vmdesc"]
-    assert [s.bytes for s in report.sections[1:]] == [24, len(TRICKY), 300]
+    assert [s.size for s in report.sections[1:]] == [24, len(TRICKY), 300]
 
 
 def test_a_footer_lookalike_followed_by_a_plausible_record_misleads_the_scan() -> None:
@@ -150,14 +150,14 @@ def test_a_footer_lookalike_followed_by_a_plausible_record_misleads_the_scan() -
     data = build(write)
     scanned = inspect(data)
     # the scan stopped at the lookalike: the section looks empty and the walk "ends" there
-    assert scanned.sections[0].bytes == 0
+    assert scanned.sections[0].size == 0
     assert scanned.vmdesc is None
     assert scanned.notes == [
         f"bytes after QEMU_VM_EOF at offset {data.index(b'rest')} were ignored"
     ]
     sized = inspect(data, vmdesc=vmdesc_of([("victim", lookalike)]))
     assert sized.complete, sized.error
-    assert sized.sections[0].bytes == len(lookalike)
+    assert sized.sections[0].size == len(lookalike)
 
 
 def test_description_mismatch_is_reported() -> None:
@@ -192,7 +192,7 @@ def test_subsections_and_compressed_arrays_in_the_description() -> None:
 
     report = inspect(build(write), vmdesc={"page_size": PAGE, "devices": [desc]})
     assert report.complete, report.error
-    assert report.sections[0].bytes == len(body) == 20 + 6 + 9 + 1
+    assert report.sections[0].size == len(body) == 20 + 6 + 9 + 1
 
 
 def test_without_footers_only_the_description_delimits_devices() -> None:
@@ -350,7 +350,7 @@ def test_truncation_at_every_byte_of_a_small_stream() -> None:
         assert report.end_reason == "truncated", (cut, report.error)
         assert report.error is not None
         assert report.error.startswith(f"offset {cut}: the stream ends inside "), report.error
-        assert report.bytes == cut
+        assert report.size == cut
 
 
 def test_flipped_bytes_give_only_documented_outcomes() -> None:
@@ -360,7 +360,7 @@ def test_flipped_bytes_give_only_documented_outcomes() -> None:
         damaged = bytearray(STREAM)
         damaged[position] ^= 0xFF
         report = inspect(bytes(damaged))
-        assert report.bytes <= len(damaged)
+        assert report.size <= len(damaged)
         if report.complete:
             continue
         assert report.error is not None
