@@ -71,3 +71,14 @@ def tls_creds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls-creds")
     certs.create_creds_dir(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def qemu() -> str:
+    """The QEMU binary (installed from Debian's package when missing and possible), else skip."""
+    from tests.helpers.qemu import find_qemu
+
+    binary = find_qemu()
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 is not installed and could not be installed")
+    return binary

@@ -18,10 +18,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from ..channel import QIOChannel
-from ..migration import format_report, inspect_stream, load_vmdesc
+from ..migration import StreamReport, format_report, inspect_fd, inspect_path, inspect_stream
 from ..migration._reader import Reader
 from ..qemufile import QEMUFile
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CLIError, Endpoint, open_endpoint, say
@@ -88,28 +87,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     raise CLIError(f"incomplete stream: {report.error}", EXIT_FAILED)
 
 
-def _inspect_file(path: str) -> Any:
-    vmdesc = None
+def _inspect_file(path: str) -> StreamReport:
     if path == "-":
-        fd = os.dup(0)
-    else:
-        try:
-            vmdesc = load_vmdesc(path)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise CLIError(f"cannot open {path}: {exc.strerror}") from None
-    from ..transport import open_channel
-
+        return inspect_fd(os.dup(0))
     try:
-        channel = open_channel(f"fd:{fd}", "r")
-    except BaseException:
-        os.close(fd)
-        raise
-    f = QEMUFile.new_input(channel)
-    try:
-        return inspect_stream(f, vmdesc=vmdesc)
-    finally:
-        f.fclose()
+        return inspect_path(path)
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _listens(address: str) -> bool:
@@ -132,7 +116,7 @@ def _listens(address: str) -> bool:
     return backend.listen is not None
 
 
-def _inspect_address(address: str, layers: list[str], timeout: float | None) -> Any:
+def _inspect_address(address: str, layers: list[str], timeout: float | None) -> StreamReport:
     listens = _listens(address)
     endpoint = Endpoint(address, layers, listen=listens, label="source")
     endpoint.check()
@@ -171,7 +155,7 @@ def _accept(endpoint: Endpoint, timeout: float | None) -> QIOChannel:
         listener.close()
 
 
-def _inspect_channel(channel: QIOChannel, timeout: float | None, *, reply: bool) -> Any:
+def _inspect_channel(channel: QIOChannel, timeout: float | None, *, reply: bool) -> StreamReport:
     f = QEMUFile.new_input(channel)
     reader = Reader(f)
     watchdog = None

@@ -66,6 +66,7 @@ __all__ = [
     "VmRecord",
     "VmdescSummary",
     "format_report",
+    "inspect_fd",
     "inspect_path",
     "inspect_stream",
     "load_vmdesc",
@@ -132,10 +133,21 @@ def inspect_path(path: str | os.PathLike[str]) -> StreamReport:
     Raises:
         OSError: the file cannot be opened or read.
     """
+    vmdesc = load_vmdesc(path)
+    return inspect_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC), vmdesc=vmdesc)
+
+
+def inspect_fd(fd: int, *, vmdesc: dict[str, Any] | None = None) -> StreamReport:
+    """Inspect the stream read from the file descriptor ``fd``, which is closed at the end.
+
+    Args:
+        fd: a readable file, pipe or socket (taken over: closed when done).
+        vmdesc: the stream's device description, when known beforehand.
+    Raises:
+        ChannelError: ``fd`` cannot be made a channel.
+    """
     from ..transport import open_channel
 
-    vmdesc = load_vmdesc(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         channel: QIOChannel = open_channel(f"fd:{fd}", "r")
     except BaseException:

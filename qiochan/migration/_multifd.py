@@ -50,14 +50,9 @@ class MultifdWalker:
         """
         reader = self.reader
         report = self.report
-        magic = reader.be32("the multifd magic")
-        if magic != MULTIFD_MAGIC:
-            reader.fail(0, "the multifd magic 0x11223344", f"{magic:#010x}")
+        reader.expect_be32(MULTIFD_MAGIC, "the multifd magic")
         report.kind, report.magic = "multifd", "MULTIFD"
-        version = reader.be32("the multifd version")
-        report.version = version
-        if version != MULTIFD_VERSION:
-            reader.fail(4, f"multifd version {MULTIFD_VERSION}", str(version))
+        version = report.version = reader.expect_be32(MULTIFD_VERSION, "the multifd version")
         uuid = uuid_text(reader.raw(16, "the multifd UUID"))
         channel = reader.byte("the multifd channel id")
         reader.skip(7 + 32, "the multifd initial packet")

@@ -102,6 +102,14 @@ class Reader:
         """Read a big-endian 64-bit value."""
         return self._value(self.f.get_be64, 8, what)
 
+    def expect_be32(self, expected: int, what: str) -> int:
+        """Read a big-endian 32-bit value that must be ``expected`` (a magic, a version)."""
+        offset = self.tell()
+        value = self.be32(what)
+        if value != expected:
+            self.fail(offset, f"{what} {expected:#x}", f"{value:#x}")
+        return value
+
     def counted_string(self, what: str) -> str:
         """Read a length byte and that many bytes of printable ASCII (an idstr)."""
         offset = self.tell()

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
+from ..cli._common import format_bytes as _size
 from ._report import StreamReport
 
 __all__ = ["format_report"]
-
-
-def _size(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_report(report: StreamReport) -> str:

@@ -107,14 +107,9 @@ class SavevmWalker:
         """
         reader = self.reader
         report = self.report
-        magic = reader.be32("the magic QEVM")
-        if magic != QEMU_VM_FILE_MAGIC:
-            reader.fail(0, "the magic QEVM (0x5145564d)", f"{magic:#010x}")
+        reader.expect_be32(QEMU_VM_FILE_MAGIC, "the magic QEVM")
         report.kind, report.magic = "savevm", "QEVM"
-        version = reader.be32("the stream version")
-        report.version = version
-        if version != QEMU_VM_FILE_VERSION:
-            reader.fail(4, f"stream version {QEMU_VM_FILE_VERSION}", str(version))
+        report.version = reader.expect_be32(QEMU_VM_FILE_VERSION, "the stream version")
         if self._records(None):
             report.complete = True
             report.end_reason = "QEMU_VM_EOF record"

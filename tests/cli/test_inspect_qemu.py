@@ -26,20 +26,12 @@ from typing import Any
 import pytest
 
 from tests.helpers.cli import Background, cli_env, port_of, run_cli
-from tests.helpers.qemu import VM, find_qemu, qemu_vm
+from tests.helpers.qemu import VM, qemu_vm
 
 PAGE = 4096
 RANDOM_MIB = 16
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    binary = find_qemu()
-    if binary is None:
-        pytest.skip("qemu-system-x86_64 is not installed and could not be installed")
-    return binary
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +155,20 @@ def migrate(vm: VM, uri: str) -> None:
     vm.qmp.events.clear()
 
 
+def migrate_tapped_to_inspector(
+    vm: VM, env: dict[str, str], workdir: Path
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Migrate ``vm`` to a live inspector through a tap; return (live, captured, capture)."""
+    with (
+        live_inspector(env) as (process, port),
+        forwarder(("127.0.0.1", port), workdir) as tap,
+    ):
+        migrate(vm, f"tcp:127.0.0.1:{tap.port}")
+        live = finish_live(process)
+        (capture,) = tap.wait(1)
+    return live, inspect_file(capture, env), capture
+
+
 def check_stream(report: dict[str, Any], blocks: dict[str, int], pages: str = "once") -> None:
     """Compare a complete main stream with what the test knows of the guest.
 
@@ -198,14 +204,7 @@ def test_paused_guest_captured_and_live(qemu: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     with qemu_vm(qemu, tmp_path, "paused") as vm:
         blocks = vm.ramblocks()
-        with (
-            live_inspector(env) as (process, port),
-            forwarder(("127.0.0.1", port), tmp_path) as tap,
-        ):
-            migrate(vm, f"tcp:127.0.0.1:{tap.port}")
-            live = finish_live(process)
-            (capture,) = tap.wait(1)
-    from_file = inspect_file(capture, env)
+        live, from_file, capture = migrate_tapped_to_inspector(vm, env, tmp_path)
     for report in (live, from_file):
         check_stream(report, blocks)
         assert report["commands"] == []
@@ -228,15 +227,8 @@ def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram
         vm.qmp.command(
             "migrate-set-capabilities", capabilities=[{"capability": "return-path", "state": True}]
         )
-        with (
-            live_inspector(env) as (process, port),
-            forwarder(("127.0.0.1", port), tmp_path) as tap,
-        ):
-            # QEMU completes only if the inspector answers on the return path (SHUT)
-            migrate(vm, f"tcp:127.0.0.1:{tap.port}")
-            live = finish_live(process)
-            (capture,) = tap.wait(1)
-    captured = inspect_file(capture, env)
+        # QEMU completes only if the inspector answers on the return path (SHUT)
+        live, captured, capture = migrate_tapped_to_inspector(vm, env, tmp_path)
     for report in (live, captured):
         check_stream(report, blocks)
         assert report["ram"]["pages"]["ram0"] == {"zero": 0, "normal": (RANDOM_MIB << 20) // PAGE}
@@ -244,10 +236,9 @@ def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram
     assert live["bytes"] == captured["bytes"] == capture.stat().st_size
 
 
-def test_running_guest_live_over_tls(qemu: str, tmp_path: Path) -> None:
+def test_running_guest_live_over_tls(qemu: str, tmp_path: Path, tls_creds_dir: Path) -> None:
     env = cli_env(tmp_path)
-    creds = tmp_path / "pki"
-    assert run_cli("certs", str(creds), env=env).returncode == 0
+    creds = tls_creds_dir
     tls = ["-object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=client"]
     with qemu_vm(qemu, tmp_path, "running", tls) as vm:
         blocks = vm.ramblocks()

@@ -15,20 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from qiochan import QEMUFile
-from qiochan.migration import StreamReport, inspect_path, inspect_stream
-from tests.helpers.qemu import find_qemu, qemu_vm
+from qiochan.migration import inspect_path
+from tests.helpers.migration import inspect_bytes
+from tests.helpers.qemu import qemu_vm
 
 CUT_STEP = 4096
 OUTCOME = re.compile(r"^offset (\d+): (expected |the stream ends inside )")
 
 
 @pytest.fixture(scope="module")
-def capture(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def capture(qemu: str, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The stream of a paused 16 MiB guest (about 150 KiB: mostly zero pages and devices)."""
-    qemu = find_qemu()
-    if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed and could not be installed")
     workdir = tmp_path_factory.mktemp("capture")
     target = workdir / "paused.mig"
     with qemu_vm(qemu, workdir, "capture", ram_mib=16) as vm:
@@ -37,18 +34,10 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return target.read_bytes()
 
 
-def stream_report(data: bytes) -> StreamReport:
-    f = QEMUFile.open_buffer("r", data)
-    try:
-        return inspect_stream(f)
-    finally:
-        f.fclose()
-
-
 def test_the_capture_is_complete(capture: bytes, tmp_path: Path) -> None:
     path = tmp_path / "whole.mig"
     path.write_bytes(capture)
-    for report in (stream_report(capture), inspect_path(path)):
+    for report in (inspect_bytes(capture), inspect_path(path)):
         assert report.complete, report.error
         assert report.size == len(capture)
         assert report.vmdesc is not None and report.vmdesc.mismatches == []
@@ -61,7 +50,7 @@ def test_cut_at_every_4k_boundary(capture: bytes, tmp_path: Path) -> None:
     for cut in range(0, len(capture), CUT_STEP):
         path.write_bytes(capture[:cut])
         # a cut file has no description at its end: both ways walk it the same
-        for report in (stream_report(capture[:cut]), inspect_path(path)):
+        for report in (inspect_bytes(capture[:cut]), inspect_path(path)):
             assert report.size == cut
             if cut > eof:
                 assert report.complete
@@ -78,7 +67,7 @@ def test_flipped_bytes(capture: bytes) -> None:
     for position in positions:
         damaged = bytearray(capture)
         damaged[position] ^= 1 << rng.randrange(8)
-        report = stream_report(bytes(damaged))
+        report = inspect_bytes(bytes(damaged))
         assert report.size <= len(damaged)
         if report.complete:
             assert report.error is None

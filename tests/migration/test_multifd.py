@@ -6,8 +6,9 @@ import io
 import os
 
 from qiochan import QEMUFile
-from qiochan.migration import MultifdWriter, StreamReport, inspect_stream
+from qiochan.migration import MultifdWriter
 from qiochan.migration._vmdesc import find_vmdesc
+from tests.helpers.migration import inspect_bytes
 
 PAGE = 4096
 UUID = bytes(range(16))
@@ -24,17 +25,9 @@ def channel_bytes(packets: int = 3) -> bytes:
     return data
 
 
-def inspect(data: bytes) -> StreamReport:
-    f = QEMUFile.open_buffer("r", data)
-    try:
-        return inspect_stream(f)
-    finally:
-        f.fclose()
-
-
 def test_a_multifd_channel_is_summarised() -> None:
     data = channel_bytes()
-    report = inspect(data)
+    report = inspect_bytes(data)
     assert report.error is None
     assert report.complete
     assert (report.kind, report.magic, report.version, report.size) == (
@@ -56,7 +49,7 @@ def test_a_multifd_channel_is_summarised() -> None:
 
 
 def test_a_channel_with_only_its_initial_packet_is_complete() -> None:
-    report = inspect(channel_bytes(0))
+    report = inspect_bytes(channel_bytes(0))
     assert report.complete
     assert report.multifd is not None and report.multifd.packets == 0
 
@@ -70,7 +63,7 @@ def test_cuts_inside_packets_are_reported_with_their_offset() -> None:
         packet_ends.add(size)
     assert size == len(data)
     for cut in range(0, len(data), 37):
-        report = inspect(data[:cut])
+        report = inspect_bytes(data[:cut])
         if cut in packet_ends:
             assert report.complete, cut
             continue
@@ -82,7 +75,7 @@ def test_cuts_inside_packets_are_reported_with_their_offset() -> None:
 def test_a_bad_packet_header_is_named() -> None:
     data = bytearray(channel_bytes())
     data[64 + 16 : 64 + 20] = (200).to_bytes(4, "big")  # normal_pages > pages_alloc
-    report = inspect(bytes(data))
+    report = inspect_bytes(bytes(data))
     assert not report.complete
     assert report.error == (
         "offset 64: expected a multifd packet with at most as many pages as slots, "
