@@ -236,6 +236,33 @@ def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram
     assert live["bytes"] == captured["bytes"] == capture.stat().st_size
 
 
+def test_postcopy_live(qemu: str, tmp_path: Path, random_ram: Path) -> None:
+    """Postcopy: discards, then the device state in a PACKAGED stream, then the rest of RAM."""
+    env = cli_env(tmp_path)
+    with qemu_vm(qemu, tmp_path, "postcopy", random_ram_args(random_ram), ram_mib=RANDOM_MIB) as vm:
+        blocks = vm.ramblocks()
+        vm.qmp.command(
+            "migrate-set-capabilities", capabilities=[{"capability": "postcopy-ram", "state": True}]
+        )
+        # slow enough that precopy cannot finish before the switch to postcopy
+        vm.qmp.command("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+        with live_inspector(env) as (process, port):
+            vm.qmp.command("migrate", uri=f"tcp:127.0.0.1:{port}")
+            vm.qmp.command("migrate-start-postcopy")
+            assert vm.qmp.wait_migration() == "completed", vm.log.read_text()
+            live = finish_live(process)
+    assert live["complete"] is True and live["error"] is None
+    names = [c["name"] for c in live["commands"]]
+    assert names[:3] == ["OPEN_RETURN_PATH", "PING", "POSTCOPY_ADVISE"]
+    package = names.index("PACKAGED")
+    assert "POSTCOPY_RAM_DISCARD" in names[:package]
+    assert names.index("POSTCOPY_LISTEN") > package and names.index("POSTCOPY_RUN") > package
+    assert live["vmdesc"] is None  # QEMU sends none after a postcopy migration
+    assert live["ram"]["blocks"] == blocks
+    assert live["ram"]["pages"]["ram0"] == {"zero": 0, "normal": (RANDOM_MIB << 20) // PAGE}
+    assert {"cpu", "globalstate"} <= {s["name"] for s in live["sections"]}
+
+
 def test_running_guest_live_over_tls(qemu: str, tmp_path: Path, tls_creds_dir: Path) -> None:
     env = cli_env(tmp_path)
     creds = tls_creds_dir
