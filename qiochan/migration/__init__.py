@@ -10,10 +10,11 @@
 
     report = inspect_stream(QEMUFile.new_input(channel))   # any channel, e.g. live
 
-:func:`inspect_stream` recognises a main stream (``QEVM``) and a multifd
-channel (``0x11223344``).  It never raises for what the stream contains: a
-truncated or malformed stream gives ``complete=False`` and an ``error``
-naming the offset and what was expected there.  Guest pages are consumed in
+:func:`inspect_stream` recognises a main stream (``QEVM``), a multifd
+channel (``0x11223344``) and a return path (the destination's replies).  It
+never raises for what the stream contains: a truncated or malformed stream
+gives ``complete=False`` and an ``error`` naming the offset and what was
+expected there.  Guest pages are consumed in
 QEMUFile's buffer, never copied; at most the 32 KiB buffer, one small record
 and the JSON device description are held at a time.
 """
@@ -32,6 +33,7 @@ from ._format import (
     QEMU_VM_FILE_MAGIC,
     MigCommand,
     RamFlag,
+    RpMessage,
     VmRecord,
 )
 from ._multifd import MultifdWalker
@@ -42,10 +44,12 @@ from ._report import (
     MultifdChannel,
     RamBlock,
     RamStats,
+    ReturnPathMessage,
     SectionRecord,
     StreamReport,
     VmdescSummary,
 )
+from ._return_path import ReturnPathWalker, looks_like_return_path
 from ._savevm import SavevmWalker
 from ._vmdesc import find_vmdesc, parse_vmdesc
 from ._writer import MultifdWriter, SavevmWriter
@@ -60,6 +64,8 @@ __all__ = [
     "RamBlock",
     "RamFlag",
     "RamStats",
+    "ReturnPathMessage",
+    "RpMessage",
     "SavevmWriter",
     "SectionRecord",
     "StreamReport",
@@ -101,10 +107,11 @@ def inspect_stream(
     reader = reader or Reader(f)
     report = StreamReport()
     try:
-        head = reader.peek(4)
-        magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
-        if magic == MULTIFD_MAGIC:
+        head = reader.peek(4)[:4].tobytes()
+        if int.from_bytes(head, "big") == MULTIFD_MAGIC:
             MultifdWalker(reader, report, _page_size(vmdesc)).run()
+        elif looks_like_return_path(head):
+            ReturnPathWalker(reader, report).run()
         else:
             SavevmWalker(reader, report, vmdesc=vmdesc, reply=reply).run()
     except StreamError as exc:

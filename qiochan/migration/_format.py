@@ -17,6 +17,7 @@ __all__ = [
     "QEMU_VM_FILE_MAGIC",
     "QEMU_VM_FILE_VERSION",
     "QEMU_VM_FILE_VERSION_COMPAT",
+    "RP_MESSAGE_LENGTHS",
     "TARGET_PAGE_BITS_SUBSECTION",
     "UUID_SUBSECTION",
     "MigCommand",
@@ -109,6 +110,19 @@ class RpMessage(IntEnum):
 
     SHUT = 1
     PONG = 2
+    REQ_PAGES_ID = 3
+    REQ_PAGES = 4
+    RECV_BITMAP = 5
+    RESUME_ACK = 6
+
+
+#: Fixed lengths of the return-path messages that have one (the others vary).
+RP_MESSAGE_LENGTHS = {
+    RpMessage.SHUT: 4,
+    RpMessage.PONG: 4,
+    RpMessage.REQ_PAGES: 12,
+    RpMessage.RESUME_ACK: 4,
+}
 
 
 def uuid_text(raw: bytes) -> str:

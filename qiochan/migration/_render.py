@@ -12,6 +12,8 @@ def format_report(report: StreamReport) -> str:
     """Return the human summary ``qiochan inspect`` prints (several lines, no trailing newline)."""
     if report.kind == "multifd":
         lines = _multifd_lines(report)
+    elif report.kind == "return-path":
+        lines = _return_path_lines(report)
     else:
         lines = _savevm_lines(report)
     lines.append(_ending(report))
@@ -77,6 +79,15 @@ def _multifd_lines(report: StreamReport) -> list[str]:
         f"{_size(m.data_bytes)} of page data, compression {m.compression}",
     ]
     lines.extend(f"  {name}: {pages} pages" for name, pages in m.blocks.items())
+    return lines
+
+
+def _return_path_lines(report: StreamReport) -> list[str]:
+    lines = [f"stream: return path, {len(report.return_path)} messages, {report.size} B"]
+    for m in report.return_path:
+        start = "" if m.start is None else f" start {m.start:#x}"
+        value = "" if m.value is None else f" {m.value}"
+        lines.append(f"  at {m.offset}: {m.name}{start}{value}")
     return lines
 
 

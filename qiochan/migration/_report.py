@@ -17,6 +17,7 @@ __all__ = [
     "MultifdChannel",
     "RamBlock",
     "RamStats",
+    "ReturnPathMessage",
     "SectionRecord",
     "StreamReport",
     "VmdescSummary",
@@ -219,12 +220,45 @@ class MultifdChannel:
 
 
 @dataclass
+class ReturnPathMessage:
+    """One return-path message (destination to source).
+
+    Attributes:
+        kind: the message type (:class:`~qiochan.migration.RpMessage`).
+        name: QEMU's name for it (``"SHUT"``, ``"PONG"``, ``"REQ_PAGES"``...).
+        len: the length of its data.
+        offset: stream offset of the message.
+        value: the SHUT status, the PONG value, the RESUME_ACK value, or the
+            REQ_PAGES length.
+        start: the REQ_PAGES start offset.
+    """
+
+    kind: int
+    name: str
+    len: int
+    offset: int
+    value: int | None = None
+    start: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object for this message."""
+        data: dict[str, Any] = {"type": self.kind, "name": self.name, "len": self.len}
+        data["offset"] = self.offset
+        if self.value is not None:
+            data["value"] = self.value
+        if self.start is not None:
+            data["start"] = self.start
+        return data
+
+
+@dataclass
 class StreamReport:
     """Everything one inspection found, including where and why the stream ended.
 
     Attributes:
         kind: ``"savevm"`` (a main migration stream), ``"multifd"`` (a multifd
-            channel) or ``"unknown"`` (neither magic).
+            channel), ``"return-path"`` (what a destination sends back) or
+            ``"unknown"`` (none of these).
         magic: ``"QEVM"`` for a savevm stream, ``"MULTIFD"`` for a multifd channel.
         version: the stream (or multifd) version.
         size: bytes consumed from the source (``"bytes"`` in JSON).
@@ -238,6 +272,7 @@ class StreamReport:
         commands: every command record, in order.
         vmdesc: the JSON description, when the stream ends with one.
         multifd: the channel summary of a multifd channel.
+        return_path: the messages of a return path.
         error: None, or what went wrong and at which offset.
         end_offset: offset where the walk stopped.
         end_reason: why it stopped, in words.
@@ -257,6 +292,7 @@ class StreamReport:
     commands: list[CommandRecord] = field(default_factory=list)
     vmdesc: VmdescSummary | None = None
     multifd: MultifdChannel | None = None
+    return_path: list[ReturnPathMessage] = field(default_factory=list)
     error: str | None = None
     end_offset: int = 0
     end_reason: str = ""
@@ -281,6 +317,7 @@ class StreamReport:
             "commands": [command.to_json() for command in self.commands],
             "vmdesc": None if self.vmdesc is None else self.vmdesc.to_json(),
             "multifd": None if self.multifd is None else self.multifd.to_json(),
+            "return_path": [message.to_json() for message in self.return_path],
             "error": self.error,
             "end": {"offset": self.end_offset, "reason": self.end_reason},
             "notes": list(self.notes),

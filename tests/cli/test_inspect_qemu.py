@@ -49,9 +49,10 @@ def random_ram_args(path: Path) -> list[str]:
 
 
 class TapForwarder:
-    """Forwards each TCP connection to ``target`` and tees its client's bytes to a file.
+    """Forwards each TCP connection to ``target`` and tees both directions to files.
 
-    Connection n (from 0, in accept order) is written to ``directory/n.bin``.
+    Connection n (from 0, in accept order) leaves ``directory/<n>-src-to-dst.bin``
+    and ``directory/<n>-dst-to-src.bin``, as a relay's taps do.
     """
 
     def __init__(self, target: tuple[str, int], directory: Path) -> None:
@@ -79,35 +80,35 @@ class TapForwarder:
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        path = self.directory / f"{self._count}.bin"
+        n = self._count
         self._count += 1
         up_reader, up_writer = await asyncio.open_connection(*self.target)
-        with open(path, "wb") as tee:
 
-            async def pump(
-                src: asyncio.StreamReader, dst: asyncio.StreamWriter, copy: bool
-            ) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, tee: Path) -> None:
+            with open(tee, "wb") as copy:
                 while data := await src.read(1 << 16):
-                    if copy:
-                        tee.write(data)
+                    copy.write(data)
                     dst.write(data)
                     await dst.drain()
-                with contextlib.suppress(OSError):
-                    dst.write_eof()
+            with contextlib.suppress(OSError):
+                dst.write_eof()
 
-            with contextlib.suppress(ConnectionError):
-                await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(
+                pump(reader, up_writer, self.directory / f"{n}-src-to-dst.bin"),
+                pump(up_reader, writer, self.directory / f"{n}-dst-to-src.bin"),
+            )
         for w in (writer, up_writer):
             w.close()
         with self._changed:
-            self.done.append(path)
+            self.done.append(self.directory / f"{n}-src-to-dst.bin")
             self._changed.notify_all()
 
     def wait(self, count: int, timeout: float = 60) -> list[Path]:
-        """Block until ``count`` connections ended; return their files in accept order."""
+        """Block until ``count`` connections ended; return their src-to-dst files in order."""
         with self._changed:
             assert self._changed.wait_for(lambda: len(self.done) >= count, timeout), self.done
-        return sorted(self.done, key=lambda p: int(p.stem))
+        return sorted(self.done, key=lambda p: int(p.stem.split("-")[0]))
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -234,6 +235,11 @@ def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram
         assert report["ram"]["pages"]["ram0"] == {"zero": 0, "normal": (RANDOM_MIB << 20) // PAGE}
         assert [c["name"] for c in report["commands"]][:2] == ["OPEN_RETURN_PATH", "PING"]
     assert live["bytes"] == captured["bytes"] == capture.stat().st_size
+    replies = inspect_file(capture.with_name("0-dst-to-src.bin"), env)
+    assert (replies["kind"], replies["complete"]) == ("return-path", True)
+    messages = [(m["name"], m["value"]) for m in replies["return_path"]]
+    assert messages[0] == ("PONG", 1)  # the answer to the PING after OPEN_RETURN_PATH
+    assert messages[-1] == ("SHUT", 0)
 
 
 def test_postcopy_live(qemu: str, tmp_path: Path, random_ram: Path) -> None:
