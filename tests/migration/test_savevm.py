@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qiochan import QEMUFile
 from qiochan.migration import (
@@ -359,3 +361,31 @@ def test_flipped_bytes_give_only_documented_outcomes() -> None:
         assert match, (position, report.error)
         # nothing before the damaged byte changed: a record header at most precedes it
         assert int(match.group(1)) >= position - 300, (position, report.error)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(STREAM) - 1), st.binary(max_size=12), st.integers(0, 12)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_spliced_streams_never_raise(edits: list[tuple[int, bytes, int]]) -> None:
+    """Bytes inserted and removed anywhere: a report, never an exception or a hang."""
+    data = bytearray(STREAM)
+    for position, inserted, removed in edits:
+        data[position : position + removed] = inserted
+    report = inspect_bytes(bytes(data))
+    assert report.size <= len(data)
+    if not report.complete:
+        assert report.error is not None
+        assert re.match(r"^offset \d+: (expected |the stream ends inside )", report.error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_after_a_header_never_raises(tail: bytes) -> None:
+    for head in (b"QEVM\0\0\0\3", b"\x11\x22\x33\x44\0\0\0\1", b"\0\2\0\4"):
+        report = inspect_bytes(head + tail)
+        assert report.complete or (report.error or "").startswith("offset ")
