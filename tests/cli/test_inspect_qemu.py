@@ -2,14 +2,17 @@
 
 Guests run under TCG, driven over QMP (tests.helpers.qemu).  What the test
 knows independently of the inspector: RAM block names and used lengths from
-HMP ``info ramblock``, the capabilities it set, that a paused guest sends
-each page once, that a guest whose RAM is a file of random bytes has no zero
-pages in that block, and the multifd channel count.
+HMP ``info ramblock``; the device sections QEMU itself listed in the JSON
+description at the end of a capture; the capabilities it set; that a paused
+guest sends each page once; that a guest whose RAM is a file of random bytes
+has no zero pages in that block; the multifd channel count.
 
 Streams reach the inspector straight from QEMU (``migrate`` to ``qiochan
-inspect tcp:...``, also over TLS), through ``exec:cat > FILE``, or through a
-small asyncio forwarder that copies each connection to its destination and
-tees the source's bytes to a file per connection (the multifd capture).
+inspect tcp:...``, also over TLS and in postcopy), or through a small asyncio
+forwarder that tees both directions of each connection to files, as a
+relay's taps do: each such stream is inspected live and from its file.
+Guests: paused, running, random RAM with a return path, postcopy, multifd
+(two channels, between two QEMUs).
 """
 
 from __future__ import annotations
@@ -201,6 +204,16 @@ def check_stream(report: dict[str, Any], blocks: dict[str, int], pages: str = "o
     assert sent == total if pages == "once" else sent >= total
 
 
+def check_sections_against_qemu_description(report: dict[str, Any], capture: Path) -> None:
+    """The device sections are those QEMU described in the JSON at the end of the capture."""
+    data = capture.read_bytes()
+    described = json.loads(data[data.rindex(b'{"page_size"') :])
+    devices = [(d["name"], d["instance_id"]) for d in described["devices"]]
+    sections = [(s["name"], s["instance"]) for s in report["sections"] if s["name"] != "ram"]
+    assert sections == devices
+    assert report["vmdesc"]["bytes"] == len(data) - data.rindex(b'{"page_size"')
+
+
 def test_paused_guest_captured_and_live(qemu: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     with qemu_vm(qemu, tmp_path, "paused") as vm:
@@ -218,6 +231,7 @@ def test_paused_guest_captured_and_live(qemu: str, tmp_path: Path) -> None:
         for n, s in enumerate(from_file["sections"])
     ]
     assert live["ram"] == from_file["ram"]
+    check_sections_against_qemu_description(from_file, capture)
 
 
 def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram: Path) -> None:
@@ -235,6 +249,7 @@ def test_random_ram_guest_with_return_path(qemu: str, tmp_path: Path, random_ram
         assert report["ram"]["pages"]["ram0"] == {"zero": 0, "normal": (RANDOM_MIB << 20) // PAGE}
         assert [c["name"] for c in report["commands"]][:2] == ["OPEN_RETURN_PATH", "PING"]
     assert live["bytes"] == captured["bytes"] == capture.stat().st_size
+    check_sections_against_qemu_description(captured, capture)
     replies = inspect_file(capture.with_name("0-dst-to-src.bin"), env)
     assert (replies["kind"], replies["complete"]) == ("return-path", True)
     messages = [(m["name"], m["value"]) for m in replies["return_path"]]
@@ -269,21 +284,32 @@ def test_postcopy_live(qemu: str, tmp_path: Path, random_ram: Path) -> None:
     assert {"cpu", "globalstate"} <= {s["name"] for s in live["sections"]}
 
 
-def test_running_guest_live_over_tls(qemu: str, tmp_path: Path, tls_creds_dir: Path) -> None:
+def test_running_guest_captured_and_live(qemu: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path)
-    creds = tls_creds_dir
-    tls = ["-object", f"tls-creds-x509,id=tls0,dir={creds},endpoint=client"]
-    with qemu_vm(qemu, tmp_path, "running", tls) as vm:
+    with qemu_vm(qemu, tmp_path, "running") as vm:
+        blocks = vm.ramblocks()
+        vm.qmp.command("cont")
+        live, captured, capture = migrate_tapped_to_inspector(vm, env, tmp_path)
+    for report in (live, captured):
+        check_stream(report, blocks, "again")
+        assert report["sections"][0]["records"] >= 3  # START, PART(s), END
+        assert report["bytes"] == capture.stat().st_size
+    assert live["ram"] == captured["ram"]
+    check_sections_against_qemu_description(captured, capture)
+
+
+def test_paused_guest_live_over_tls(qemu: str, tmp_path: Path, tls_creds_dir: Path) -> None:
+    env = cli_env(tmp_path)
+    tls = ["-object", f"tls-creds-x509,id=tls0,dir={tls_creds_dir},endpoint=client"]
+    with qemu_vm(qemu, tmp_path, "tls", tls) as vm:
         blocks = vm.ramblocks()
         vm.qmp.command(
             "migrate-set-parameters", **{"tls-creds": "tls0", "tls-hostname": "localhost"}
         )
-        vm.qmp.command("cont")
-        with live_inspector(env, "--layer", f"tls:creds={creds}") as (process, port):
+        with live_inspector(env, "--layer", f"tls:creds={tls_creds_dir}") as (process, port):
             migrate(vm, f"tcp:127.0.0.1:{port}")
             live = finish_live(process)
-    check_stream(live, blocks, "again")
-    assert live["sections"][0]["records"] >= 3  # START, PART(s), END
+    check_stream(live, blocks)
 
 
 def test_multifd_channels_captured_per_connection(
