@@ -11,12 +11,9 @@ from enum import IntEnum
 __all__ = [
     "COMMAND_LENGTHS",
     "MIGRATION_CAPABILITY_SUBSECTION",
-    "MULTIFD_INIT_SIZE",
     "MULTIFD_MAGIC",
-    "MULTIFD_PACKET_HEADER_SIZE",
     "QEMU_VM_FILE_MAGIC",
     "QEMU_VM_FILE_VERSION",
-    "QEMU_VM_FILE_VERSION_COMPAT",
     "RP_MESSAGE_LENGTHS",
     "TARGET_PAGE_BITS_SUBSECTION",
     "UUID_SUBSECTION",
@@ -29,17 +26,11 @@ __all__ = [
 
 #: ``QEVM``: the first four bytes of a savevm stream.
 QEMU_VM_FILE_MAGIC = 0x5145564D
-#: The only version QEMU has written since 2008 (version 2 is refused).
+#: The only version QEMU has written since 2008 (it refuses version 2).
 QEMU_VM_FILE_VERSION = 3
-QEMU_VM_FILE_VERSION_COMPAT = 2
 
 #: The first four bytes of every multifd channel (and of each of its packets).
 MULTIFD_MAGIC = 0x11223344
-#: ``MultiFDInit_t``: magic, version, uuid[16], id, unused1[7], unused2[4] (be64).
-MULTIFD_INIT_SIZE = 4 + 4 + 16 + 1 + 7 + 32
-#: ``MultiFDPacket_t`` without its ``offset[]`` array: six be32, one be64,
-#: unused[4] (be64) and ramblock[256].
-MULTIFD_PACKET_HEADER_SIZE = 6 * 4 + 8 + 32 + 256
 
 #: Subsections of the configuration section that QEMU 7.2 may send.
 MIGRATION_CAPABILITY_SUBSECTION = b"configuration/capabilities"

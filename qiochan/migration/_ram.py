@@ -114,6 +114,9 @@ class RamParser:
         reader = self.reader
         offset = reader.tell() - 8
         reader.check("a RAM record header")
+        if flags & RamFlag.HOOK:
+            what = "a RAM record other than an RDMA hook (RDMA streams cannot be inspected)"
+            reader.fail(offset, what, f"flags {flags:#x}")
         if flags & ~_KNOWN:
             reader.fail(offset, "RAM record flags", f"{flags:#x} (header {header:#018x})")
         addr = header - flags
