@@ -18,48 +18,69 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ..channel import QIOChannel
-from ..migration import StreamReport, format_report, inspect_fd, inspect_path, inspect_stream
-from ..migration._reader import Reader
+from ..migration import Reader, StreamReport, format_report, inspect_stream, load_vmdesc
 from ..qemufile import QEMUFile
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CLIError, Endpoint, open_endpoint, say
+from ._output import Progress
 
-__all__ = ["Watchdog", "run_inspect"]
+__all__ = ["Source", "Watchdog", "run_inspect"]
 
 log = logging.getLogger("qiochan.cli")
 
 
 class Watchdog:
-    """Calls ``expire()`` once ``progress()`` has not changed for ``timeout`` seconds.
+    """A thread that polls ``position()``: it feeds a progress bar and enforces an idle timeout.
 
-    A daemon thread looks every quarter of ``timeout``, so expiry comes after
-    between 1 and 1.25 times ``timeout`` without progress.  ``stop()`` ends it.
+    Every ``interval`` seconds (a quarter of ``timeout``, at most 0.25 s with a
+    progress bar) it passes the position to ``report``; once the position has
+    not moved for ``timeout`` seconds it calls ``expire()`` and stops, so
+    expiry comes between 1 and 1.25 times ``timeout`` after the last byte.
+    ``stop()`` ends it.
+
+    Args:
+        position: returns the current count (bytes consumed, or 0 while waiting).
+        timeout: seconds without progress before ``expire``; None: never.
+        expire: what to do then (shut the stream or close the listener).
+        report: called with each position polled, e.g. to update a progress bar.
     """
 
     def __init__(
-        self, timeout: float, progress: Callable[[], int], expire: Callable[[], None]
+        self,
+        position: Callable[[], int],
+        *,
+        timeout: float | None = None,
+        expire: Callable[[], None] | None = None,
+        report: Callable[[int], None] | None = None,
     ) -> None:
+        self.position = position
         self.timeout = timeout
-        self.progress = progress
         self.expire = expire
+        self.report = report
         self.expired = False
+        self.interval = timeout / 4 if timeout else 0.25
+        if report is not None:
+            self.interval = min(self.interval, 0.25)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="qiochan-inspect-timeout")
+        self._thread = threading.Thread(target=self._run, name="qiochan-inspect-watch")
         self._thread.daemon = True
         self._thread.start()
 
     def _run(self) -> None:
-        step = self.timeout / 4
-        last = self.progress()
+        last = self.position()
         idle = 0.0
-        while not self._stop.wait(step):
-            now = self.progress()
-            idle = idle + step if now == last else 0.0
+        while not self._stop.wait(self.interval):
+            now = self.position()
+            if self.report is not None:
+                self.report(now)
+            idle = idle + self.interval if now == last else 0.0
             last = now
-            if idle >= self.timeout:
+            if self.timeout and idle >= self.timeout:
                 self.expired = True
-                self.expire()
+                if self.expire is not None:
+                    self.expire()
                 return
 
     def stop(self) -> None:
@@ -72,12 +93,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Inspect SOURCE and print the report; return the exit status."""
     source: str = args.source
     layers: list[str] = args.layers
-    if source == "-" or os.path.exists(source):
-        if layers:
-            raise CLIError("--layer applies to an address, not to a file or stdin", EXIT_USAGE)
-        report = _inspect_file(source)
-    else:
-        report = _inspect_address(source, layers, args.timeout)
+    with Progress(args.progress) as progress:
+        if source == "-" or os.path.exists(source):
+            if layers:
+                raise CLIError("--layer applies to an address, not to a file or stdin", EXIT_USAGE)
+            report = _inspect_file(source, progress)
+        else:
+            report = _inspect_address(source, layers, args.timeout, progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=None if args.compact else 2))
     else:
@@ -87,13 +109,27 @@ def run_inspect(args: argparse.Namespace) -> int:
     raise CLIError(f"incomplete stream: {report.error}", EXIT_FAILED)
 
 
-def _inspect_file(path: str) -> StreamReport:
-    if path == "-":
-        return inspect_fd(os.dup(0))
+def _inspect_file(path: str, progress: Progress) -> StreamReport:
+    """Inspect a file (its device description read first) or stdin (``-``)."""
+    from ..transport import open_channel
+
+    vmdesc = None
     try:
-        return inspect_path(path)
+        if path == "-":
+            fd, total = os.dup(0), None
+        else:
+            vmdesc = load_vmdesc(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            total = os.fstat(fd).st_size or None
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        channel = open_channel(f"fd:{fd}", "r")
+    except BaseException:
+        os.close(fd)
+        raise
+    source = Source(channel, progress=progress, total=total, label=path)
+    return source.inspect(vmdesc=vmdesc)
 
 
 def _listens(address: str) -> bool:
@@ -116,15 +152,18 @@ def _listens(address: str) -> bool:
     return backend.listen is not None
 
 
-def _inspect_address(address: str, layers: list[str], timeout: float | None) -> StreamReport:
+def _inspect_address(
+    address: str, layers: list[str], timeout: float | None, progress: Progress
+) -> StreamReport:
     listens = _listens(address)
     endpoint = Endpoint(address, layers, listen=listens, label="source")
     endpoint.check()
     if not listens:  # exec:, file:, fd:...: opened (or spawned) and read
         channel = open_endpoint(endpoint, "r")
-        return _inspect_channel(channel, timeout, reply=False)
+        return Source(channel, timeout=timeout, progress=progress, label=address).inspect()
     channel = _accept(endpoint, timeout)
-    return _inspect_channel(channel, timeout, reply=True)
+    source = Source(channel, timeout=timeout, progress=progress, label=endpoint.address)
+    return source.inspect(reply=True)
 
 
 def _accept(endpoint: Endpoint, timeout: float | None) -> QIOChannel:
@@ -141,7 +180,7 @@ def _accept(endpoint: Endpoint, timeout: float | None) -> QIOChannel:
         raise CLIError(f"{what}: {exc}") from None
     endpoint.address = str(listener.address)
     say(f"source: listening on {endpoint.address}")
-    watchdog = Watchdog(timeout, lambda: 0, listener.close) if timeout else None
+    watchdog = Watchdog(lambda: 0, timeout=timeout, expire=listener.close) if timeout else None
     try:
         channel: QIOChannel = listener.accept()
         return channel
@@ -155,20 +194,54 @@ def _accept(endpoint: Endpoint, timeout: float | None) -> QIOChannel:
         listener.close()
 
 
-def _inspect_channel(channel: QIOChannel, timeout: float | None, *, reply: bool) -> StreamReport:
-    f = QEMUFile.new_input(channel)
-    reader = Reader(f)
-    watchdog = None
-    if timeout:
+class Source:
+    """A channel to inspect, with its idle timeout and progress bar.
 
-        def expire() -> None:
-            reader.interrupted = f"no data for {timeout:g} s (--timeout)"
-            f.shutdown()
+    Args:
+        channel: the input (owned from now on: closed by :meth:`inspect`).
+        timeout: seconds without data before the stream is shut down.
+        progress: where the bar goes; ``total`` its end (None: unknown).
+        label: the bar's description.
+    """
 
-        watchdog = Watchdog(timeout, f.tell, expire)
-    try:
-        return inspect_stream(f, reader=reader, reply=f.get_return_path() if reply else None)
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-        f.fclose()
+    def __init__(
+        self,
+        channel: QIOChannel,
+        *,
+        timeout: float | None = None,
+        progress: Progress,
+        total: int | None = None,
+        label: str = "",
+    ) -> None:
+        self.f = QEMUFile.new_input(channel)
+        self.reader = Reader(self.f)
+        self.timeout = timeout
+        self.progress = progress
+        self.total = total
+        self.label = label
+
+    def _expire(self) -> None:
+        self.reader.interrupted = f"no data for {self.timeout:g} s (--timeout)"
+        self.f.shutdown()
+
+    def inspect(self, *, vmdesc: dict[str, Any] | None = None, reply: bool = False) -> StreamReport:
+        """Walk the stream (answering on its return path with ``reply``); close it; report."""
+        f = self.f
+        bar = self.progress.add(f"inspect {self.label}", self.total)
+        watchdog = None
+        if self.timeout or self.progress.enabled:
+            watchdog = Watchdog(
+                f.tell,
+                timeout=self.timeout,
+                expire=self._expire,
+                report=lambda n: self.progress.update(bar, completed=n),
+            )
+        try:
+            return inspect_stream(
+                f, vmdesc=vmdesc, reader=self.reader, reply=f.get_return_path() if reply else None
+            )
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+            self.progress.update(bar, completed=f.tell())
+            f.fclose()

@@ -195,3 +195,11 @@ def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("inspect", "--timeout", "0", "x", env=cli_env(tmp_path))
     assert result.returncode == 2
     assert "must be more than 0" in result.stderr
+
+
+def test_progress_bar_on_request(stream: Path, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    result = run_cli("inspect", "--progress", str(stream), env=cli_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"inspect {stream}" in result.stderr.replace("\n", "")
+    assert "complete:" in result.stdout
