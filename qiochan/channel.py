@@ -32,7 +32,7 @@ from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _hooks
-from .errors import ChannelError, closed_error, from_oserror, unsupported
+from .errors import ChannelError, closed_error, from_oserror, unexpected_eof, unsupported
 from .watch import Condition, Watch, WatchFunc, WatchSource
 
 if TYPE_CHECKING:
@@ -383,9 +383,7 @@ class QIOChannel:
                         return False, []
                     if done and relaxed:
                         return True, fds
-                    raise ChannelError(
-                        "Unexpected end-of-file before all data were read", errno.EPIPE
-                    )
+                    raise unexpected_eof()
                 done += n
                 if done < wanted:
                     views = _advance(views, n)
@@ -459,7 +457,7 @@ class QIOChannel:
         """
         ok, fds = self.readv_full_all_eof(iov)
         if not ok:
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
         return fds
 
     def readv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
@@ -473,7 +471,7 @@ class QIOChannel:
             ChannelError: EOF before all data were read, or a read error.
         """
         if not self.readv_all_eof(iov):
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
 
     def read_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Fill ``buf``; return False at EOF before any byte."""
@@ -514,7 +512,7 @@ class QIOChannel:
         """Async :meth:`readv_full_all`."""
         ok, fds = await self.areadv_full_all_eof(iov)
         if not ok:
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
         return fds
 
     async def areadv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
@@ -524,7 +522,7 @@ class QIOChannel:
     async def areadv_all(self, iov: Iterable[Buffer]) -> None:
         """Async :meth:`readv_all`."""
         if not await self.areadv_all_eof(iov):
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
 
     async def aread_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Async :meth:`read_all_eof`."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AddressError, ConfigError
+from .errors import AddressError, ConfigError, PluginError
 from .options import LayerSpec, parse_layer
 from .registry import backends, resolve_address
 
@@ -178,7 +178,7 @@ def _check_address(address: str, path: Path | None, key: str) -> None:
         resolve_address(address)
     except AddressError as exc:
         raise ConfigError(path, key, str(exc)) from None
-    except OSError:
+    except PluginError:
         pass  # a known scheme whose backend is unavailable here: reported when used
 
 

@@ -148,7 +148,7 @@ class Endpoint:
             CLIError: exit status 2 for a malformed spec, 1 for an unknown or
                 unavailable layer or unusable credentials.
         """
-        from ..errors import AddressError, ChannelError
+        from ..errors import AddressError, ChannelError, PluginError
         from ..options import parse_layer
         from ..registry import find_backend
 
@@ -162,7 +162,7 @@ class Endpoint:
                 find_backend(spec.name, kind="layer")
                 if spec.name == "tls" and spec.options.get("creds"):
                     _check_tls_creds(spec.options, self.role)
-            except ChannelError as exc:
+            except (ChannelError, PluginError) as exc:
                 raise CLIError(f"{what}: {exc}") from None
 
 
@@ -218,14 +218,14 @@ def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
         CLIError: the address, a layer or the peer failed (exit status 2 for a
             malformed address or configuration, 1 otherwise).
     """
-    from ..errors import AddressError, ChannelError, ConfigError
+    from ..errors import AddressError, ChannelError, ConfigError, PluginError
 
     what = f"{endpoint.label} {endpoint.describe()}"
     try:
         return _open_endpoint(endpoint, mode)
     except (AddressError, ConfigError) as exc:
         raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
-    except ChannelError as exc:
+    except (ChannelError, PluginError) as exc:
         raise CLIError(f"{what}: {exc} (0 bytes passed)") from None
 
 
