@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Self
 
 from . import _hooks
 from .channel import QIOChannel
 from .config import lookup_transport
 from .errors import HandshakeError
 from .options import LayerSpec, parse_layer
+from .plugin import Listener, Role
 from .registry import find_backend, resolve_address
 
 __all__ = [
@@ -33,23 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.transport")
-
-Role = Literal["client", "server"]
-
-
-@runtime_checkable
-class Listener(Protocol):
-    """What :func:`listen` returns: accepts channels until closed."""
-
-    @property
-    def address(self) -> Any:
-        """The address actually listened on (with the real port for port 0)."""
-
-    def accept(self) -> QIOChannel:
-        """Block until a peer connects; return its channel (handshakes done)."""
-
-    def close(self) -> None:
-        """Stop listening; idempotent."""
 
 
 def _layer_specs(layers: Iterable[Any]) -> list[Any]:
@@ -135,7 +119,8 @@ def connect(
     if timeout is not None:
         options["timeout"] = timeout
     if backend.own_layers:
-        channel: QIOChannel = func(parsed, layers=_layer_specs(layers), **options)
+        options["layers"] = _layer_specs(layers)
+        channel = func(parsed, **options)
     else:
         channel = apply_layers(func(parsed, **options), layers, "client")
     _hooks.channel_opened(channel, parsed)
@@ -196,7 +181,8 @@ def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
     func = backend.require("listen")
     specs = _layer_specs(layers)
     if backend.own_layers:
-        return func(parsed, layers=specs, **options)
+        options["layers"] = specs
+        return func(parsed, **options)
     listener = func(parsed, **options)
     return LayeredListener(listener, specs) if specs else listener
 

@@ -214,7 +214,7 @@ def connect_url(
         inner.append(_tls_layer(given or system_ca_options(url.host)))
     inner.append(_websocket_layer(websocket))
     tcp_connect = find_backend("tcp").require("connect")
-    channel: QIOChannel = tcp_connect(url.inet, timeout=timeout, **options)
+    channel = tcp_connect(url.inet, **{"timeout": timeout, **options})
     return apply_layers(channel, [*inner, *rest], "client")
 
 

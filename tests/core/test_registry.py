@@ -124,6 +124,52 @@ def test_bad_hook_result_names_the_plugin_and_hook(fresh_registry: pytest.Monkey
         backends()
 
 
+def test_misspelled_hook_of_an_entry_point_is_reported_and_others_still_load(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_distribution(
+        tmp_path,
+        "qiochan_typo_demo",
+        """
+        from qiochan.plugin import Backend, hookimpl
+
+        @hookimpl
+        def qiochan_backend():
+            return [Backend(name="typo", schemes=("typo",))]
+        """,
+    )
+    fresh_registry.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="qiochan.registry"):
+        manager = reload_plugins()
+        found = backends()
+    typo = found["qiochan_typo_demo"]
+    assert not typo.available
+    for words in ("qiochan_typo_demo 1.2.3", "unknown hook 'qiochan_backend'", "qiochan_backends"):
+        assert words in typo.missing
+        assert words in caplog.text
+    assert not manager.has_plugin("qiochan_typo_demo")
+    assert found["memory"].available
+
+
+def test_misspelled_hook_registered_at_runtime_is_a_plugin_error(
+    fresh_registry: pytest.MonkeyPatch,
+) -> None:
+    class Typo:
+        @hookimpl
+        def qiochan_channel_open(self, channel: object, address: object) -> None:
+            """Meant qiochan_channel_opened."""
+
+    plugin_manager().register(Typo(), name="typo-plugin")
+    with pytest.raises(PluginError) as info:
+        backends()
+    message = str(info.value)
+    assert "'typo-plugin'" in message and "unknown hook 'qiochan_channel_open'" in message
+    assert "did you mean 'qiochan_channel_opened'?" in message
+    assert isinstance(info.value.__cause__, pluggy.PluginValidationError)
+    plugin_manager().unregister(name="typo-plugin")
+    assert backends()["memory"].available
+
+
 def test_raising_hook_is_reported_not_fatal(fresh_registry: pytest.MonkeyPatch) -> None:
     class Raising:
         @hookimpl
