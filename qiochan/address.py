@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import AddressError
-from .options import parse_bool, parse_int, parse_options, split_options
+from .options import is_decimal, parse_bool, parse_int, parse_options, split_options
 
 __all__ = [
     "Address",
@@ -57,6 +57,19 @@ def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# never part of a host name or IP address, and each would not read back
+_NOT_IN_HOST = frozenset(",[]/")
+
+
+def _check_host(host: object, context: str) -> None:
+    """Reject a host that is not a string or holds a character no host has."""
+    if not isinstance(host, str):
+        raise AddressError(f"{context}: host must be a string, not {type(host).__name__}")
+    for char in host:
+        if char in _NOT_IN_HOST or char.isspace() or not char.isprintable():
+            raise AddressError(f"{context}: host {host!r} contains {char!r}")
+
+
 @dataclass(frozen=True)
 class InetAddress:
     """A TCP (or UDP, for datagram channels) endpoint.
@@ -77,6 +90,7 @@ class InetAddress:
     scheme: ClassVar[str] = "tcp"
 
     def __post_init__(self) -> None:
+        _check_host(self.host, "tcp address")
         if not isinstance(self.port, int) or not 0 <= self.port <= _MAX_PORT:
             raise AddressError(f"tcp address: port {self.port!r} is out of range 0..{_MAX_PORT}")
         if self.ipv4 is False and self.ipv6 is False:
@@ -177,6 +191,9 @@ class WebsocketURL:
     path: str = "/"
 
     def __post_init__(self) -> None:
+        _check_host(self.host, "websocket URL")
+        if not self.host:
+            raise AddressError("websocket URL: empty host")
         if not isinstance(self.port, int) or not 0 <= self.port <= _MAX_PORT:
             raise AddressError(f"websocket URL: port {self.port!r} is out of range 0..{_MAX_PORT}")
         if not self.path.startswith("/"):
@@ -238,12 +255,11 @@ def _split_host_port(text: str, context: str) -> tuple[str, str]:
 def _port(text: str, context: str) -> int:
     if not text:
         raise AddressError(f"{context}: empty port")
-    if not text.isdigit():
+    if not is_decimal(text):
         raise AddressError(f"{context}: port {text!r} is not a number")
-    port = int(text)
-    if port > _MAX_PORT:
-        raise AddressError(f"{context}: port {port} is out of range 0..{_MAX_PORT}")
-    return port
+    if len(text.lstrip("0")) > len(str(_MAX_PORT)) or int(text) > _MAX_PORT:
+        raise AddressError(f"{context}: port {text} is out of range 0..{_MAX_PORT}")
+    return int(text)
 
 
 def _options(parts: list[str], allowed: tuple[str, ...], context: str) -> dict[str, str]:
