@@ -157,7 +157,10 @@ def _parse_layer(value: Any, path: Path | None, key: str) -> Any:
             for option, item in value.items()
             if option != "name"
         }
-        return LayerSpec(name.strip().lower(), options)
+        try:
+            return LayerSpec(name.strip().lower(), options)
+        except AddressError as exc:
+            raise ConfigError(path, key, str(exc)) from None
     raise ConfigError(
         path, key, f"a layer must be a spec string or a table, not {_toml_type(value)}"
     )
