@@ -10,6 +10,9 @@
     exec:SHELL-COMMAND
     ws://HOST:PORT/PATH     wss://HOST:PORT/PATH
 
+A scheme a plugin adds without a parser of its own reaches that plugin as a
+:class:`SchemeAddress` (its scheme and the full text, which ``str()`` gives).
+
 A comma inside a path is written ``,,`` as on QEMU's command line.  Every
 address type is a frozen dataclass with a ``scheme`` attribute (the name the
 registry finds its backend by) and ``str(address)`` gives the canonical text,
@@ -28,11 +31,13 @@ from .errors import AddressError
 from .options import is_decimal, parse_bool, parse_int, parse_options, split_options
 
 __all__ = [
+    "SCHEMES",
     "Address",
     "ExecAddress",
     "FdAddress",
     "FileAddress",
     "InetAddress",
+    "SchemeAddress",
     "UnixAddress",
     "VsockAddress",
     "WebsocketURL",
@@ -213,6 +218,31 @@ class WebsocketURL:
         return f"{self.scheme}://{_format_host(self.host)}:{self.port}{self.path}"
 
 
+@dataclass(frozen=True)
+class SchemeAddress:
+    """An address of a scheme :mod:`qiochan.address` does not know, kept as text.
+
+    What a plugin's ``connect``/``listen``/``open`` receive for its own scheme
+    when its :class:`~qiochan.plugin.Backend` has no ``parse``: a plugin adds
+    a scheme without writing a parser.
+
+    Attributes:
+        scheme: the scheme, lower case (``"loop"`` for ``"loop:abc"``).
+        text: the whole address as given; ``str()`` returns it.
+    """
+
+    scheme: str
+    text: str
+
+    @property
+    def rest(self) -> str:
+        """The text after the scheme's colon (``"abc"`` for ``"loop:abc"``)."""
+        return self.text.partition(":")[2]
+
+    def __str__(self) -> str:
+        return self.text
+
+
 #: Any address object :func:`parse_address` returns.
 Address = (
     InetAddress | UnixAddress | VsockAddress | FdAddress | FileAddress | ExecAddress | WebsocketURL
@@ -371,6 +401,22 @@ _PARSERS: dict[str, Any] = {
     "exec": _parse_exec,
 }
 
+#: The schemes :func:`parse_address` knows.
+SCHEMES = frozenset([*_PARSERS, "ws", "wss"])
+
+
+def _scheme_of(text: str) -> str:
+    """Return the lower-case scheme of ``text``.
+
+    Raises:
+        AddressError: no ``SCHEME:`` prefix.
+    """
+    scheme, sep, _rest = text.partition(":")
+    scheme = scheme.strip().lower()
+    if not sep or not scheme:
+        raise AddressError(f"Address {text!r} has no scheme (e.g. 'tcp:HOST:PORT')")
+    return scheme
+
 
 def parse_address(text: str) -> Address:
     """Parse an address string.
@@ -385,15 +431,13 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise TypeError(f"address must be a string, not {type(text).__name__}")
-    scheme, sep, rest = text.partition(":")
-    scheme = scheme.strip().lower()
-    if not sep or not scheme:
-        raise AddressError(f"Address {text!r} has no scheme (e.g. 'tcp:HOST:PORT')")
+    scheme = _scheme_of(text)
+    rest = text.partition(":")[2]
     if scheme in ("ws", "wss"):
         return _parse_websocket(scheme, rest)
     parser = _PARSERS.get(scheme)
     if parser is None:
-        known = ", ".join([*_PARSERS, "ws", "wss"])
+        known = ", ".join(sorted(SCHEMES))
         raise AddressError(f"Address {text!r}: unknown scheme {scheme!r} (known: {known})")
     result: Address = parser(rest)
     return result

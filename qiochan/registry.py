@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pluggy
 
 from . import _hooks, hookspecs
-from .address import parse_address
+from .address import SCHEMES, SchemeAddress, parse_address
 from .errors import AddressError, PluginError
 from .plugin import Backend
 
@@ -255,7 +255,10 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
     """Return the transport backend for ``address`` and the parsed address object.
 
     ``address`` is an address string or an object from :mod:`qiochan.address`
-    (anything with a ``scheme`` attribute).
+    (anything with a ``scheme`` attribute).  A string is parsed by the
+    backend's ``parse`` if it has one, else by :func:`~qiochan.address.parse_address`
+    for a built-in scheme; any other scheme gives a
+    :class:`~qiochan.address.SchemeAddress` carrying the text.
 
     Raises:
         AddressError: the address is malformed or has no scheme.
@@ -272,7 +275,9 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
         backend = find_backend(scheme)
         if backend.parse is not None:
             return backend, backend.parse(address)
-        return backend, parse_address(address)
+        if scheme in SCHEMES:
+            return backend, parse_address(address)
+        return backend, SchemeAddress(scheme, address)
     object_scheme = getattr(address, "scheme", None)
     if not isinstance(object_scheme, str):
         raise TypeError(

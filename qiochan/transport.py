@@ -184,7 +184,10 @@ def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
         options["layers"] = specs
         return func(parsed, **options)
     listener = func(parsed, **options)
-    return LayeredListener(listener, specs) if specs else listener
+    if specs or not hasattr(listener, "__exit__"):
+        # layers to apply, or a plugin's listener that is not a context manager
+        return LayeredListener(listener, specs)
+    return listener
 
 
 def open_channel(address: Any, mode: str = "r", **options: Any) -> QIOChannel:

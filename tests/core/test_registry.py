@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +14,10 @@ import pytest
 
 import qiochan
 from qiochan import Feature, PluginError
+from qiochan.address import SchemeAddress
 from qiochan.hookspecs import hookimpl
 from qiochan.registry import Backend, backends, find_backend, plugin_manager, reload_plugins
+from tests.helpers.plugins import RENDEZVOUS_PLUGIN, make_distribution
 
 
 @pytest.fixture
@@ -24,15 +26,6 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPat
     yield monkeypatch
     monkeypatch.undo()
     reload_plugins()
-
-
-def make_distribution(root: Path, name: str, module_source: str) -> None:
-    """Write an installed-looking distribution with a qiochan.plugins entry point."""
-    (root / f"{name}.py").write_text(textwrap.dedent(module_source))
-    info = root / f"{name}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[qiochan.plugins]\n{name} = {name}\n")
 
 
 def test_memory_backend_is_discovered_through_entry_points() -> None:
@@ -229,3 +222,35 @@ def test_import_qiochan_does_not_load_plugins() -> None:
         "assert 'asyncio' not in sys.modules, 'asyncio imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_a_scheme_without_a_parser_reaches_its_plugin_as_a_scheme_address(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rdv_runtime.py").write_text(RENDEZVOUS_PLUGIN)
+    fresh_registry.syspath_prepend(str(tmp_path))
+    fresh_registry.setenv("QIOCHAN_RDV_DIR", str(tmp_path))
+    plugin = importlib.import_module("rdv_runtime")
+    plugin_manager().register(plugin, name="rdv-runtime")
+    assert backends()["rendezvous"].parse is None
+
+    with qiochan.listen("rdv:meet") as listener:
+        assert listener.address == SchemeAddress("rdv", "rdv:meet")
+        with qiochan.connect("RDV:meet", timeout=10) as client, listener.accept() as server:
+            client.write_all(b"ping")
+            got = bytearray(4)
+            server.read_all(got)
+            assert got == b"ping"
+    with qiochan.open_channel(SchemeAddress("rdv", "rdv:note"), "w") as out:
+        out.write_all(b"kept")
+    assert (tmp_path / "note.dat").read_bytes() == b"kept"
+
+    seen = plugin.SEEN
+    assert seen == [
+        SchemeAddress("rdv", "rdv:meet"),
+        SchemeAddress("rdv", "RDV:meet"),
+        SchemeAddress("rdv", "rdv:note"),
+    ]
+    assert [str(address) for address in seen] == ["rdv:meet", "RDV:meet", "rdv:note"]
+    assert seen[1].rest == "meet"
+    sys.modules.pop("rdv_runtime")
