@@ -644,7 +644,11 @@ async def create_connection(
     Returns:
         ``(transport, protocol)``.
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await _connect_in_thread(address, layers, timeout, options)
     return await connect_channel(channel, protocol_factory)
@@ -665,7 +669,11 @@ async def open_connection(
     configured transport name...) and ``layers`` the layer specs to apply.
 
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await _connect_in_thread(address, layers, timeout, options)
     return await channel_streams(channel, limit=limit)
@@ -851,7 +859,10 @@ async def create_server(
     Returns:
         The :class:`ChannelServer`, accepting already unless ``start_serving`` is False.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
     loop = asyncio.get_running_loop()
     listener = await loop.run_in_executor(
@@ -880,7 +891,10 @@ async def start_server(
     Returns:
         The :class:`ChannelServer`.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
 
     def factory() -> asyncio.StreamReaderProtocol:

@@ -108,8 +108,11 @@ def connect(
     Returns:
         The outermost channel, blocking, with every handshake done.
     Raises:
-        AddressError, PluginError, ChannelError (refused, unreachable...), HandshakeError,
-        ConfigError (the transports file is invalid).
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     address, layers, options, configured_timeout = _configured(address, layers, options)
     if timeout is None:
@@ -174,7 +177,10 @@ def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
     Returns:
         A :class:`Listener` (``accept()``, ``close()``, ``address``; a context manager).
     Raises:
-        AddressError, PluginError, ChannelError (address in use...).
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
     address, layers, options, _timeout = _configured(address, layers, options)
     backend, parsed = resolve_address(address)
@@ -196,7 +202,10 @@ def open_channel(address: Any, mode: str = "r", **options: Any) -> QIOChannel:
     Args:
         mode: ``"r"``, ``"w"`` or ``"rw"``.
     Raises:
-        ValueError: a bad mode. AddressError, PluginError, ChannelError.
+        ValueError: a bad mode.
+        AddressError: the address is malformed.
+        PluginError: no available backend opens the scheme.
+        ChannelError: opening failed (no such file...).
     """
     if mode not in ("r", "w", "rw"):
         raise ValueError(f"mode must be 'r', 'w' or 'rw', not {mode!r}")

@@ -200,7 +200,10 @@ def connect_url(
     otherwise, the websocket handshake.  Other options go to the ``tcp`` backend.
 
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError.
+        AddressError: a malformed URL or layer option.
+        PluginError: the tcp or tls backend is unavailable.
+        ChannelError: the connection failed.
+        HandshakeError: the TLS or websocket handshake failed.
     """
     url = _url(address)
     tls, websocket, rest = _split_layers(layers, url)
@@ -241,7 +244,8 @@ def listen_url(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> W
 
     Raises:
         AddressError: ``wss://`` without a ``tls:creds=DIR`` layer, or a bad layer option.
-        PluginError, ChannelError (address in use...).
+        PluginError: the tcp or tls backend is unavailable.
+        ChannelError: listening failed (address in use...).
     """
     url = _url(address)
     tls, websocket, rest = _split_layers(layers, url)
