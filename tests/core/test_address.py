@@ -21,6 +21,7 @@ from qiochan.address import (
     parse_address,
 )
 from qiochan.errors import AddressError
+from tests.helpers.roundtrip import assert_reads_back_or_is_an_address_error
 
 CANONICAL = [
     ("tcp:localhost:4444", InetAddress("localhost", 4444)),
@@ -243,14 +244,7 @@ ADDRESS_TEXT = st.one_of(st.text(), st.tuples(_SCHEMES, _TAIL).map("".join))
 
 def assert_parses_back_or_is_an_address_error(text: str) -> None:
     """Assert ``text`` parses to an address whose str() parses back equal, or is an AddressError."""
-    try:
-        address = parse_address(text)
-    except AddressError as exc:
-        assert str(exc)
-        return
-    again = parse_address(str(address))
-    assert again == address
-    assert str(again) == str(address)
+    assert_reads_back_or_is_an_address_error(parse_address, text)
 
 
 @settings(max_examples=500)

@@ -16,6 +16,7 @@ from qiochan.options import (
     parse_options,
     split_options,
 )
+from tests.helpers.roundtrip import assert_reads_back_or_is_an_address_error
 
 
 @pytest.mark.parametrize(
@@ -96,14 +97,7 @@ LAYER_TEXT = st.one_of(
 @settings(max_examples=500)
 @given(LAYER_TEXT)
 def test_any_text_is_a_layer_spec_that_reads_back_or_an_address_error(text: str) -> None:
-    try:
-        spec = parse_layer(text)
-    except AddressError as exc:
-        assert str(exc)
-        return
-    again = parse_layer(str(spec))
-    assert again == spec
-    assert str(again) == str(spec)
+    assert_reads_back_or_is_an_address_error(parse_layer, text)
 
 
 @given(st.dictionaries(st.from_regex(r"[A-Za-z0-9_.]+", fullmatch=True), st.text(), max_size=5))
