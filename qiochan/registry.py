@@ -12,7 +12,6 @@ Environment:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -98,6 +97,8 @@ def check_hooks(manager: pluggy.PluginManager) -> None:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
+        import difflib  # only to word this error
+
         plugin_name = manager.get_name(exc.plugin) or repr(exc.plugin)
         known = sorted(name for name in vars(hookspecs) if name.startswith("qiochan_"))
         unknown = _unknown_hooks(manager, exc.plugin)
