@@ -45,7 +45,7 @@ from typing import Any, Self, TypeVar
 
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from .errors import ChannelError, HandshakeError, unsupported
+from .errors import ChannelError, Error, HandshakeError, unsupported
 from .watch import Condition, Watch
 
 __all__ = [
@@ -761,7 +761,7 @@ class ChannelServer:
             except HandshakeError as exc:
                 log.info("%r: a client's handshake failed: %s", self, exc)
                 continue
-            except (ChannelError, OSError, ValueError) as exc:
+            except (Error, OSError, ValueError) as exc:  # a PluginError too: stop serving
                 if not self._closed:
                     log.warning("%r: accept failed, server stops: %s", self, exc)
                     self._loop.call_soon_threadsafe(self.close)
