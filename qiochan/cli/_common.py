@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import threading
@@ -57,7 +58,9 @@ def say(message: str) -> None:
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+# re.ASCII: \d is 0-9 only, not every script's digits
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE | re.ASCII)
+_MAX_SIZE = 1 << 63
 
 
 def parse_size(text: str) -> int:
@@ -71,7 +74,10 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size (e.g. 4096, 512K, 64M, 1G; K/M/G are powers of 1024)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size >= _MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large a size")
+    return int(size)
 
 
 def parse_rate(text: str) -> int:
@@ -277,11 +283,15 @@ def plugin_object(kind: Literal["transport", "layer"], scheme: str, attribute: s
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above zero."""
+    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
     try:
+        if not text.isascii():
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value

@@ -195,6 +195,16 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
         ),
         (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 1, ["zip"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "0"], 2, []),
+        (
+            ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "\u0661\u0662M"],
+            2,
+            ["is not a size"],
+        ),
+        (
+            ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "9" * 400],
+            2,
+            ["too large a size"],
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_status(
