@@ -11,12 +11,21 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qiochan
-from qiochan import Feature, PluginError
+from qiochan import AddressError, Feature, PluginError
 from qiochan.address import SchemeAddress
 from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend, backends, find_backend, plugin_manager, reload_plugins
+from qiochan.registry import (
+    Backend,
+    backends,
+    find_backend,
+    plugin_manager,
+    reload_plugins,
+    resolve_address,
+)
 from tests.helpers.plugins import RENDEZVOUS_PLUGIN, make_distribution
 
 
@@ -254,3 +263,25 @@ def test_a_scheme_without_a_parser_reaches_its_plugin_as_a_scheme_address(
     assert [str(address) for address in seen] == ["rdv:meet", "RDV:meet", "rdv:note"]
     assert seen[1].rest == "meet"
     sys.modules.pop("rdv_runtime")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.tuples(
+            st.sampled_from(["buffer:", "null:", "tcp:", "exec:", "rdv:", "nope:", "Buffer:"]),
+            st.text(alphabet="a:, =1", max_size=6),
+        ).map("".join),
+    )
+)
+def test_any_address_text_resolves_and_reads_back_or_is_an_address_or_plugin_error(
+    text: str,
+) -> None:
+    try:
+        backend, parsed = resolve_address(text)
+    except (AddressError, PluginError) as exc:
+        assert str(exc)
+        return
+    again_backend, again = resolve_address(str(parsed))
+    assert (again_backend, again) == (backend, parsed)
