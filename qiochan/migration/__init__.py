@@ -21,9 +21,9 @@ and the JSON device description are held at a time.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
+import stat
 from typing import Any
 
 from ..channel import QIOChannel
@@ -172,20 +172,17 @@ def inspect_fd(fd: int, *, vmdesc: dict[str, Any] | None = None) -> StreamReport
 def load_vmdesc(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Return the device description at the end of the savevm file ``path``, or None.
 
-    None also when the file is not seekable or the description is not valid JSON.
+    None also when ``path`` is not a regular file (a FIFO or a device is not
+    opened at all: its data is for the walk) or the description is not valid
+    JSON.
 
     Raises:
-        OSError: the file cannot be opened.
+        OSError: the file cannot be opened or read.
     """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None
     with open(path, "rb") as file:
-        if not file.seekable():
-            return None
-        try:
-            text = find_vmdesc(file)
-        except OSError as exc:
-            if exc.errno == errno.ESPIPE:
-                return None
-            raise
+        text = find_vmdesc(file)
     if text is None:
         return None
     try:

@@ -203,3 +203,19 @@ def test_progress_bar_on_request(stream: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"inspect {stream}" in result.stderr.replace("\n", "")
     assert "complete:" in result.stdout
+
+
+def test_a_named_pipe_is_read_once(stream: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.fifo"
+    os.mkfifo(fifo)
+    env = cli_env(tmp_path)
+    inspector = Background("inspect", "--json", str(fifo), env=env)
+    try:
+        with open(fifo, "wb") as writer:  # returns once the inspector opened it
+            writer.write(stream.read_bytes())
+        result = inspector.finish()
+    finally:
+        inspector.kill()
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["complete"] is True and report["bytes"] == stream.stat().st_size
