@@ -195,16 +195,18 @@ class SavevmWalker:
             section = found
         section.records += 1
         start = reader.tell()
-        if section.name == RAM_SECTION:
-            self._ram(section, offset).parse()
-            section.delimited = "parsed"
-        elif kind == VmRecord.SECTION_FULL and self._sized_by_vmdesc(section):
-            section.delimited = "vmdesc"
-        else:
-            self._scan_to_footer(section)
-            section.delimited = "footer-scan"
-        size = reader.tell() - start
-        section.size += size
+        try:
+            if section.name == RAM_SECTION:
+                section.delimited = "parsed"
+                self._ram(section, offset).parse()
+            elif kind == VmRecord.SECTION_FULL and self._sized_by_vmdesc(section):
+                section.delimited = "vmdesc"
+            else:
+                section.delimited = "footer-scan"
+                self._scan_to_footer(section)
+        finally:  # a record cut short still counts what it had
+            size = reader.tell() - start
+            section.size += size
         if kind == VmRecord.SECTION_FULL:
             self.full_records.append(DeviceSize(section.name, section.instance, size))
         self._footer(section)
