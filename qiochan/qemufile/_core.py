@@ -257,7 +257,6 @@ class QEMUFileCore:
         n = len(view)
         if not n:
             return
-        may_free = bool(may_free)
         iov = self._iov
         i = self._index
         seg = self._seg
@@ -267,7 +266,7 @@ class QEMUFileCore:
             self._iov_bytes += i - seg + n
             self._seg = i
         else:
-            if not (iov and view.obj is iov[-1].obj and self._coalesce(view, may_free)):
+            if not (iov and view.obj is iov[-1].obj and self._coalesce(view, bool(may_free))):
                 iov.append(view)
             self._iov_bytes += n
         count = len(iov)

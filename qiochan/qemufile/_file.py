@@ -233,6 +233,6 @@ def qemufile_on(core: type[QEMUFileCore]) -> type[QEMUFile]:
     """
     if core is _Core:
         return QEMUFile
-    bases = tuple(base for base in QEMUFile.__bases__ if base is not _Core) + (core,)
+    bases = (*(base for base in QEMUFile.__bases__ if base is not _Core), core)
     namespace = {k: v for k, v in vars(QEMUFile).items() if k not in ("__dict__", "__weakref__")}
     return cast("type[QEMUFile]", type("QEMUFile", bases, namespace))

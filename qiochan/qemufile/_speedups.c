@@ -60,6 +60,9 @@
 #define Py_END_CRITICAL_SECTION() }
 #endif
 
+/* _fast_end while a flush runs (see core_flush). */
+#define FLUSHING (-1)
+
 static Py_ssize_t max_iov_size = MAX_IOV_LIMIT;
 
 /* Interned method names and width constants, made once at import. */
@@ -223,8 +226,14 @@ queue_recycle(Core *self, Queue *batch)
 static void
 queue_detach(Core *self, Queue *out)
 {
-    *out = self->queue;
-    queue_init(&self->queue);
+    Queue *q = &self->queue;
+    out->count = q->count;
+    out->bytes = q->bytes;
+    memcpy(out->entries, q->entries, (size_t)q->count * sizeof(Entry)); /* the used ones only */
+    out->pins = q->pins;
+    out->npins = q->npins;
+    out->cap = q->cap;
+    queue_init(q);
 }
 
 /* Room for one more pin; -1 with MemoryError. */
@@ -478,7 +487,10 @@ release_pages(Core *self, Queue *q)
  * may_free pages, drop the pins, refresh the fast path.
  *
  * io_write_fd() is asked before the queue is detached, so no Python code runs
- * between the detach and a direct write.
+ * between the detach and a direct write.  _fast_end holds FLUSHING meanwhile:
+ * the fast paths stay closed, and anything that latches an error or closes
+ * the file (which set _fast_end to 0) shows, so that only then the Python
+ * _writer_ok must be asked again.
  * Returns 1 when the writer is still healthy, 0 when not, -1 on exception.
  */
 static int
@@ -507,6 +519,7 @@ core_flush(Core *self)
     }
     queue_detach(self, &batch);
     self->index = self->seg = 0;
+    self->fast_end = FLUSHING;
     Py_ssize_t pending = batch.bytes;
     if (batch.count > 0) {
         Py_ssize_t done = fd >= 0 ? write_queue(self, fd, &batch) : -1;
@@ -522,7 +535,14 @@ core_flush(Core *self)
         }
     }
     queue_recycle(self, &batch);
-    return rc < 0 ? -1 : refresh_fast(self);
+    if (rc < 0) {
+        return -1;
+    }
+    if (self->fast_end == FLUSHING) { /* nothing latched an error or closed the file */
+        self->fast_end = IO_BUF_SIZE;
+        return 1;
+    }
+    return refresh_fast(self);
 }
 
 /* Account n bytes just written at index, as add_buf_to_iovec; flushes as it does. */

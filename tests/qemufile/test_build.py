@@ -60,8 +60,9 @@ def _build_data() -> dict[str, Any]:
 
 
 def test_a_wheel_build_includes_a_working_extension(
-    hatch_build: ModuleType, tmp_path: Path
+    hatch_build: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CFLAGS", "-Werror")  # with the hook's -Wall -Wextra: no warning at all
     hook = _hook(hatch_build, tmp_path)
     data = _build_data()
     hook.initialize("standard", data)

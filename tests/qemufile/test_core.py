@@ -25,7 +25,7 @@ import tracemalloc
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -52,7 +52,11 @@ needs_c = pytest.mark.skipif(_speedups is None, reason="the C core is not built"
 PyQEMUFile = qemufile_on(QEMUFileCore)
 
 #: QEMUFile on the C core (QEMUFile itself when it was built and not switched off).
-CQEMUFile = qemufile_on(_speedups.QEMUFileCore) if _speedups is not None else QEMUFile
+CQEMUFile = (
+    qemufile_on(cast("type[QEMUFileCore]", _speedups.QEMUFileCore))
+    if _speedups is not None
+    else QEMUFile
+)
 
 SOURCE = Path(core.__file__).with_name("_speedups.c")
 
@@ -256,7 +260,7 @@ def test_the_c_core_keeps_a_free_threaded_interpreter_free() -> None:
     """
     result = _run_python(code)
     assert result.returncode == 0, result.stderr
-    new_enough, enabled = result.stdout.split()
+    enabled = result.stdout.split()[1]
     if not sysconfig_gil_disabled():
         pytest.skip("this interpreter has a GIL (not a free-threaded build)")
     assert enabled == "False"
@@ -401,9 +405,10 @@ def test_views_a_channel_keeps_stay_valid(make: type[QEMUFile]) -> None:
     assert f.fclose() == 0
     del pages, f
     gc.collect()
-    assert b"".join(bytes(view) for view in channel.kept) == b"".join(
-        n.to_bytes(8, "big") + bytes([n]) * 4096 for n in range(3)
-    ) + b"tail"
+    assert (
+        b"".join(bytes(view) for view in channel.kept)
+        == b"".join(n.to_bytes(8, "big") + bytes([n]) * 4096 for n in range(3)) + b"tail"
+    )
 
 
 @pytest.mark.parametrize("make", [PyQEMUFile, CQEMUFile], ids=["python", "c"])

@@ -8,14 +8,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import weakref
 from collections.abc import Sequence
 
 import pytest
 
 from qiochan import ChannelError, QEMUFile
 from qiochan.channel import ReadFlag, WriteFlag
-from qiochan.qemufile._core import MAX_IOV_SIZE
 from qiochan.qemufile._io import read_once, write_all
 from qiochan_file import file_pipe
 from qiochan_socket import QIOChannelSocket, socket_pair
