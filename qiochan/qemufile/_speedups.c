@@ -146,27 +146,33 @@ bad_state(void)
     return -1;
 }
 
-/* True when the writer's positions are usable: 0 <= seg <= index <= IO_BUF_SIZE. */
+/*
+ * Positions are read once into locals, validated, and only the locals are
+ * used: Python code (another thread, a mixin) may store anything in _index,
+ * _size or _fast_end at any time.
+ */
+
+/* True when the writer's positions i (index) and seg are usable. */
 static inline int
-writer_positions_ok(Core *self)
+positions_ok(Py_ssize_t seg, Py_ssize_t i)
 {
-    return self->seg >= 0 && self->seg <= self->index && self->index <= IO_BUF_SIZE;
+    return seg >= 0 && seg <= i && i <= IO_BUF_SIZE;
 }
 
-/* True when n bytes can be written at index on the fast path. */
-static inline int
-write_fits(Core *self, Py_ssize_t n)
+/* The index n bytes can be written at on the fast path, or -1. */
+static inline Py_ssize_t
+write_at(Core *self, Py_ssize_t n)
 {
-    Py_ssize_t i = self->index, end = self->fast_end;
-    return i >= 0 && i < end && end <= IO_BUF_SIZE && n < end - i && self->seg <= i;
+    Py_ssize_t i = self->index, end = self->fast_end, seg = self->seg;
+    return positions_ok(seg, i) && i < end && end <= IO_BUF_SIZE && n < end - i ? i : -1;
 }
 
-/* True when n bytes can be read at index on the fast path. */
-static inline int
-read_fits(Core *self, Py_ssize_t n)
+/* The index n bytes can be read at on the fast path, or -1. */
+static inline Py_ssize_t
+read_at(Core *self, Py_ssize_t n)
 {
     Py_ssize_t i = self->index, size = self->size;
-    return i >= 0 && i <= size && size <= IO_BUF_SIZE && n <= size - i;
+    return i >= 0 && i <= size && size <= IO_BUF_SIZE && n <= size - i ? i : -1;
 }
 
 /* -- the queue ---------------------------------------------------------------- */
@@ -277,36 +283,46 @@ exporter_of(PyObject *arg)
     return Py_NewRef(arg);
 }
 
-/*
- * True when pin extends the last entry of q as QEMU's add_to_iovec coalesces:
- * the last entry holds caller buffers, ends where pin starts, has the same
- * may_free, and (as the Python core needs to join views) has the same
- * exporter, which is not this file's own buffer.  -1 on exception.
- */
+/* True when pin starts where the last entry of q, caller buffers alike in may_free, ends. */
 static int
-extends_last(Core *self, Queue *q, Pin *pin, int may_free)
+adjacent_to_last(Queue *q, Pin *pin, int may_free)
 {
     if (q->count == 0) {
         return 0;
     }
     Entry *last = &q->entries[q->count - 1];
-    if (last->offset >= 0 || last->may_free != may_free
-        || last->base + last->len != (char *)pin->view.buf) {
+    return last->offset < 0 && last->may_free == may_free && last->npins <= q->npins
+        && last->base + last->len == (char *)pin->view.buf;
+}
+
+/* The first pin of the last entry of q (adjacent_to_last(q, ...) is true). */
+static Pin *
+last_entry_pin(Queue *q)
+{
+    return &q->pins[q->npins - q->entries[q->count - 1].npins];
+}
+
+/*
+ * True when pin extends the last entry of q as QEMU's add_to_iovec coalesces:
+ * adjacent (see adjacent_to_last) and, as the Python core needs to join views,
+ * of the same exporter, which is not this file's own buffer.  -1 on exception.
+ * Looking up exporters may let another thread in: the queue is checked again.
+ */
+static int
+extends_last(Core *self, Queue *q, Pin *pin, int may_free)
+{
+    if (!adjacent_to_last(q, pin, may_free)) {
         return 0;
     }
-    PyObject *a = exporter_of(q->pins[q->npins - last->npins].arg);
-    if (a == NULL) {
-        return -1;
-    }
-    PyObject *b = exporter_of(pin->arg);
-    if (b == NULL) {
-        Py_DECREF(a);
-        return -1;
-    }
-    int same = a == b && a != self->buf;
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return same;
+    PyObject *prev = Py_NewRef(last_entry_pin(q)->arg);
+    PyObject *a = exporter_of(prev);
+    PyObject *b = a == NULL ? NULL : exporter_of(pin->arg);
+    int same = b != NULL && a == b && a != self->buf && adjacent_to_last(q, pin, may_free)
+        && last_entry_pin(q)->arg == prev;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_DECREF(prev);
+    return b == NULL ? -1 : same;
 }
 
 /* Byte views of q's entries (all, or the may_free ones): a new list, NULL on exception. */
@@ -510,16 +526,22 @@ core_flush(Core *self)
     fd = as_write_fd(fdobj);
     Py_DECREF(fdobj); /* an int: frees nothing that runs code */
 
-    if (!writer_positions_ok(self) || self->queue.count >= QUEUE_CAP) {
+    int valid;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    Py_ssize_t i = self->index, seg = self->seg;
+    valid = positions_ok(seg, i) && self->queue.count < QUEUE_CAP;
+    if (valid) {
+        if (i > seg) {
+            queue_segment(&self->queue, seg, i - seg);
+        }
+        queue_detach(self, &batch);
+        self->index = self->seg = 0;
+        self->fast_end = FLUSHING;
+    }
+    Py_END_CRITICAL_SECTION();
+    if (!valid) {
         return bad_state();
     }
-    Py_ssize_t i = self->index, seg = self->seg;
-    if (i > seg) {
-        queue_segment(&self->queue, seg, i - seg);
-    }
-    queue_detach(self, &batch);
-    self->index = self->seg = 0;
-    self->fast_end = FLUSHING;
     Py_ssize_t pending = batch.bytes;
     if (batch.count > 0) {
         Py_ssize_t done = fd >= 0 ? write_queue(self, fd, &batch) : -1;
@@ -545,17 +567,17 @@ core_flush(Core *self)
     return refresh_fast(self);
 }
 
-/* Account n bytes just written at index, as add_buf_to_iovec; flushes as it does. */
+/*
+ * Account n bytes just written at i (the validated index, seg <= i, i + n <=
+ * IO_BUF_SIZE), as add_buf_to_iovec: returns 1 when that filled the buffer
+ * or opened the last iovec allowed, so that the caller must flush.
+ */
 static int
-add_internal(Core *self, Py_ssize_t n)
+add_internal(Core *self, Py_ssize_t i, Py_ssize_t n)
 {
-    Py_ssize_t i = self->index;
     int opens_iovec = i == self->seg;
     self->index = i + n;
-    if ((opens_iovec && self->queue.count + 1 >= max_iov_size) || i + n == IO_BUF_SIZE) {
-        return core_flush(self) < 0 ? -1 : 0;
-    }
-    return 0;
+    return (opens_iovec && self->queue.count + 1 >= max_iov_size) || i + n == IO_BUF_SIZE;
 }
 
 /*
@@ -567,18 +589,15 @@ static int
 put_copy(Core *self, const char *src, Py_ssize_t n)
 {
     while (n > 0) {
-        if (!writer_positions_ok(self) || self->queue.count >= QUEUE_CAP) {
+        Py_ssize_t i = self->index, seg = self->seg;
+        if (!positions_ok(seg, i) || i == IO_BUF_SIZE || self->queue.count >= QUEUE_CAP) {
             return bad_state();
         }
-        Py_ssize_t i = self->index;
         Py_ssize_t chunk = IO_BUF_SIZE - i < n ? IO_BUF_SIZE - i : n;
         memmove(self->data + i, src, (size_t)chunk); /* src may be our own buffer */
-        Py_ssize_t before = self->queue.count;
-        int opens = i == self->seg;
-        self->index = i + chunk;
         src += chunk;
         n -= chunk;
-        if ((opens && before + 1 >= max_iov_size) || i + chunk == IO_BUF_SIZE) {
+        if (add_internal(self, i, chunk)) {
             int ok = core_flush(self);
             if (ok <= 0) {
                 return ok;
@@ -596,18 +615,19 @@ put_value(Core *self, PyObject *v, int width)
     PyObject *result = NULL;
     int done = 0;
     Py_BEGIN_CRITICAL_SECTION(self);
-    if (PyLong_Check(v) && write_fits(self, width)) {
+    Py_ssize_t i = PyLong_Check(v) ? write_at(self, width) : -1;
+    if (i >= 0) {
         unsigned long long x = PyLong_AsUnsignedLongLong(v);
         if (x == (unsigned long long)-1 && PyErr_Occurred()) {
             PyErr_Clear(); /* negative or too large: the slow path raises the error */
         }
         else if (width == 8 || (x >> (8 * width)) == 0) {
-            unsigned char *p = self->data + self->index;
+            unsigned char *p = self->data + i;
             for (int k = width - 1; k >= 0; k--) {
                 p[k] = (unsigned char)(x & 0xff);
                 x >>= 8;
             }
-            self->index += width;
+            self->index = i + width;
             done = 1;
         }
     }
@@ -635,9 +655,10 @@ Core_put_buffer(Core *self, PyObject *buf)
         if (PyObject_GetBuffer(buf, &src, PyBUF_SIMPLE) == 0) {
             int done = 1, rc = 0;
             Py_BEGIN_CRITICAL_SECTION(self);
-            if (write_fits(self, src.len)) {
-                memmove(self->data + self->index, src.buf, (size_t)src.len);
-                self->index += src.len;
+            Py_ssize_t i = write_at(self, src.len);
+            if (i >= 0) {
+                memmove(self->data + i, src.buf, (size_t)src.len); /* may be our own buffer */
+                self->index = i + src.len;
             }
             else if (self->fast_end == IO_BUF_SIZE) {
                 rc = put_copy(self, src.buf, src.len);
@@ -703,7 +724,14 @@ static int
 queue_buffer(Core *self, Pin *pin, int may_free, int *flush)
 {
     Queue *q = &self->queue;
-    if (!writer_positions_ok(self) || q->count + 2 > QUEUE_CAP) {
+    int extend = self->index == self->seg ? extends_last(self, q, pin, may_free) : 0;
+    if (extend < 0) {
+        unpin(pin);
+        return -1;
+    }
+    /* read after extends_last, which may have let another thread in */
+    Py_ssize_t i = self->index, seg = self->seg, n = pin->view.len;
+    if (!positions_ok(seg, i) || q->count + 2 > QUEUE_CAP) {
         unpin(pin);
         return bad_state();
     }
@@ -711,24 +739,16 @@ queue_buffer(Core *self, Pin *pin, int may_free, int *flush)
         unpin(pin);
         return -1;
     }
-    Py_ssize_t i = self->index, seg = self->seg, n = pin->view.len;
+    if (extend) {
+        q->entries[q->count - 1].len += n;
+        q->entries[q->count - 1].npins++;
+        q->pins[q->npins++] = *pin;
+        q->bytes += n;
+        goto count;
+    }
     if (i > seg) {
         queue_segment(q, seg, i - seg);
         self->seg = i;
-    }
-    else {
-        int extend = extends_last(self, q, pin, may_free);
-        if (extend < 0) {
-            unpin(pin);
-            return -1;
-        }
-        if (extend) {
-            q->entries[q->count - 1].len += n;
-            q->entries[q->count - 1].npins++;
-            q->pins[q->npins++] = *pin;
-            q->bytes += n;
-            goto count;
-        }
     }
     Entry *e = &q->entries[q->count++];
     e->offset = -1;
@@ -854,12 +874,19 @@ Core__commit(Core *self, PyObject *arg)
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (n < 0 || !writer_positions_ok(self) || n > IO_BUF_SIZE - self->index
-        || self->queue.count >= QUEUE_CAP) {
+    int valid, flush = 0;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    Py_ssize_t i = self->index, seg = self->seg;
+    valid = n >= 0 && positions_ok(seg, i) && n <= IO_BUF_SIZE - i;
+    if (valid) {
+        flush = add_internal(self, i, n);
+    }
+    Py_END_CRITICAL_SECTION();
+    if (!valid) {
         bad_state();
         return NULL;
     }
-    if (add_internal(self, n) < 0 || refresh_fast(self) < 0) {
+    if ((flush && core_flush(self) < 0) || refresh_fast(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -879,7 +906,8 @@ Core__pending(Core *self, PyObject *Py_UNUSED(ignored))
 {
     Py_ssize_t pending;
     Py_BEGIN_CRITICAL_SECTION(self);
-    pending = self->queue.bytes + (writer_positions_ok(self) ? self->index - self->seg : 0);
+    Py_ssize_t i = self->index, seg = self->seg;
+    pending = self->queue.bytes + (positions_ok(seg, i) ? i - seg : 0);
     Py_END_CRITICAL_SECTION();
     return PyLong_FromSsize_t(pending);
 }
@@ -922,7 +950,7 @@ refill(Core *self, Py_ssize_t need)
     if (!self->reading || need > IO_BUF_SIZE) {
         return 0;
     }
-    while (!read_fits(self, need)) {
+    while (read_at(self, need) < 0) {
         Py_ssize_t pending;
         int valid;
         Py_BEGIN_CRITICAL_SECTION(self);
@@ -966,13 +994,14 @@ take_value(Core *self, int width, unsigned long long *out)
 {
     int done = 0;
     Py_BEGIN_CRITICAL_SECTION(self);
-    if (read_fits(self, width)) {
-        const unsigned char *p = self->data + self->index;
+    Py_ssize_t i = read_at(self, width);
+    if (i >= 0) {
+        const unsigned char *p = self->data + i;
         unsigned long long x = 0;
         for (int k = 0; k < width; k++) {
             x = (x << 8) | p[k];
         }
-        self->index += width;
+        self->index = i + width;
         *out = x;
         done = 1;
     }
@@ -1017,10 +1046,10 @@ Core_get_buffer_in_place(Core *self, PyObject *arg)
         }
         else if (n > 0 && n <= IO_BUF_SIZE) {
             for (;;) {
-                Py_ssize_t i = -1;
+                Py_ssize_t i;
                 Py_BEGIN_CRITICAL_SECTION(self);
-                if (read_fits(self, n)) {
-                    i = self->index;
+                i = read_at(self, n);
+                if (i >= 0) {
                     self->index = i + n;
                 }
                 Py_END_CRITICAL_SECTION();
