@@ -34,6 +34,11 @@
  * pins are its own until released), so another thread only ever sees an empty
  * queue or one it made.  The internal buffer is exported for the object's
  * lifetime, so it cannot move.
+ *
+ * Not built with Py_LIMITED_API: free-threaded builds (3.13t) refuse it
+ * (Python.h stops with an #error), the critical-section API is not part of
+ * it, and neither is PyObject_VectorcallMethod before 3.12 (the slow paths
+ * would go through argument tuples).
  */
 
 #define PY_SSIZE_T_CLEAN
