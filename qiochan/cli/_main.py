@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 the operation failed, 2 a usage error,
         130 interrupted.
     """
-    from ..errors import AddressError, ChannelError, ConfigError
+    from ..errors import AddressError, ConfigError, Error
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AddressError, ConfigError) as exc:
         _error(command, str(exc))
         return EXIT_USAGE
-    except (ChannelError, OSError) as exc:
+    except (Error, OSError) as exc:  # I/O and plugin errors, and a file the command opened
         _error(command, str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
