@@ -1294,9 +1294,8 @@ speedups_exec(PyObject *module)
 
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, speedups_exec},
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
+    /* no Py_mod_multiple_interpreters: the default refuses interpreters with a
+     * GIL of their own, which the process-wide interned names below need */
 #ifdef Py_mod_gil
     /* safe without the GIL: see "Threads" at the top of this file */
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
