@@ -363,6 +363,15 @@ queue_views(Core *self, Queue *q, int only_may_free)
             }
             continue;
         }
+        if (pins == 1 && (PyBytes_CheckExact(pin->arg) || PyByteArray_CheckExact(pin->arg))) {
+            PyObject *view = PyMemoryView_FromObject(pin->arg); /* all of it: what was pinned */
+            if (view == NULL || PyList_Append(views, view) < 0) {
+                Py_XDECREF(view);
+                goto fail;
+            }
+            Py_DECREF(view);
+            continue;
+        }
         PyObject *args = PyTuple_New(pins);
         if (args == NULL) {
             goto fail;
