@@ -582,14 +582,14 @@ core_flush(Core *self)
 }
 
 /*
- * Account n bytes just written at i (the validated index, seg <= i, i + n <=
- * IO_BUF_SIZE), as add_buf_to_iovec: returns 1 when that filled the buffer
- * or opened the last iovec allowed, so that the caller must flush.
+ * Account n bytes just written at i (seg and i validated, i + n <= IO_BUF_SIZE),
+ * as add_buf_to_iovec: returns 1 when that filled the buffer or opened the
+ * last iovec allowed, so that the caller must flush.
  */
 static int
-add_internal(Core *self, Py_ssize_t i, Py_ssize_t n)
+add_internal(Core *self, Py_ssize_t seg, Py_ssize_t i, Py_ssize_t n)
 {
-    int opens_iovec = i == self->seg;
+    int opens_iovec = i == seg;
     self->index = i + n;
     return (opens_iovec && self->queue.count + 1 >= max_iov_size) || i + n == IO_BUF_SIZE;
 }
@@ -611,7 +611,7 @@ put_copy(Core *self, const char *src, Py_ssize_t n)
         memmove(self->data + i, src, (size_t)chunk); /* src may be our own buffer */
         src += chunk;
         n -= chunk;
-        if (add_internal(self, i, chunk)) {
+        if (add_internal(self, seg, i, chunk)) {
             int ok = core_flush(self);
             if (ok <= 0) {
                 return ok;
@@ -626,7 +626,6 @@ put_copy(Core *self, const char *src, Py_ssize_t n)
 static PyObject *
 put_value(Core *self, PyObject *v, int width)
 {
-    PyObject *result = NULL;
     int done = 0;
     Py_BEGIN_CRITICAL_SECTION(self);
     Py_ssize_t i = PyLong_Check(v) ? write_at(self, width) : -1;
@@ -649,8 +648,7 @@ put_value(Core *self, PyObject *v, int width)
     if (done) {
         Py_RETURN_NONE;
     }
-    result = call_method2(self, str_put_value, width_obj[width], v);
-    return result;
+    return call_method2(self, str_put_value, width_obj[width], v);
 }
 
 /* One METH_O entry point per width: put_byte, put_be16, put_be32, put_be64. */
@@ -893,7 +891,7 @@ Core__commit(Core *self, PyObject *arg)
     Py_ssize_t i = self->index, seg = self->seg;
     valid = n >= 0 && positions_ok(seg, i) && n <= IO_BUF_SIZE - i;
     if (valid) {
-        flush = add_internal(self, i, n);
+        flush = add_internal(self, seg, i, n);
     }
     Py_END_CRITICAL_SECTION();
     if (!valid) {
