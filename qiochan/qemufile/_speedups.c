@@ -27,13 +27,16 @@
  *
  * Threads.  Using one QEMUFile from two threads at once is not supported (the
  * stream's bytes are then undefined), but it is memory-safe, with or without
- * the GIL: every method runs inside a per-object critical section (3.13+;
- * the GIL before), positions are validated from local copies before each
- * access, nothing is read from the object after a call into Python without
- * validating it again, and a flush first detaches the queue it writes (its
- * pins are its own until released), so another thread only ever sees an empty
- * queue or one it made.  The internal buffer is exported for the object's
- * lifetime, so it cannot move.
+ * the GIL: every read or change of the buffer and the queue runs inside a
+ * per-object critical section (3.13+; the GIL before) with no call into
+ * Python in between, positions are read once into locals and validated
+ * before each access, nothing read before a call into Python is trusted
+ * after it, and a flush first detaches the queue it writes (its pins are its
+ * own until released), so another thread only ever sees an empty queue or
+ * one it made.  The internal buffer is exported for the object's lifetime, so
+ * it cannot move.  A thread that finds positions another one left
+ * inconsistent gets RuntimeError.  Untested on a free-threaded build: none
+ * could be installed where this was written (see the tests' Py_mod_gil check).
  *
  * Not built with Py_LIMITED_API: free-threaded builds (3.13t) refuse it
  * (Python.h stops with an #error), the critical-section API is not part of
