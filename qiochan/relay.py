@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -46,9 +47,11 @@ from typing import Any, Literal, Self
 from . import _relay_io
 from ._splice import Splice
 from ._tap import TapFile, TapWriter
+from .address import WebsocketURL, parse_address
 from .channel import QIOChannel
 from .errors import AddressError, ChannelError, ConfigError
 from .options import LayerSpec, parse_layer
+from .registry import find_backend
 from .transport import listen
 
 __all__ = [
@@ -244,25 +247,54 @@ def _specs(layers: Iterable[Any]) -> list[Any]:
     return [parse_layer(layer) if isinstance(layer, str) else layer for layer in layers]
 
 
-def _routed_layers(address: Any, layers: Sequence[Any], route: Callable[[str], bool]) -> list[Any]:
-    """Return ``layers`` with ``route`` given to the websocket server layer.
+def _websocket_router(options: Mapping[str, Any], route: Callable[[str], bool]) -> Any:
+    """A websocket server layer (a callable layer) that admits what ``route`` says."""
+    # the callable goes to the websocket layer as a keyword, not as (text) spec option
+    wrap: Any = find_backend("websocket", kind="layer").require("wrap")
+    options = {key: value for key, value in options.items() if key != "path"}
 
+    def layer(channel: QIOChannel, role: Any) -> QIOChannel:
+        wrapped: QIOChannel = wrap(channel, role, route=route, **options)
+        return wrapped
+
+    return layer
+
+
+def _routed(
+    address: Any, layers: Sequence[Any], route: Callable[[str], bool]
+) -> tuple[Any, list[Any], Any]:
+    """Where and how to listen so that the websocket server layer routes with ``route``.
+
+    A ``ws://``/``wss://`` source becomes its TCP address with the layers the
+    URL stands for (TLS from the ``tls:`` layer given, for ``wss``), the
+    websocket one routing.
+
+    Returns:
+        ``(address, layers, url)``: ``url`` the websocket URL, or None.
     Raises:
         AddressError: the source has no websocket server to route with.
     """
     specs = _specs(layers)
-    # a layer option is usually text; the websocket layer also takes this callable
-    option: dict[str, Any] = {"route": route}
     for index, spec in enumerate(specs):
         if isinstance(spec, LayerSpec) and spec.name == "websocket":
-            specs[index] = LayerSpec("websocket", {**spec.options, **option})
-            return specs
-    if str(address).startswith(("ws://", "wss://")):
-        return [*specs, LayerSpec("websocket", option)]
-    raise AddressError(
-        f"token routing needs a websocket source (ws://, wss:// or a websocket: layer), "
-        f"not {address}"
-    )
+            specs[index] = _websocket_router(spec.options, route)
+            return address, specs, None
+    url = parse_address(address) if isinstance(address, str) else address
+    if not isinstance(url, WebsocketURL):
+        raise AddressError(
+            f"token routing needs a websocket source (ws://, wss:// or a websocket: layer), "
+            f"not {address}"
+        )
+    inner: list[Any] = []
+    if url.secure:
+        tls = [s for s in specs if isinstance(s, LayerSpec) and s.name == "tls"]
+        if not tls:
+            raise AddressError(
+                f"{url}: a wss:// server needs its certificate: add a 'tls:creds=DIR' layer"
+            )
+        specs.remove(tls[0])
+        inner.append(tls[0])
+    return url.inet, [*inner, _websocket_router({}, route), *specs], url
 
 
 def _listen(address: Any, layers: Sequence[Any]) -> Any:
@@ -377,6 +409,7 @@ class Gateway:
         self._max_active = max_active
         self._on_connection = on_connection
         self._tap = None if tap is None else TapWriter(Path(tap))
+        self._source_url: Any = None
         self._ids = itertools.count(1)
         self._driver: _relay_io.Acceptor | None = None
         self._partner: _relay_io.Acceptor | None = None
@@ -400,7 +433,11 @@ class Gateway:
     def source_address(self) -> Any:
         """The address listened on for sources (the real port for port 0), else None."""
         driver = self._driver if not self._connect_source else None
-        return driver.address if driver is not None else None
+        if driver is None:
+            return None
+        if self._source_url is not None:  # routing listens on the URL's TCP address
+            return dataclasses.replace(self._source_url, port=driver.address.port)
+        return driver.address
 
     @property
     def destination_address(self) -> Any:
@@ -437,12 +474,12 @@ class Gateway:
         self._started = True
         loop = self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
-        source_layers = self._source_layers
+        source, source_layers = self.source, self._source_layers
         if self._targets is not None:
-            source_layers = _routed_layers(self.source, source_layers, self._admits)
+            source, source_layers, self._source_url = _routed(source, source_layers, self._admits)
         try:
             if not self._connect_source:
-                self._driver = _relay_io.Acceptor(_listen(self.source, source_layers), loop)
+                self._driver = _relay_io.Acceptor(_listen(source, source_layers), loop)
                 if self._listen_destination:
                     listener = _listen(self.destination, self._destination_layers)
                     self._partner = _relay_io.Acceptor(listener, loop)

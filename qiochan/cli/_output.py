@@ -88,6 +88,11 @@ class Progress:
                 transient=False,
             )
 
+    @property
+    def enabled(self) -> bool:
+        """True when bars are shown."""
+        return self._progress is not None
+
     def __enter__(self) -> Self:
         if self._progress is not None:
             self._progress.start()
@@ -101,11 +106,6 @@ class Progress:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
-
-    @property
-    def enabled(self) -> bool:
-        """True when bars are shown."""
-        return self._progress is not None
 
     def add(self, description: str, total: int | None) -> int:
         """Add a bar (``total`` None: no known end); return its id."""

@@ -23,17 +23,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Background, cli_env, port_of, run_cli
-from tests.helpers.qemu import RAM_MIB, VM, incoming_tcp, qemu_or_skip, start_vm
+from tests.helpers.qemu import VM, qemu_vm
 
 pytestmark = pytest.mark.timeout(300)
 
+RAM_MIB = 64
 RAM_SIZE = RAM_MIB << 20
 MULTIFD_CHANNELS = 4
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    return qemu_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -51,38 +47,52 @@ def random_ram(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _ram(path: Path, share: bool) -> list[str]:
-    backend = f"memory-backend-file,id=ram0,size={RAM_MIB}M,mem-path={path}"
-    return ["-object", f"{backend},share={'on' if share else 'off'}"]
+@contextlib.contextmanager
+def _guest(
+    qemu: str,
+    workdir: Path,
+    name: str,
+    ram: Path,
+    *,
+    incoming: bool,
+    capabilities: tuple[str, ...],
+) -> Iterator[VM]:
+    """A paused guest whose RAM is the file ``ram`` (shared, so the destination's is written)."""
+    backend = f"memory-backend-file,id=ram0,size={RAM_MIB}M,mem-path={ram}"
+    extra = [
+        "-machine", "memory-backend=ram0",
+        "-object", f"{backend},share={'on' if incoming else 'off'}",
+    ]  # fmt: skip
+    if incoming:
+        extra += ["-incoming", "defer"]
+    with qemu_vm(qemu, workdir, name, extra, ram_mib=RAM_MIB) as vm:
+        if capabilities:
+            vm.qmp.command(
+                "migrate-set-capabilities",
+                capabilities=[{"capability": c, "state": True} for c in capabilities],
+            )
+        yield vm
 
 
 @contextlib.contextmanager
 def _guests(
     qemu: str, workdir: Path, source_ram: Path, dest_ram: Path, capabilities: tuple[str, ...]
 ) -> Iterator[tuple[VM, VM]]:
-    machine = "pc,accel=tcg,memory-backend=ram0"
     dest_ram.write_bytes(b"")
     os.truncate(dest_ram, RAM_SIZE)
     with (
-        start_vm(
-            qemu,
-            workdir,
-            "src",
-            machine=machine,
-            extra=_ram(source_ram, share=False),
-            capabilities=capabilities,
-        ) as src,
-        start_vm(
-            qemu,
-            workdir,
-            "dst",
-            incoming=True,
-            machine=machine,
-            extra=_ram(dest_ram, share=True),
-            capabilities=capabilities,
-        ) as dst,
+        _guest(qemu, workdir, "src", source_ram, incoming=False, capabilities=capabilities) as src,
+        _guest(qemu, workdir, "dst", dest_ram, incoming=True, capabilities=capabilities) as dst,
     ):
         yield src, dst
+
+
+def incoming_tcp(vm: VM) -> str:
+    """Make an ``-incoming defer`` guest listen on a free loopback port; return its address."""
+    vm.qmp.command("migrate-incoming", uri="tcp:127.0.0.1:0")
+    info = vm.qmp.command("query-migrate")
+    port = next(a["port"] for a in info["socket-address"] if a["type"] == "inet")
+    return f"tcp:127.0.0.1:{port}"
 
 
 @contextlib.contextmanager

@@ -24,25 +24,25 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Background, cli_env, port_of, run_cli
-from tests.helpers.qemu import BLOB_ADDRESS, BLOB_SIZE, VM, incoming_tcp, qemu_or_skip, start_vm
+from tests.helpers.qemu import VM, qemu_vm
+
+RAM_MIB = 64
+BLOB_ADDRESS = 0x1000000
+BLOB_SIZE = 16 << 20
 
 # room for installing QEMU on first use; the migrations themselves take about a second
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    return qemu_or_skip()
-
-
 @contextlib.contextmanager
 def _vm(qemu: str, workdir: Path, name: str, blob: Path | None, incoming: bool) -> Iterator[VM]:
-    extra = (
-        []
-        if blob is None
-        else ["-device", f"loader,file={blob},addr={BLOB_ADDRESS:#x},force-raw=on"]
-    )
-    with start_vm(qemu, workdir, name, incoming=incoming, extra=extra) as vm:
+    """Start a paused TCG guest, with ``blob`` loaded into its RAM or waiting for a migration."""
+    extra: list[str] = []
+    if blob is not None:
+        extra += ["-device", f"loader,file={blob},addr={BLOB_ADDRESS:#x},force-raw=on"]
+    if incoming:
+        extra += ["-incoming", "defer"]
+    with qemu_vm(qemu, workdir, name, extra, ram_mib=RAM_MIB) as vm:
         yield vm
 
 
@@ -126,7 +126,10 @@ def test_live_migration_through_relay(
             incoming = f"unix:{tmp_path}/incoming.sock"
             dst.qmp.command("migrate-incoming", uri=incoming)
         else:
-            incoming = incoming_tcp(dst)
+            dst.qmp.command("migrate-incoming", uri="tcp:127.0.0.1:0")
+            info = dst.qmp.command("query-migrate")
+            port = next(a["port"] for a in info["socket-address"] if a["type"] == "inet")
+            incoming = f"tcp:127.0.0.1:{port}"
         entry, relays = build(stack, env, incoming, creds)
         src.qmp.command("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
         src.qmp.command("migrate", uri=f"tcp:127.0.0.1:{port_of(entry)}")

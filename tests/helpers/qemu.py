@@ -1,4 +1,9 @@
-"""Real QEMU guests for migration tests: install or skip, QMP, paused TCG VMs."""
+"""Driving a real QEMU (TCG) from tests: a QMP client and a guest context manager.
+
+QEMU connects its QMP monitor to a unix socket the test listens on, so nothing
+polls for a socket file to appear.  Guests start paused (``-S``) with no
+default devices; the caller adds what it needs (``extra`` arguments).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,10 @@ from typing import Any
 import pytest
 
 QEMU = "qemu-system-x86_64"
-RAM_MIB = 64
-BLOB_ADDRESS = 0x1000000
-BLOB_SIZE = 16 << 20
 QMP_TIMEOUT = 60.0
 
 
-def install_qemu() -> str | None:
+def find_qemu() -> str | None:
     """Return the QEMU binary, installing Debian's package when missing and possible.
 
     ``QIOCHAN_NO_INSTALL=1`` turns the installation off.
@@ -33,7 +35,6 @@ def install_qemu() -> str | None:
         return found
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = [apt, "install", "-y", "-qq", "qemu-system-x86"]
-    # try the package lists at hand first, then refreshed ones
     for command in (install, [apt, "update", "-qq"], install):
         try:
             subprocess.run(command, env=env, capture_output=True, timeout=240, check=False)
@@ -43,14 +44,6 @@ def install_qemu() -> str | None:
         if found:
             return found
     return None
-
-
-def qemu_or_skip() -> str:
-    """Return the QEMU binary (see :func:`install_qemu`), or skip the test."""
-    binary = install_qemu()
-    if binary is None:
-        pytest.skip("qemu-system-x86_64 is not installed and could not be installed")
-    return binary
 
 
 class QMP:
@@ -86,6 +79,10 @@ class QMP:
             assert "error" not in message, f"{name}: {message['error']}"
             return message["return"]
 
+    def hmp(self, command_line: str) -> str:
+        """Run a human monitor command; return its text output."""
+        return str(self.command("human-monitor-command", **{"command-line": command_line}))
+
     def wait_migration(self, final: tuple[str, ...] = ("completed", "failed")) -> str:
         """Block until a MIGRATION event reaches one of ``final``; return that status."""
         while True:
@@ -102,26 +99,28 @@ class QMP:
 
 @dataclass
 class VM:
+    """A running guest: its process, monitor and log file."""
+
     process: subprocess.Popen[bytes]
     qmp: QMP
     log: Path
 
+    def ramblocks(self) -> dict[str, int]:
+        """Return ``{block name: used length}`` from HMP ``info ramblock``."""
+        blocks: dict[str, int] = {}
+        for line in self.qmp.hmp("info ramblock").splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 4:
+                # Block Name, PSize (two words), Offset, Used, Total
+                blocks[fields[0]] = int(fields[-2], 16)
+        return blocks
+
 
 @contextlib.contextmanager
-def start_vm(
-    qemu: str,
-    workdir: Path,
-    name: str,
-    *,
-    incoming: bool = False,
-    extra: Sequence[str] = (),
-    machine: str = "pc,accel=tcg",
-    capabilities: Sequence[str] = (),
+def qemu_vm(
+    qemu: str, workdir: Path, name: str, extra: Sequence[str] = (), ram_mib: int = 64
 ) -> Iterator[VM]:
-    """Start a paused TCG guest whose QMP monitor connects to a socket we listen on.
-
-    ``capabilities`` are turned on (besides ``events``) before the test gets the VM.
-    """
+    """Start a paused TCG guest with ``extra`` arguments; quit and reap it at the end."""
     qmp_path = workdir / f"{name}.qmp"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(qmp_path))
@@ -129,17 +128,15 @@ def start_vm(
     listener.settimeout(QMP_TIMEOUT)
     argv = [
         qemu,
-        "-machine", machine,
-        "-m", str(RAM_MIB),
+        "-machine", "pc,accel=tcg",
+        "-m", str(ram_mib),
         "-nodefaults",
-        "-display", "none",
+        "-nographic",
         "-S",
         "-chardev", f"socket,id=qmp,path={qmp_path}",
         "-mon", "chardev=qmp,mode=control",
         *extra,
     ]  # fmt: skip
-    if incoming:
-        argv += ["-incoming", "defer"]
     log = workdir / f"{name}.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
@@ -154,7 +151,7 @@ def start_vm(
         try:
             qmp.command(
                 "migrate-set-capabilities",
-                capabilities=[{"capability": c, "state": True} for c in ("events", *capabilities)],
+                capabilities=[{"capability": "events", "state": True}],
             )
             yield VM(process, qmp, log)
         finally:
@@ -167,11 +164,3 @@ def start_vm(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def incoming_tcp(vm: VM) -> str:
-    """Make an ``-incoming defer`` guest listen on a free loopback port; return its address."""
-    vm.qmp.command("migrate-incoming", uri="tcp:127.0.0.1:0")
-    info = vm.qmp.command("query-migrate")
-    port = next(a["port"] for a in info["socket-address"] if a["type"] == "inet")
-    return f"tcp:127.0.0.1:{port}"
