@@ -1,9 +1,10 @@
 """How the gateway opens channels: accepting on the loop, layer handshakes, connecting.
 
 This is the one place :mod:`qiochan.relay` depends on how handshakes run.
-Accepting is loop-driven (the listener's client callback runs on the loop,
-no accept thread).  Layer handshakes and connects still use the blocking
-calls of :mod:`qiochan.transport`, run on a bounded pool of worker threads
+Accepting is loop-driven for qiochan's socket listeners (the listener's
+client callback runs on the loop, no accept thread).  Layer handshakes and
+connects still use the blocking calls of :mod:`qiochan.transport`, run on a
+bounded pool of worker threads
 (not one thread per connection); each is bounded by a deadline, and a
 handshake that passes it is ended by shutting its raw channel down, which
 wakes the worker at once.
@@ -16,6 +17,7 @@ import concurrent.futures
 import contextlib
 import errno
 import functools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +27,8 @@ from .channel import QIOChannel, Shutdown
 from .errors import ChannelError, HandshakeError
 
 __all__ = ["Acceptor", "accept_layers", "open_destination"]
+
+log = logging.getLogger("qiochan.relay")
 
 #: Worker threads shared by every gateway's blocking handshakes and connects.
 _WORKERS = 64
@@ -48,13 +52,14 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 class Acceptor:
     """A listener's raw accepting part, dispatching clients on the loop.
 
+    A listener with ``set_client_func`` (qiochan's socket listeners) accepts
+    on the loop itself; any other listener gets one accepting thread (for
+    the listener, not per client).
+
     Args:
         listener: what :func:`qiochan.listen` returned; its server-side layers
             (:attr:`layers`) are left to :func:`accept_layers`.
         loop: the loop the client callback runs on.
-
-    Raises:
-        ChannelError: the listener cannot dispatch clients to a loop (ENOTSUP).
     """
 
     def __init__(self, listener: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -64,13 +69,11 @@ class Acceptor:
             self._raw, self.layers = listener.inner, list(listener.layers)
         else:
             self._raw, self.layers = listener, []
-        if not callable(getattr(self._raw, "set_client_func", None)):
-            raise ChannelError(
-                f"listener {listener!r} cannot accept on an event loop (it has no set_client_func)",
-                errno.ENOTSUP,
-            )
+        self._on_loop = callable(getattr(self._raw, "set_client_func", None))
         self._loop = loop
         self._func: ClientFunc | None = None
+        self._thread: threading.Thread | None = None
+        self._accepting = threading.Event()
         self.closed = False
 
     @property
@@ -81,12 +84,24 @@ class Acceptor:
     def start(self, func: ClientFunc) -> None:
         """Call ``func(channel)`` on the loop for each new client, until :meth:`pause`."""
         self._func = func
-        self._raw.set_client_func(self._client, context=self._loop)
+        if self._on_loop:
+            self._raw.set_client_func(self._client, context=self._loop)
+            return
+        self._accepting.set()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._accept_thread, name=f"qiochan-accept {self.address}", daemon=True
+            )
+            self._thread.start()
 
     def pause(self) -> None:
         """Stop accepting; new clients wait in the listen backlog."""
-        if not self.closed:
+        if self.closed:
+            return
+        if self._on_loop:
             self._raw.set_client_func(None)
+        else:
+            self._accepting.clear()
 
     def resume(self) -> None:
         """Accept again after :meth:`pause`."""
@@ -94,16 +109,37 @@ class Acceptor:
             self.start(self._func)
 
     def _client(self, _listener: Any, channel: QIOChannel) -> None:
-        assert self._func is not None
+        if self.closed or self._func is None:
+            channel.close()
+            return
         self._func(channel)
+
+    def _accept_thread(self) -> None:
+        while True:
+            self._accepting.wait()
+            if self.closed:
+                return
+            try:
+                channel = self._raw.accept()
+            except Exception as exc:
+                if not self.closed:
+                    log.warning("accepting on %s failed, no more clients: %s", self.address, exc)
+                return
+            try:
+                self._loop.call_soon_threadsafe(self._client, None, channel)
+            except RuntimeError:  # the loop is closed
+                channel.close()
+                return
 
     def close(self) -> None:
         """Stop accepting and close the listener; idempotent."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(ChannelError):
-            self._raw.set_client_func(None)
+        self._accepting.set()  # an accepting thread wakes and sees it is closed
+        if self._on_loop:
+            with contextlib.suppress(ChannelError):
+                self._raw.set_client_func(None)
         self.listener.close()
 
 
