@@ -49,6 +49,7 @@ from ._splice import Splice
 from ._tap import TapFile, TapWriter
 from .address import WebsocketURL, parse_address
 from .channel import QIOChannel
+from .config import toml_table
 from .errors import AddressError, ChannelError, ConfigError
 from .options import LayerSpec, parse_layer
 from .registry import find_backend
@@ -214,16 +215,7 @@ def parse_targets(text: str, path: Path | None = None) -> dict[str, Target]:
     Raises:
         ConfigError: invalid TOML or entry (the message names the file and key).
     """
-    import tomllib
-
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
-    unknown = sorted(set(document) - {"targets"})
-    if unknown:
-        raise ConfigError(path, unknown[0], "unknown top-level key (expected [targets])")
-    table = document.get("targets")
+    table = toml_table(text, path, "targets", "[targets]")
     if not isinstance(table, dict):
         raise ConfigError(path, "targets", "missing [targets] table of token = address")
     return {str(token): _target_of(str(token), value, path) for token, value in table.items()}

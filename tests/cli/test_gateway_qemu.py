@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import Background, cli_env, port_of, run_cli
+from tests.helpers.cli import Background, cli_env, port_of
 from tests.helpers.qemu import VM, qemu_vm
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,12 +32,9 @@ RAM_SIZE = RAM_MIB << 20
 MULTIFD_CHANNELS = 4
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    result = run_cli("certs", str(directory), env=cli_env(directory))
-    assert result.returncode == 0, result.stderr
-    return directory
+@pytest.fixture
+def creds(tls_creds_dir: Path) -> Path:
+    return tls_creds_dir
 
 
 @pytest.fixture(scope="module")

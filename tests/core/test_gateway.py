@@ -7,11 +7,13 @@ and compares every byte a client gets back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +70,15 @@ async def _echo_server() -> tuple[asyncio.Server, str]:
     return server, f"tcp:127.0.0.1:{port}"
 
 
+@contextlib.asynccontextmanager
+async def _echo_gateway(**options: Any) -> AsyncIterator[tuple[Gateway, Ended, str]]:
+    """A tcp gateway in front of an echo server; yields it, its hook and the echo address."""
+    server, echo = await _echo_server()
+    hook = Ended()
+    async with server, Gateway("tcp:127.0.0.1:0", echo, on_connection=hook, **options) as gateway:
+        yield gateway, hook, echo
+
+
 async def _round_trip(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
 ) -> bytes:
@@ -115,12 +126,7 @@ def test_hundred_concurrent_clients_through_tcp_ws_tcp() -> None:
 
 def test_hook_sees_start_and_end_and_tap_copies_both_directions(tmp_path: Path) -> None:
     async def main() -> None:
-        server, echo = await _echo_server()
-        hook = Ended()
-        async with (
-            server,
-            Gateway("tcp:127.0.0.1:0", echo, on_connection=hook, tap=tmp_path) as gateway,
-        ):
+        async with _echo_gateway(tap=tmp_path) as (gateway, hook, echo):
             data = os.urandom(300_000)
             assert await _tcp_client(gateway.source_address.port, data) == data
             (info,) = await hook.wait(1)
@@ -137,12 +143,7 @@ def test_hook_sees_start_and_end_and_tap_copies_both_directions(tmp_path: Path) 
 
 def test_max_active_keeps_new_clients_in_the_backlog() -> None:
     async def main() -> None:
-        server, echo = await _echo_server()
-        hook = Ended()
-        async with (
-            server,
-            Gateway("tcp:127.0.0.1:0", echo, max_active=1, on_connection=hook) as gateway,
-        ):
+        async with _echo_gateway(max_active=1) as (gateway, hook, _echo):
             port = gateway.source_address.port
             first = await asyncio.open_connection("127.0.0.1", port)
             second = await asyncio.open_connection("127.0.0.1", port)  # the kernel's backlog
@@ -162,9 +163,7 @@ def test_max_active_keeps_new_clients_in_the_backlog() -> None:
 
 def test_shutdown_aborts_what_outlives_the_drain() -> None:
     async def main() -> None:
-        server, echo = await _echo_server()
-        hook = Ended()
-        async with server, Gateway("tcp:127.0.0.1:0", echo, on_connection=hook) as gateway:
+        async with _echo_gateway() as (gateway, hook, _echo):
             reader, writer = await asyncio.open_connection("127.0.0.1", gateway.source_address.port)
             writer.write(b"x")
             assert await reader.readexactly(1) == b"x"
@@ -354,12 +353,7 @@ def test_tap_serves_more_connections_than_its_buffer_pool(tmp_path: Path) -> Non
     connections = _tap.MAX_PENDING // _tap.BUFFER_SIZE + 20
 
     async def main() -> None:
-        server, echo = await _echo_server()
-        hook = Ended()
-        async with (
-            server,
-            Gateway("tcp:127.0.0.1:0", echo, on_connection=hook, tap=tmp_path) as gateway,
-        ):
+        async with _echo_gateway(tap=tmp_path) as (gateway, hook, _echo):
             for n in range(connections):
                 data = b"%d" % n
                 assert await _tcp_client(gateway.source_address.port, data) == data
