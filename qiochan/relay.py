@@ -50,7 +50,7 @@ from ._tap import TapFile, TapWriter
 from .address import WebsocketURL, parse_address
 from .channel import QIOChannel
 from .config import toml_table
-from .errors import AddressError, ChannelError, ConfigError
+from .errors import AddressError, ChannelError, ConfigError, Error
 from .options import LayerSpec, parse_layer
 from .registry import find_backend
 from .transport import listen
@@ -596,7 +596,7 @@ class Gateway:
             channel = await _relay_io.accept_layers(
                 raw, self._partner.layers, self._handshake_timeout
             )
-        except ChannelError as exc:
+        except (Error, OSError) as exc:
             log.info("destination peer %s rejected: %s", _peer_of(raw) or "?", exc)
             return
         if self._partners is None:
@@ -616,7 +616,7 @@ class Gateway:
                 accepted = await _relay_io.accept_layers(
                     raw, self._driver.layers, self._handshake_timeout
                 )
-            except ChannelError as exc:
+            except (Error, OSError) as exc:  # whatever the client did, only it is dropped
                 outcome, error = "rejected", f"handshake failed: {exc}"
                 return
             try:
@@ -685,7 +685,7 @@ class Gateway:
         self._notify(info)
         try:
             partner = await self._open_partner(target)
-        except ChannelError as exc:
+        except (Error, OSError) as exc:
             accepted.close()
             return "failed", f"{names[1] if not self._connect_source else names[0]}: {exc}"
         if self._connect_source:
@@ -706,12 +706,12 @@ class Gateway:
                 source = await _relay_io.open_destination(
                     self.source, self._source_layers, self._handshake_timeout
                 )
-            except ChannelError as exc:
+            except (Error, OSError) as exc:
                 error = f"source {self.source}: {exc}"
                 return
             try:
                 destination = await self._open_partner(self._destination)
-            except ChannelError as exc:
+            except (Error, OSError) as exc:
                 source.close()
                 error = f"destination {self._destination}: {exc}"
                 return

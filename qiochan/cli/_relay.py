@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import AddressError, ChannelError, ConfigError
+from ..errors import AddressError, ConfigError, Error
 from ..relay import ConnectionInfo, Gateway, Target, load_targets
 from ..transport import opens_only
 from ._common import EXIT_OK, EXIT_USAGE, CLIError, Endpoint, format_bytes, say
@@ -133,7 +133,7 @@ async def _start(gateway: Gateway, src: Endpoint, dst: Endpoint | None) -> None:
         await gateway.start()
     except (AddressError, ConfigError) as exc:
         raise CLIError(f"bad source/destination: {exc}", EXIT_USAGE) from None
-    except ChannelError as exc:
+    except (Error, OSError) as exc:  # cannot listen: in use, a plugin missing...
         raise CLIError(f"{exc} (0 bytes passed)") from None
     if gateway.source_address is not None:
         src.address = str(gateway.source_address)

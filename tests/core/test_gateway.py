@@ -362,3 +362,32 @@ def test_tap_serves_more_connections_than_its_buffer_pool(tmp_path: Path) -> Non
             assert (tmp_path / f"{n}-src-to-dst.bin").read_bytes() == b"%d" % (n - 1)
 
     _run(main)
+
+
+def test_a_broken_target_fails_its_connection_and_the_gateway_goes_on() -> None:
+    async def main() -> None:
+        server, echo = await _echo_server()
+        targets = {
+            "good": Target(echo),
+            "nowhere": Target("tcp:127.0.0.1:1"),
+            "bad": Target("zz:x"),
+        }
+        hook = Ended()
+        async with server, Gateway("ws://127.0.0.1:0/", targets=targets, on_connection=hook) as gw:
+            url = str(gw.source_address).rstrip("/")
+            for token in ("nowhere", "bad", "good"):
+                reader, writer = await qiochan.aio.open_connection(f"{url}/{token}")
+                if token == "good":
+                    assert await _round_trip(reader, writer, b"still serving") == b"still serving"
+                else:
+                    assert await reader.read() == b""  # dropped: the destination failed
+                    writer.close()
+            ended = await hook.wait(3)
+        outcomes = {i.token: (i.outcome, i.error) for i in ended}
+        assert outcomes["good"] == ("ok", "")
+        for token, address in (("nowhere", "tcp:127.0.0.1:1"), ("bad", "zz:x")):
+            outcome, error = outcomes[token]
+            assert outcome == "failed" and f"destination {address}" in error, error
+        assert len(gw.failures) == 2
+
+    _run(main)
