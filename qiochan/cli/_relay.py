@@ -118,13 +118,15 @@ def _gateway(args: argparse.Namespace, src: Endpoint, dst: Endpoint | None) -> G
     )
 
 
-async def _show_progress(gateway: Gateway, progress: Progress) -> None:
-    bar = progress.add("relay", None)
+def _update_progress(gateway: Gateway, progress: Progress, bar: int) -> None:
+    forward, backward = gateway.bytes_relayed
+    description = f"relay: {len(gateway.active)} active, {len(gateway.ended)} ended"
+    progress.update(bar, completed=forward + backward, description=description)
+
+
+async def _show_progress(gateway: Gateway, progress: Progress, bar: int) -> None:
     while True:
-        forward, backward = gateway.bytes_relayed
-        done = len(gateway.ended)
-        description = f"relay: {len(gateway.active)} active, {done} ended"
-        progress.update(bar, completed=forward + backward, description=description)
+        _update_progress(gateway, progress, bar)
         await asyncio.sleep(_PROGRESS_PERIOD)
 
 
@@ -159,8 +161,9 @@ async def _serve(
     for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     background = []
+    bar = progress.add("relay", None)
     if progress.enabled:
-        background.append(loop.create_task(_show_progress(gateway, progress)))
+        background.append(loop.create_task(_show_progress(gateway, progress, bar)))
     serving = loop.create_task(gateway.serve())
     stopping = loop.create_task(stop.wait())
     try:
@@ -171,6 +174,7 @@ async def _serve(
                 say(f"drain timeout ({args.drain_timeout} s): the rest were aborted")
         await gateway.close()
     finally:
+        _update_progress(gateway, progress, bar)  # the final counts
         for signum in signals:
             loop.remove_signal_handler(signum)
         for task in (serving, stopping, *background):
