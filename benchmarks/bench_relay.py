@@ -147,14 +147,28 @@ def _ws_stream(port: int, size: int) -> None:
 
 
 def one_round(stream: Callable[[int, int], None], port: int, streams: int, total: int) -> float:
-    """Run ``streams`` streams of ``total / streams`` bytes at once; return the seconds."""
+    """Run ``streams`` streams of ``total / streams`` bytes at once; return the seconds.
+
+    Raises:
+        RuntimeError: a stream failed (the relay dropped it).
+    """
     size = total // streams
-    threads = [threading.Thread(target=stream, args=(port, size)) for _ in range(streams)]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            stream(port, size)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(streams)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {streams} streams failed: {errors[0]!r}")
     return time.perf_counter() - started
 
 
@@ -208,7 +222,11 @@ def main() -> int:
             for name, argv, stream in relays:
                 with relay(argv, port):
                     for streams in (1, 16):
-                        seconds = one_round(stream, port, streams, total)
+                        try:
+                            seconds = one_round(stream, port, streams, total)
+                        except RuntimeError as exc:
+                            print(f"{name}, {streams} streams: {exc}", file=sys.stderr)
+                            continue
                         rate = total / seconds / 1e6
                         key = (name, streams)
                         results[key] = max(results.get(key, 0.0), rate)
