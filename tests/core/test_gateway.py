@@ -397,3 +397,28 @@ def test_a_broken_target_fails_its_connection_and_the_gateway_goes_on() -> None:
         assert len(gw.failures) == 2
 
     _run(main)
+
+
+def test_both_sides_listening_pairs_peers_in_arrival_order() -> None:
+    async def main() -> None:
+        hook = Ended()
+        async with Gateway(
+            "tcp:127.0.0.1:0", "tcp:127.0.0.1:0", listen_destination=True, on_connection=hook
+        ) as gateway:
+            src_port = gateway.source_address.port
+            dst_port = gateway.destination_address.port
+            destinations = [await asyncio.open_connection("127.0.0.1", dst_port) for _ in range(2)]
+            sources = [await asyncio.open_connection("127.0.0.1", src_port) for _ in range(2)]
+            for n, (_reader, writer) in enumerate(sources):
+                writer.write(b"from source %d" % n)
+                writer.write_eof()
+            for n, (reader, writer) in enumerate(destinations):
+                assert await reader.read() == b"from source %d" % n
+                writer.close()
+            for reader, writer in sources:
+                assert await reader.read() == b""
+                writer.close()
+            ended = await hook.wait(2)
+        assert [i.outcome for i in ended] == ["ok", "ok"]
+
+    _run(main)
