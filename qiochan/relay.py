@@ -570,8 +570,18 @@ class Gateway:
         info = ConnectionInfo(next(self._ids), _peer_of(raw))
         connection = _Connection(info)
         self._live[info.id] = connection
-        connection.task = asyncio.get_running_loop().create_task(self._serve(connection, raw))
+        task = connection.task = asyncio.get_running_loop().create_task(
+            self._serve(connection, raw)
+        )
+        task.add_done_callback(lambda _task: self._cancelled_early(connection, raw))
         self._update_accepting()
+
+    def _cancelled_early(self, connection: _Connection, raw: QIOChannel) -> None:
+        """End a connection whose task was cancelled before it ever ran."""
+        if connection.info.ended:
+            return
+        raw.close()
+        self._end(connection, "rejected", "the gateway stopped during the handshake")
 
     def _update_accepting(self) -> None:
         if self._driver is None or self._closing:
@@ -608,7 +618,7 @@ class Gateway:
 
     async def _serve(self, connection: _Connection, raw: QIOChannel) -> None:
         info = connection.info
-        outcome: Outcome = "failed"
+        outcome: Outcome = "rejected"  # until its handshakes passed and it is counted
         error = ""
         assert self._driver is not None
         try:
@@ -617,17 +627,20 @@ class Gateway:
                     raw, self._driver.layers, self._handshake_timeout
                 )
             except (Error, OSError) as exc:  # whatever the client did, only it is dropped
-                outcome, error = "rejected", f"handshake failed: {exc}"
+                error = f"handshake failed: {exc}"
                 return
             try:
                 target = self._claim(info, accepted)
             except ChannelError as exc:
                 accepted.close()
-                outcome, error = "rejected", str(exc)
+                error = str(exc)
                 return
+            outcome = "failed"
             outcome, error = await self._relay(connection, accepted, target)
         except asyncio.CancelledError:
-            if outcome != "rejected":
+            if outcome == "rejected":
+                error = "the gateway stopped during the handshake"
+            else:
                 outcome, error = "aborted", "the gateway stopped before the connection was relayed"
         except Exception as exc:  # a plugin broke its contract: this connection fails, not all
             log.exception("connection #%d failed unexpectedly", info.id)

@@ -422,3 +422,19 @@ def test_both_sides_listening_pairs_peers_in_arrival_order() -> None:
         assert [i.outcome for i in ended] == ["ok", "ok"]
 
     _run(main)
+
+
+def test_a_client_still_handshaking_at_shutdown_is_rejected_not_failed() -> None:
+    async def main() -> None:
+        server, echo = await _echo_server()
+        hook = Ended()
+        async with server, Gateway("ws://127.0.0.1:0/", echo, on_connection=hook) as gateway:
+            silent = socket.create_connection(("127.0.0.1", gateway.source_address.port))
+            while not gateway.active:  # until the loop accepted it (no timer: bounded by the test)
+                await asyncio.sleep(0)
+            assert await gateway.shutdown(drain_timeout=5)
+            silent.close()
+        (info,) = hook.ended
+        assert info.outcome == "rejected" and not gateway.failures
+
+    _run(main)
