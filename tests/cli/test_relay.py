@@ -318,3 +318,27 @@ def test_relay_usage_errors(env: dict[str, str], args: list[str], words: list[st
     from tests.helpers.cli import run_cli
 
     assert_one_line_error(run_cli("relay", *args, env=env), 2, *words)
+
+
+def test_once_drops_a_silent_client_after_the_handshake_timeout(
+    env: dict[str, str], tls_creds_dir: Path
+) -> None:
+    server, _thread = _echo_server()
+    echo = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    tls = f"tls:creds={tls_creds_dir}"
+    args = ("--once", "--handshake-timeout", "1", "--src-layer", tls)
+    with server, background("relay", "tcp:127.0.0.1:0", echo, *args, env=env) as relay:
+        address = relay.listening("source")
+        with socket.create_connection(("127.0.0.1", port_of(address))) as silent:
+            relay.expect(r"#1 .*rejected after .*within 1\.0 s")
+            assert silent.recv(1) == b""  # the relay let go of it
+        data = _pattern(MIB, b"after")
+        client = f"tls:creds={tls_creds_dir},hostname=localhost"
+        with background(
+            "relay", "--once", "tcp:127.0.0.1:0", address, "--dst-layer", client, env=env
+        ) as entry:
+            assert _echo_once(entry.listening("source"), data) == data
+            assert entry.finish().returncode == 0, entry.stderr
+        result = relay.finish()
+    assert result.returncode == 0, result.stderr
+    assert "#2 " in result.stderr and "relay done" in result.stderr
