@@ -4,7 +4,7 @@ Subcommands::
 
     qiochan backends                      every discovered backend, available or why not
     qiochan demo [--size 64M]             a checksummed QEMUFile stream through every chain
-    qiochan relay SRC DST                 copy both directions between two transports
+    qiochan relay SRC [DST]               a gateway: every SRC peer gets its own DST connection
     qiochan send FILE DST                 stream a file to DST
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
     qiochan certs DIR --hostname H        TLS credentials in QEMU's layout
