@@ -8,7 +8,7 @@ Mandatory for a backend:
     ``io_writev(iov, fds, flags) -> n``, ``io_close()``,
     ``io_create_watch(condition) -> WatchSource``, ``io_set_blocking(enabled)``.
 Optional:
-    ``io_shutdown(how)``, ``io_set_cork(enabled)``, ``io_set_delay(enabled)``,
+    ``io_abort()``, ``io_shutdown(how)``, ``io_set_cork(enabled)``, ``io_set_delay(enabled)``,
     ``io_seek(offset, whence) -> int``, ``io_flush() -> int``,
     ``io_preadv(iov, offset) -> n``, ``io_pwritev(iov, offset) -> n``,
     ``io_peerpid() -> int``.
@@ -187,6 +187,10 @@ class QIOChannel:
 
     A channel starts in blocking mode.  Closing is idempotent; every other
     operation on a closed channel raises :class:`ChannelError` (``EBADF``).
+    There are two ways to end: :meth:`close` is the clean end of stream, and
+    :meth:`abort` ends so that the peer sees the stream was cut (a TCP reset,
+    TLS without close_notify, websocket close code 1011), for a transfer that
+    stops before its end.
     """
 
     def __init__(self) -> None:
@@ -564,6 +568,25 @@ class QIOChannel:
                 example a child process that exited non-zero); the channel is
                 closed all the same.
         """
+        self._release("close", self.io_close)
+
+    def abort(self) -> None:
+        """Close the channel so that the peer cannot take the end for a clean one.
+
+        Use it when a stream stops before its end (an error, a signal, a
+        timeout): a TCP connection is reset (``SO_LINGER`` 0), TLS ends without
+        close_notify, a websocket sends close code 1011 instead of 1000, and a
+        layer then aborts its master.  Channels with no such notion (files,
+        memory) just close.  It never waits for the peer.  A second call, or a
+        call after :meth:`close`, does nothing.
+
+        Raises:
+            ChannelError: releasing the OS object failed; the channel is
+                closed all the same.
+        """
+        self._release("abort", self.io_abort)
+
+    def _release(self, what: str, release: Callable[[], None]) -> None:
         if self._closed:
             return
         self._closed = True
@@ -571,13 +594,13 @@ class QIOChannel:
             watches = list(self._watches)
         for watch in watches:
             watch.remove()
-        log.debug("channel close %r", self)
+        log.debug("channel %s %r", what, self)
         try:
-            self.io_close()
+            release()
         except ChannelError:
             raise
         except OSError as exc:
-            raise from_oserror("Unable to close channel", exc) from exc
+            raise from_oserror(f"Unable to {what} channel", exc) from exc
         finally:
             _hooks.channel_closed(self)
 
@@ -786,6 +809,13 @@ class QIOChannel:
     def io_close(self) -> None:
         """Backend: release the OS objects."""
         raise NotImplementedError(f"{type(self).__name__} must implement io_close")
+
+    def io_abort(self) -> None:
+        """Backend (optional): release the OS objects so the peer sees an abnormal end.
+
+        The default is :meth:`io_close`.
+        """
+        self.io_close()
 
     def io_create_watch(self, condition: Condition) -> WatchSource:
         """Backend: return the :class:`WatchSource` for ``condition``."""
