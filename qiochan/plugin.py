@@ -57,6 +57,11 @@ class Backend:
         listen: ``listen(address, **options) -> Listener``.
         open: ``open(address, mode, **options) -> QIOChannel``.
         wrap: ``wrap(channel, role, **options) -> QIOChannel`` with the handshake done.
+        check: ``check(role, **options) -> None`` for a layer: raise the error
+            ``wrap`` would raise for these options in this role (an unknown
+            option, one for the other role, unusable credentials) without
+            any channel, so a bad layer is refused before anything connects
+            or listens (:func:`qiochan.transport.check_layers`).
         parse: ``parse(text) -> address`` for schemes :mod:`qiochan.address` does not know.
         own_layers: connect/listen take ``layers=`` and apply them themselves
             (``wss://`` puts TLS under the websocket).
@@ -74,6 +79,7 @@ class Backend:
     listen: Callable[..., Any] | None = None
     open: Callable[..., Any] | None = None
     wrap: Callable[..., Any] | None = None
+    check: Callable[..., Any] | None = None
     parse: Callable[[str], Any] | None = None
     own_layers: bool = False
     description: str = ""
@@ -90,7 +96,7 @@ class Backend:
             self.schemes = (self.schemes,)
         self.schemes = tuple(self.schemes)
         self.features = frozenset(Feature(f) for f in self.features)
-        for attr in ("connect", "listen", "open", "wrap", "parse"):
+        for attr in ("connect", "listen", "open", "wrap", "check", "parse"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PluginError(
