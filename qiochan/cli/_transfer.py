@@ -7,10 +7,16 @@ Exit semantics (the ones a migration needs):
   the peer closes; it succeeds once every byte was written, even if the peer
   then resets the connection (migration destinations do).
 * ``recv`` accepts one peer and writes everything up to the peer's end of
-  stream; it succeeds only when the stream ended cleanly, i.e. the file is
-  complete.
+  stream into a temporary file beside FILE, renamed to FILE only after a clean
+  end: a failed or cut transfer never touches an existing FILE (with
+  ``--keep-partial`` what arrived is kept as ``FILE.partial``).
+* A transfer that stops before its end -- an error, a signal (SIGINT,
+  SIGTERM, SIGHUP), ``--timeout`` -- ends its connection with
+  :meth:`~qiochan.QIOChannel.abort`, so the peer sees a cut stream (a TCP
+  reset, TLS without close_notify, websocket close 1011), never a clean end.
 
-Any failure is one line naming what failed and how many bytes had passed.
+Any failure is one line naming what failed and how many bytes had passed;
+``--json`` also prints one :class:`~qiochan.cli._output.TransferRecord`.
 """
 
 from __future__ import annotations
@@ -19,25 +25,33 @@ import argparse
 import io
 import logging
 import os
+import secrets
+import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..channel import Feature, QIOChannel, Shutdown
 from ..errors import ChannelError
 from ._common import (
     EXIT_OK,
+    EXIT_USAGE,
     CLIError,
     Endpoint,
+    Stopped,
+    Watchdog,
+    abort_quietly,
     format_bytes,
+    format_rate,
     open_endpoint,
     say,
 )
-from ._output import Progress
+from ._output import Progress, TransferRecord
 
-__all__ = ["RateLimiter", "run_recv", "run_send"]
+__all__ = ["RateLimiter", "ReceivedFile", "run_recv", "run_send"]
 
 log = logging.getLogger("qiochan.cli")
 
@@ -78,18 +92,93 @@ def _open_input(path: str) -> tuple[io.BufferedIOBase, int | None]:
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as exc:
-        raise CLIError(f"cannot open {path}: {exc.strerror}") from None
+        raise CLIError(f"cannot open {path}: {exc.strerror}", EXIT_USAGE) from None
     size = os.fstat(file.fileno()).st_size
     return file, size if size > 0 else None
 
 
-def _open_output(path: str) -> BinaryIO:
-    if path == "-":
-        return sys.stdout.buffer
-    try:
-        return open(path, "wb")
-    except OSError as exc:
-        raise CLIError(f"cannot create {path}: {exc.strerror}") from None
+class ReceivedFile:
+    """Where ``recv`` writes: a temporary file beside ``path``, put in place at a clean end.
+
+    ``-`` is stdout, and a target that exists but is no regular file (a
+    device, a FIFO) is written directly: there is nothing to replace.
+
+    Args:
+        path: the target.
+        keep_partial: on failure keep what arrived as ``PATH.partial``.
+    Raises:
+        CLIError: (exit status 2) the temporary file cannot be created there.
+    """
+
+    def __init__(self, path: str, keep_partial: bool = False) -> None:
+        self.path = path
+        self.keep_partial = keep_partial
+        self.temporary: Path | None = None
+        self._mode: int | None = None
+        if path == "-":
+            self.file: BinaryIO = sys.stdout.buffer
+            return
+        target = Path(path)
+        try:
+            info = target.stat()
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise CLIError(f"cannot write {path}: {exc.strerror}", EXIT_USAGE) from None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise CLIError(f"cannot write {path}: it is a directory", EXIT_USAGE)
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            self.file = self._open(target, os.O_WRONLY)
+            return
+        self._mode = None if info is None else stat.S_IMODE(info.st_mode)
+        self.temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        self.file = self._open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+    def _open(self, path: Path, flags: int) -> BinaryIO:
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise CLIError(f"cannot write {self.path}: {exc.strerror}", EXIT_USAGE) from None
+        return os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Flush, and put the temporary file in place of the target (atomically).
+
+        Raises:
+            OSError: flushing or renaming failed (the target is untouched).
+        """
+        self.file.flush()
+        if self.temporary is None:
+            return
+        os.fsync(self.file.fileno())
+        if self._mode is not None:
+            os.fchmod(self.file.fileno(), self._mode)
+        self.file.close()
+        os.replace(self.temporary, self.path)
+        self.temporary = None
+
+    def discard(self) -> str:
+        """Drop (or, with ``keep_partial``, keep) what arrived; return what became of it."""
+        if self.temporary is None:
+            return "" if self.path == "-" else f"{self.path} is incomplete"
+        temporary, self.temporary = self.temporary, None
+        self.file.close()
+        try:
+            if self.keep_partial:
+                kept = f"{self.path}.partial"
+                os.replace(temporary, kept)
+                return f"what arrived is in {kept}"
+            temporary.unlink()
+        except OSError as exc:
+            return f"{temporary} could not be cleaned up: {exc.strerror}"
+        return f"{self.path} {'left unchanged' if self._mode is not None else 'not created'}"
+
+    def close(self) -> None:
+        """Close the file (stdout stays open); an uncommitted temporary file is discarded."""
+        if self.temporary is not None:
+            self.discard()
+        elif self.file is not sys.stdout.buffer:
+            self.file.close()
 
 
 def _finish_sending(channel: QIOChannel) -> int:
@@ -110,10 +199,6 @@ def _finish_sending(channel: QIOChannel) -> int:
     return drained
 
 
-def _rate_text(count: int, seconds: float) -> str:
-    return f"{format_bytes(count / seconds)}/s" if seconds > 0 else "-"
-
-
 def _reason(exc: OSError) -> str:
     """A channel error's own message, else the OS error text."""
     if isinstance(exc, ChannelError) or not exc.strerror:
@@ -123,91 +208,140 @@ def _reason(exc: OSError) -> str:
 
 @dataclass
 class _Pump:
-    """Moves chunks from ``read`` to ``write``; the ``*_failed`` give the error line."""
+    """Moves chunks from ``read`` to ``write``; the ``*_failed`` make the error."""
 
     read: Callable[[memoryview], int]
     write: Callable[[memoryview], object]
-    read_failed: Callable[[int, OSError], str]
-    write_failed: Callable[[int, OSError], str]
-
-
-@dataclass
-class _Outcome:
-    count: int
-    seconds: float
-    extra: str = ""
+    read_failed: Callable[[int, OSError], CLIError]
+    write_failed: Callable[[int, OSError], CLIError]
 
 
 def _transfer(
     args: argparse.Namespace,
     endpoint: Endpoint,
     mode: str,
-    total: int | None,
+    record: TransferRecord,
     *,
+    total: int | None,
     pump_for: Callable[[QIOChannel], _Pump],
-    finish: Callable[[QIOChannel], str] = lambda _channel: "",
-) -> _Outcome:
-    """Open ``endpoint``, pump until the reading side ends, then ``finish``; time it.
+    finish: Callable[[QIOChannel], object] = lambda _channel: None,
+) -> None:
+    """Open ``endpoint``, pump until the reading side ends, ``finish``, close; fill ``record``.
+
+    Anything that stops it before that -- an error, a signal, ``--timeout`` --
+    aborts the channel, so the peer cannot take it for a clean end.
 
     Raises:
-        CLIError: the endpoint, a read or a write failed (with the bytes moved).
+        CLIError: what failed, with the bytes moved; its ``outcome`` says how.
     """
-    channel = open_endpoint(endpoint, mode)
-    limiter = RateLimiter(args.rate_limit)
+    channel: QIOChannel | None = None
     started = time.monotonic()
-    with channel, Progress(args.progress) as progress:
-        bar = progress.add(f"{args.command} {args.file}", total)
-        pump = pump_for(channel)
-        view = memoryview(bytearray(limiter.chunk_size()))
-        moved = 0
-        while True:
-            try:
-                n = pump.read(view)
-            except OSError as exc:
-                raise CLIError(pump.read_failed(moved, exc)) from None
-            if not n:
-                break
-            try:
-                pump.write(view[:n])
-            except OSError as exc:
-                raise CLIError(pump.write_failed(moved, exc)) from None
-            moved += n
-            progress.advance(bar, n)
-            limiter.account(n)
-        extra = finish(channel)
-    return _Outcome(moved, time.monotonic() - started, extra)
+    try:
+        with Watchdog(args.timeout) as watchdog, Progress(args.progress) as progress:
+            channel = open_endpoint(endpoint, mode)
+            watchdog.progress()
+            record.peer = endpoint.describe()
+            started = time.monotonic()
+            bar = progress.add(f"{args.command} {args.file}", total)
+            pump = pump_for(channel)
+            limiter = RateLimiter(args.rate_limit)
+            view = memoryview(bytearray(limiter.chunk_size()))
+            while True:
+                try:
+                    n = pump.read(view)
+                except OSError as exc:
+                    raise pump.read_failed(record.bytes, exc) from None
+                if not n:
+                    break
+                try:
+                    pump.write(view[:n])
+                except OSError as exc:
+                    raise pump.write_failed(record.bytes, exc) from None
+                record.bytes += n
+                watchdog.progress()
+                progress.advance(bar, n)
+                limiter.account(n)
+            finish(channel)
+            channel.close()
+    except BaseException as exc:
+        record.seconds = time.monotonic() - started
+        if channel is not None:
+            abort_quietly(channel)
+        error = _as_cli_error(exc, record, endpoint, channel is not None)
+        record.outcome, record.error = error.outcome, str(error)
+        raise error from None
+    record.seconds = time.monotonic() - started
+
+
+def _as_cli_error(
+    exc: BaseException, record: TransferRecord, endpoint: Endpoint, connected: bool
+) -> CLIError:
+    """Return the :class:`CLIError` that reports ``exc`` (re-raise what is not a failure)."""
+    if isinstance(exc, CLIError):
+        return exc
+    if isinstance(exc, Stopped):
+        what = f"the connection to {endpoint.describe()} was aborted" if connected else ""
+        where = f" after {record.bytes} bytes" + (f"; {what}" if what else "")
+        return CLIError(f"{exc.reason}{where}", exc.code, exc.outcome)
+    if isinstance(exc, OSError):
+        return CLIError(f"{endpoint.describe()}: {_reason(exc)} ({record.bytes} bytes passed)")
+    raise exc
+
+
+def _report(args: argparse.Namespace, record: TransferRecord, run: Callable[[], None]) -> None:
+    """Run ``run``; with ``--json`` print ``record`` whatever happened."""
+    try:
+        run()
+    except CLIError as exc:
+        record.outcome, record.error = exc.outcome, str(exc)
+        raise
+    except BaseException as exc:
+        record.outcome, record.error = "failed", str(exc) or type(exc).__name__
+        raise
+    finally:
+        if args.json:
+            record.emit()
 
 
 def run_send(args: argparse.Namespace) -> int:
     """Send ``args.file`` to ``args.dst``; see the module docstring for the exit semantics."""
     endpoint = Endpoint(args.dst, args.layers, listen=args.listen, label="destination")
-    endpoint.check()
-    source, size = _open_input(args.file)
+    record = TransferRecord("send", args.file, endpoint.describe())
 
     def pump_for(channel: QIOChannel) -> _Pump:
         return _Pump(
             read=source.readinto,
             write=channel.write_all,
-            read_failed=lambda n, exc: (
-                f"reading {args.file} failed after {n} bytes: " + _reason(exc)
+            read_failed=lambda n, exc: CLIError(
+                f"reading {args.file} failed after {n} bytes: {_reason(exc)}"
             ),
-            write_failed=lambda n, exc: (
+            write_failed=lambda n, exc: CLIError(
                 f"send to {endpoint.describe()} failed after {n} bytes: {_reason(exc)}"
             ),
         )
 
-    def finish(channel: QIOChannel) -> str:
-        drained = _finish_sending(channel)
-        return f", {drained} bytes discarded from the peer" if drained else ""
+    drained = 0
 
-    try:
-        done = _transfer(args, endpoint, "w", size, pump_for=pump_for, finish=finish)
-    finally:
-        if source is not sys.stdin.buffer:
-            source.close()
+    def finish(channel: QIOChannel) -> None:
+        nonlocal drained
+        drained = _finish_sending(channel)
+
+    def run() -> None:
+        nonlocal source
+        endpoint.check()
+        source, size = _open_input(args.file)
+        try:
+            _transfer(args, endpoint, "w", record, total=size, pump_for=pump_for, finish=finish)
+        finally:
+            if source is not sys.stdin.buffer:
+                source.close()
+
+    source: io.BufferedIOBase = cast(io.BufferedIOBase, sys.stdin.buffer)
+    _report(args, record, run)
+    extra = f", {drained} bytes discarded from the peer" if drained else ""
     say(
-        f"sent {done.count} bytes ({format_bytes(done.count)}) to {endpoint.describe()} "
-        f"in {done.seconds:.2f} s, {_rate_text(done.count, done.seconds)}{done.extra}"
+        f"sent {record.bytes} bytes ({format_bytes(record.bytes)}) to {endpoint.describe()} "
+        f"in {record.seconds:.2f} s, {format_rate(record.bytes, record.seconds)}{extra}"
     )
     return EXIT_OK
 
@@ -215,33 +349,44 @@ def run_send(args: argparse.Namespace) -> int:
 def run_recv(args: argparse.Namespace) -> int:
     """Receive from ``args.src`` into ``args.file`` until the peer's end of stream."""
     endpoint = Endpoint(args.src, args.layers, listen=not args.connect, label="source")
-    endpoint.check()
-    target = _open_output(args.file)
+    record = TransferRecord("recv", args.file, endpoint.describe())
 
     def pump_for(channel: QIOChannel) -> _Pump:
         return _Pump(
             read=channel.read,
-            write=target.write,
-            read_failed=lambda n, exc: (
-                f"recv from {endpoint.describe()} failed after {n} "
-                f"bytes ({args.file} is incomplete): {_reason(exc)}"
+            write=target.file.write,
+            read_failed=lambda n, exc: CLIError(
+                f"the stream from {endpoint.describe()} was cut after {n} bytes: {_reason(exc)}",
+                outcome="cut",
             ),
-            write_failed=lambda n, exc: (
-                f"writing {args.file} failed after {n} bytes: " + _reason(exc)
+            write_failed=lambda n, exc: CLIError(
+                f"writing {args.file} failed after {n} bytes: {_reason(exc)}"
             ),
         )
 
-    try:
-        done = _transfer(args, endpoint, "r", None, pump_for=pump_for)
+    def run() -> None:
+        nonlocal target
+        if args.json and args.file == "-":
+            raise CLIError("--json prints to stdout: receive into a FILE, not '-'", EXIT_USAGE)
+        endpoint.check()
+        target = ReceivedFile(args.file, args.keep_partial)
         try:
-            target.flush()
+            _transfer(args, endpoint, "r", record, total=None, pump_for=pump_for)
+            target.commit()
+        except CLIError as exc:
+            fate = target.discard()
+            raise CLIError(f"{exc}; {fate}" if fate else str(exc), exc.code, exc.outcome) from None
         except OSError as exc:
-            raise CLIError(f"writing {args.file} failed: {_reason(exc)}") from None
-    finally:
-        if target is not sys.stdout.buffer:
+            fate = target.discard()
+            raise CLIError(f"writing {args.file} failed: {_reason(exc)}; {fate}") from None
+        finally:
             target.close()
+
+    target: ReceivedFile
+    _report(args, record, run)
     say(
-        f"received {done.count} bytes ({format_bytes(done.count)}) from {endpoint.describe()} "
-        f"in {done.seconds:.2f} s, {_rate_text(done.count, done.seconds)}"
+        f"received {record.bytes} bytes ({format_bytes(record.bytes)}) from "
+        f"{endpoint.describe()} in {record.seconds:.2f} s, "
+        f"{format_rate(record.bytes, record.seconds)}"
     )
     return EXIT_OK

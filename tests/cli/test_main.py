@@ -160,13 +160,14 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     [
         (["send", "/etc/hostname", "tcp:127.0.0.1"], 2, ["bad destination", "missing ':PORT'"]),
         (["send", "/etc/hostname", "carrier-pigeon"], 2, ["names no configured transport"]),
-        (["send", "/etc/hostname", "pigeon:coop"], 1, ["No transport backend for 'pigeon'"]),
+        (["send", "/etc/hostname", "pigeon:coop"], 2, ["No transport backend for 'pigeon'"]),
+        (["send", "/etc/hostname", "foo:bar"], 2, ["bad destination foo:bar"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1"], 1, ["refused", "0 bytes passed"]),
-        (["send", "/nonexistent/file", "tcp:127.0.0.1:1"], 1, ["cannot open /nonexistent"]),
+        (["send", "/nonexistent/file", "tcp:127.0.0.1:1"], 2, ["cannot open /nonexistent"]),
         (
             ["recv", "--connect", "tcp:127.0.0.1:1", "/nonexistent/dir/out"],
-            1,
-            ["cannot create /nonexistent/dir/out"],
+            2,
+            ["cannot write /nonexistent/dir/out"],
         ),
         (
             ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--layer", "tls:creds"],
@@ -181,10 +182,10 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
                 "--layer",
                 "tls:creds=/nonexistent",
             ],
-            1,
-            ["destination"],
+            2,
+            ["bad destination", "/nonexistent"],
         ),
-        (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 1, ["zip"]),
+        (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 2, ["zip"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "0"], 2, []),
     ],
 )
@@ -209,7 +210,7 @@ def test_missing_credentials_are_reported_before_any_connection(
         f"tls:creds={tmp_path}",
         env=env,
     )
-    assert_one_line_error(result, 1, "source", str(tmp_path))
+    assert_one_line_error(result, 2, "bad source", str(tmp_path))
 
 
 def test_config_names_and_errors(env: dict[str, str], tmp_path: Path) -> None:

@@ -237,7 +237,9 @@ def test_recv_fails_when_the_stream_is_cut(env: dict[str, str], tmp_path: Path) 
             conn.sendall(b"x" * 5000)
             _reset(conn)
         result = receiver.finish()
-    assert_one_line_error(result, 1, "failed after 5000 bytes", "incomplete", "reset")
+    assert_one_line_error(result, 1, "cut after 5000 bytes", "reset", "not created")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
 def test_recv_over_tls_fails_on_a_truncated_stream(
