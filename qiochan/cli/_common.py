@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any, Literal, Self
@@ -104,12 +105,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class Watchdog:
     """Turns stop signals, and ``timeout`` seconds without progress, into :class:`Stopped`.
 
-    A context manager for the main thread: while it is active, SIGINT,
-    SIGTERM and SIGHUP raise :class:`Stopped` wherever the main thread is
-    (a blocking connect, accept, handshake, read or write included), and so
-    does ``SIGALRM`` once ``timeout`` seconds pass without :meth:`progress`.
-    After the first one, further signals are only logged, so the abort that
-    follows runs to its end.
+    A context manager for the main thread.  While it is active, SIGINT,
+    SIGTERM and SIGHUP stop the command, and so does ``SIGALRM`` once
+    ``timeout`` seconds pass without :meth:`progress`.  A signal raises
+    :class:`Stopped` at once only inside :meth:`interruptible` -- the places
+    where the main thread waits (for readiness, a peer, a handshake, its
+    input), never in the middle of a channel's own bookkeeping, which an
+    exception could leave half-done.  Elsewhere it is kept until the next
+    :meth:`interruptible` or :meth:`check`, or the end of the ``with``
+    block.  After the first one, further signals are only logged, so the
+    abort that follows runs to its end.
 
     Args:
         timeout: seconds without progress before giving up; None: no limit.
@@ -119,6 +124,8 @@ class Watchdog:
         self.timeout = timeout
         self._saved: dict[int, Any] = {}
         self._fired = False
+        self._pending: Stopped | None = None
+        self._depth = 0
 
     def __enter__(self) -> Self:
         for sig in (*STOP_SIGNALS, signal.SIGALRM):
@@ -136,11 +143,29 @@ class Watchdog:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         self._saved.clear()
+        if exc_type is None:
+            self.check()
 
     def progress(self) -> None:
         """Something moved: the ``timeout`` starts again."""
         if self.timeout is not None and not self._fired:
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def check(self) -> None:
+        """Raise the :class:`Stopped` a signal left pending, if any."""
+        stop, self._pending = self._pending, None
+        if stop is not None:
+            raise stop
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Let a signal raise :class:`Stopped` at once inside this block (a wait)."""
+        self.check()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -150,8 +175,12 @@ class Watchdog:
         self._fired = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         if signum == signal.SIGALRM:
-            raise Stopped(f"nothing moved for {self.timeout:g} s (--timeout)", "timeout", 1)
-        raise Stopped(f"interrupted by {name}", "interrupted", 128 + signum)
+            stop = Stopped(f"nothing moved for {self.timeout:g} s (--timeout)", "timeout", 1)
+        else:
+            stop = Stopped(f"interrupted by {name}", "interrupted", 128 + signum)
+        if self._depth:
+            raise stop
+        self._pending = stop
 
 
 def abort_quietly(channel: Any) -> None:

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from ..channel import Feature, QIOChannel, Shutdown
+from ..channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
 from ..errors import ChannelError
+from ..watch import Condition
 from ._common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -51,7 +52,14 @@ from ._common import (
 )
 from ._output import Progress, TransferRecord
 
-__all__ = ["RateLimiter", "ReceivedFile", "run_recv", "run_send"]
+__all__ = [
+    "RateLimiter",
+    "ReceivedFile",
+    "channel_reader",
+    "channel_writer",
+    "run_recv",
+    "run_send",
+]
 
 log = logging.getLogger("qiochan.cli")
 
@@ -216,6 +224,34 @@ class _Pump:
     write_failed: Callable[[int, OSError], CLIError]
 
 
+def channel_reader(channel: QIOChannel, watchdog: Watchdog) -> Callable[[memoryview], int]:
+    """Return ``read(view) -> n`` on non-blocking ``channel``: a signal stops only its waits."""
+
+    def read(view: memoryview) -> int:
+        while (n := channel.read(view)) == ERR_BLOCK:
+            with watchdog.interruptible():
+                channel.wait(Condition.IN)
+        return n
+
+    return read
+
+
+def channel_writer(channel: QIOChannel, watchdog: Watchdog) -> Callable[[memoryview], None]:
+    """Return ``write(view)`` writing all of it to non-blocking ``channel``; a signal
+    stops only its waits, so the channel never holds a write half-accounted."""
+
+    def write(view: memoryview) -> None:
+        while view:
+            n = channel.write(view)
+            if n == ERR_BLOCK:
+                with watchdog.interruptible():
+                    channel.wait(Condition.OUT)
+            else:
+                view = view[n:]
+
+    return write
+
+
 def _transfer(
     args: argparse.Namespace,
     endpoint: Endpoint,
@@ -223,7 +259,7 @@ def _transfer(
     record: TransferRecord,
     *,
     total: int | None,
-    pump_for: Callable[[QIOChannel], _Pump],
+    pump_for: Callable[[QIOChannel, Watchdog], _Pump],
     finish: Callable[[QIOChannel], object] = lambda _channel: None,
 ) -> None:
     """Open ``endpoint``, pump until the reading side ends, ``finish``, close; fill ``record``.
@@ -238,14 +274,16 @@ def _transfer(
     started = time.monotonic()
     try:
         with Watchdog(args.timeout) as watchdog, Progress(args.progress) as progress:
-            channel = open_endpoint(endpoint, mode)
+            with watchdog.interruptible():
+                channel = open_endpoint(endpoint, mode)
             watchdog.progress()
             record.peer = endpoint.describe()
             started = time.monotonic()
             bar = progress.add(f"{args.command} {args.file}", total)
-            pump = pump_for(channel)
+            pump = pump_for(channel, watchdog)
             limiter = RateLimiter(args.rate_limit)
             view = memoryview(bytearray(limiter.chunk_size()))
+            channel.set_blocking(False)
             while True:
                 try:
                     n = pump.read(view)
@@ -260,29 +298,32 @@ def _transfer(
                 record.bytes += n
                 watchdog.progress()
                 progress.advance(bar, n)
-                limiter.account(n)
-            finish(channel)
+                with watchdog.interruptible():
+                    limiter.account(n)
+            channel.set_blocking(True)
+            with watchdog.interruptible():
+                finish(channel)
             channel.close()
     except BaseException as exc:
         record.seconds = time.monotonic() - started
+        aborted = channel is not None and not channel.closed
         if channel is not None:
             abort_quietly(channel)
-        error = _as_cli_error(exc, record, endpoint, channel is not None)
+        error = _as_cli_error(exc, record, endpoint, aborted)
         record.outcome, record.error = error.outcome, str(error)
         raise error from None
     record.seconds = time.monotonic() - started
 
 
 def _as_cli_error(
-    exc: BaseException, record: TransferRecord, endpoint: Endpoint, connected: bool
+    exc: BaseException, record: TransferRecord, endpoint: Endpoint, aborted: bool
 ) -> CLIError:
     """Return the :class:`CLIError` that reports ``exc`` (re-raise what is not a failure)."""
     if isinstance(exc, CLIError):
         return exc
     if isinstance(exc, Stopped):
-        what = f"the connection to {endpoint.describe()} was aborted" if connected else ""
-        where = f" after {record.bytes} bytes" + (f"; {what}" if what else "")
-        return CLIError(f"{exc.reason}{where}", exc.code, exc.outcome)
+        what = f"; the connection to {endpoint.describe()} was aborted" if aborted else ""
+        return CLIError(f"{exc.reason} after {record.bytes} bytes{what}", exc.code, exc.outcome)
     if isinstance(exc, OSError):
         return CLIError(f"{endpoint.describe()}: {_reason(exc)} ({record.bytes} bytes passed)")
     raise exc
@@ -307,19 +348,6 @@ def run_send(args: argparse.Namespace) -> int:
     """Send ``args.file`` to ``args.dst``; see the module docstring for the exit semantics."""
     endpoint = Endpoint(args.dst, args.layers, listen=args.listen, label="destination")
     record = TransferRecord("send", args.file, endpoint.describe())
-
-    def pump_for(channel: QIOChannel) -> _Pump:
-        return _Pump(
-            read=source.readinto,
-            write=channel.write_all,
-            read_failed=lambda n, exc: CLIError(
-                f"reading {args.file} failed after {n} bytes: {_reason(exc)}"
-            ),
-            write_failed=lambda n, exc: CLIError(
-                f"send to {endpoint.describe()} failed after {n} bytes: {_reason(exc)}"
-            ),
-        )
-
     drained = 0
 
     def finish(channel: QIOChannel) -> None:
@@ -327,16 +355,31 @@ def run_send(args: argparse.Namespace) -> int:
         drained = _finish_sending(channel)
 
     def run() -> None:
-        nonlocal source
         endpoint.check()
         source, size = _open_input(args.file)
+
+        def pump_for(channel: QIOChannel, watchdog: Watchdog) -> _Pump:
+            def read_input(view: memoryview) -> int:
+                with watchdog.interruptible():  # a plain read: a signal may stop it anywhere
+                    return source.readinto1(view)  # what a pipe has now: never waits to fill it
+
+            return _Pump(
+                read=read_input,
+                write=channel_writer(channel, watchdog),
+                read_failed=lambda n, exc: CLIError(
+                    f"reading {args.file} failed after {n} bytes: {_reason(exc)}"
+                ),
+                write_failed=lambda n, exc: CLIError(
+                    f"send to {endpoint.describe()} failed after {n} bytes: {_reason(exc)}"
+                ),
+            )
+
         try:
             _transfer(args, endpoint, "w", record, total=size, pump_for=pump_for, finish=finish)
         finally:
             if source is not sys.stdin.buffer:
                 source.close()
 
-    source: io.BufferedIOBase = cast(io.BufferedIOBase, sys.stdin.buffer)
     _report(args, record, run)
     extra = f", {drained} bytes discarded from the peer" if drained else ""
     say(
@@ -351,25 +394,26 @@ def run_recv(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.src, args.layers, listen=not args.connect, label="source")
     record = TransferRecord("recv", args.file, endpoint.describe())
 
-    def pump_for(channel: QIOChannel) -> _Pump:
-        return _Pump(
-            read=channel.read,
-            write=target.file.write,
-            read_failed=lambda n, exc: CLIError(
-                f"the stream from {endpoint.describe()} was cut after {n} bytes: {_reason(exc)}",
-                outcome="cut",
-            ),
-            write_failed=lambda n, exc: CLIError(
-                f"writing {args.file} failed after {n} bytes: {_reason(exc)}"
-            ),
-        )
-
     def run() -> None:
-        nonlocal target
         if args.json and args.file == "-":
             raise CLIError("--json prints to stdout: receive into a FILE, not '-'", EXIT_USAGE)
         endpoint.check()
         target = ReceivedFile(args.file, args.keep_partial)
+
+        def pump_for(channel: QIOChannel, watchdog: Watchdog) -> _Pump:
+            return _Pump(
+                read=channel_reader(channel, watchdog),
+                write=target.file.write,
+                read_failed=lambda n, exc: CLIError(
+                    f"the stream from {endpoint.describe()} was cut after {n} bytes: "
+                    f"{_reason(exc)}",
+                    outcome="cut",
+                ),
+                write_failed=lambda n, exc: CLIError(
+                    f"writing {args.file} failed after {n} bytes: {_reason(exc)}"
+                ),
+            )
+
         try:
             _transfer(args, endpoint, "r", record, total=None, pump_for=pump_for)
             target.commit()
@@ -382,7 +426,6 @@ def run_recv(args: argparse.Namespace) -> int:
         finally:
             target.close()
 
-    target: ReceivedFile
     _report(args, record, run)
     say(
         f"received {record.bytes} bytes ({format_bytes(record.bytes)}) from "
