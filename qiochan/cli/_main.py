@@ -7,7 +7,8 @@ Subcommands::
     qiochan relay SRC DST                 copy both directions between two transports
     qiochan send FILE DST                 stream a file to DST
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
-    qiochan certs DIR --hostname H        TLS credentials in QEMU's layout
+    qiochan certs DIR [--hostname H]      TLS credentials in QEMU's layout (also
+                                          --server, --client, --revoke later)
 
 Every address takes the address syntax (``tcp:HOST:PORT``, ``unix:PATH``,
 ``exec:CMD``, ``file:PATH``, ``ws://``, ``wss://``...) or the name of a
@@ -209,26 +210,53 @@ def build_parser() -> argparse.ArgumentParser:
         "certs",
         "._certs",
         "run_certs",
-        help="create TLS credentials in QEMU's directory layout",
-        description="Create ca-cert.pem, server-cert.pem/server-key.pem and "
-        "client-cert.pem/client-key.pem in DIR, as QEMU's tls-creds-x509 and "
-        "tls:creds=DIR read them.",
+        help="create TLS credentials in QEMU's directory layout, add certificates, revoke",
+        description="Create ca-cert.pem, ca-key.pem (the CA's key: keep it secret), "
+        "server-cert.pem/server-key.pem and client-cert.pem/client-key.pem in DIR, as "
+        "QEMU's tls-creds-x509 and tls:creds=DIR read them.  An existing CA is kept unless "
+        "--force.  With --server, --client or --revoke, DIR's CA signs one more certificate "
+        "or revokes one in DIR/ca-crl.pem.",
     )
-    certs.add_argument("dir", metavar="DIR", help="directory to create the files in")
+    certs.add_argument("dir", metavar="DIR", help="the credentials directory (with the CA)")
     certs.add_argument(
         "--hostname",
         action="append",
         metavar="H",
-        help="server host name (repeatable; default localhost)",
+        help="server host name of a new CA's server certificate (repeatable; default localhost)",
     )
     certs.add_argument(
         "--ip",
         action="append",
         metavar="ADDR",
-        help="server IP address (repeatable; default 127.0.0.1)",
+        help="server IP address (repeatable; default 127.0.0.1 for a new CA, none for --server)",
     )
     certs.add_argument(
         "--no-client", action="store_true", help="do not create a client certificate"
+    )
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (certificates it signed stop verifying) or certificate",
+    )
+    certs.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST",
+        help="sign a new server certificate for HOST with DIR's CA (repeatable: more names)",
+    )
+    certs.add_argument(
+        "--client", metavar="NAME", help="sign a new client certificate (CN=NAME) with DIR's CA"
+    )
+    certs.add_argument(
+        "--out",
+        metavar="OUTDIR",
+        help="write the --server/--client certificate into OUTDIR (with a copy of the CA "
+        "certificate) instead of DIR",
+    )
+    certs.add_argument(
+        "--revoke",
+        metavar="CERT",
+        help="revoke the certificate file CERT in DIR/ca-crl.pem, enforced by tls:creds=DIR",
     )
     return parser
 

@@ -124,8 +124,21 @@ def test_demo_rejects_bad_options(env: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "is not a size" in result.stderr
     result = run_cli("demo", "--chain", "carrier-pigeon", env=env)
-    assert result.returncode == 1
-    assert "no chain matches carrier-pigeon" in result.stderr
+    assert_one_line_error(result, 2, "qiochan demo: error: no chain matches carrier-pigeon")
+
+
+def test_demo_json_has_one_record_per_chain(env: dict[str, str]) -> None:
+    result = run_cli(
+        "demo", "--size", "256K", "--chain", "tcp", "--chain", "memory", "--json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    names = [record["name"] for record in records]
+    assert names == ["memory pipe", "tcp", "TLS over tcp", "websocket over tcp"]
+    for record in records:
+        assert record["command"] == "demo"
+        assert record["outcome"] == "ok" and record["error"] is None
+        assert record["bytes"] > 0 and record["seconds"] > 0 and record["mib_per_s"] > 0
 
 
 def test_certs_creates_qemu_layout(env: dict[str, str], tmp_path: Path) -> None:
@@ -150,7 +163,9 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = run_cli("certs", str(blocker / "pki"), env=env)
-    assert_one_line_error(result, 1, "cannot create credentials")
+    line = assert_one_line_error(result, 1, "qiochan certs: error: cannot create credentials")
+    assert line.count(str(blocker)) == 1  # the path once, and the reason
+    assert "Not a directory" in line
     result = _run_without_cryptography(env, "certs", str(tmp_path / "pki"))
     assert_one_line_error(result, 1, "unavailable", "pip install")
 
