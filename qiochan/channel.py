@@ -679,6 +679,10 @@ class QIOChannel:
     def peerpid(self) -> int:
         """Return the peer process id where the OS tells it.
 
+        Unix sockets tell it (``SO_PEERCRED``; their channels also have
+        ``peercred()`` for the pid, uid and gid), command pipes give the
+        child's pid, layers ask their master.
+
         Raises:
             ChannelError: the channel cannot tell (``ENOTSUP``).
         """
