@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,46 @@ def test_configured_transports_work_as_addresses(env: dict[str, str], tmp_path: 
         assert sent.returncode == 0, sent.stderr
         assert receiver.finish().returncode == 0
     assert (tmp_path / "inbox.bin").read_bytes() == payload.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("command", "layer", "words"),
+    [
+        ("send", "tls:creds={pki},bogus=1", ["bad destination", "unknown option(s) bogus"]),
+        ("recv", "tls:creds={pki},bogus=1", ["bad source", "unknown option(s) bogus"]),
+        ("recv", "tls:creds={pki},hostname=h", ["bad source", "hostname= applies to a client"]),
+        ("send", "tls:creds={pki},authz=*", ["bad destination", "authz= applies to a server"]),
+        ("send", "tls:creds={pki}/missing", ["bad destination", "missing"]),
+        ("send", "websocket:path=/p,host=h,nope=1", ["unknown option(s) nope"]),
+        ("recv", "websocket:path=/p,host=h", ["host= applies to a client only"]),
+    ],
+)
+def test_layer_options_are_checked_before_the_network(
+    env: dict[str, str], tmp_path: Path, command: str, layer: str, words: list[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert run_cli("certs", str(pki), env=env).returncode == 0
+    with socket.socket() as taken:  # bound, not listening: connecting would be refused,
+        taken.bind(("127.0.0.1", 0))  # listening would find the address in use
+        address = f"tcp:127.0.0.1:{taken.getsockname()[1]}"
+        files = ["/etc/hostname", address] if command == "send" else [address, str(tmp_path / "o")]
+        result = run_cli(command, *files, "--layer", layer.format(pki=pki), env=env)
+    assert_one_line_error(result, 2, *words)
+    assert "listening" not in result.stderr and "refused" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_transports_file_entries_are_checked_before_listening(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    assert run_cli("certs", str(pki), env=env).returncode == 0
+    config = tmp_path / "transports.toml"
+    config.write_text(
+        "[transports.incoming]\n"
+        'address = "tcp:127.0.0.1:0"\n'
+        f'layers = [{{ name = "tls", creds = "{pki}", hostname = "dst.example" }}]\n'
+    )
+    result = run_cli("--config", str(config), "recv", "incoming", str(tmp_path / "o"), env=env)
+    assert_one_line_error(result, 2, "bad source incoming", "hostname= applies to a client")
+    assert "listening" not in result.stderr
