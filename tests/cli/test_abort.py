@@ -36,15 +36,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     return cli_env(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    result = run_cli("certs", str(directory), env=cli_env(directory))
-    if result.returncode != 0:
-        pytest.skip(f"no TLS credentials: {result.stderr}")
-    return directory
-
-
 # name -> (recv's listening address and options, send's arguments for the announced address)
 Chain = tuple[Callable[[Path, Path], list[str]], Callable[[str, Path], list[str]]]
 CHAINS: dict[str, Chain] = {

@@ -34,15 +34,6 @@ def payload(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    result = run_cli("certs", str(directory), env=cli_env(directory))
-    if result.returncode != 0:
-        pytest.skip(f"no TLS credentials: {result.stderr}")
-    return directory
-
-
 def _send_recv(
     env: dict[str, str],
     payload: Path,

@@ -62,33 +62,21 @@ def _read_to_end(channel: QIOChannel) -> tuple[bytes, BaseException | None]:
     return bytes(got), None
 
 
+@pytest.mark.parametrize("end", ["close", "abort"])
 @pytest.mark.parametrize("chain", CHAINS)
-def test_close_is_a_clean_end(chain: str, tls_creds_dir: Path) -> None:
-    make, _error, _word = _chains(tls_creds_dir)[chain]
-    writer, reader = make()
-    try:
-        writer.write_all(_DATA)
-        writer.close()
-        got, error = _read_to_end(reader)
-    finally:
-        writer.close()
-        reader.close()
-    assert error is None
-    assert got == _DATA
-
-
-@pytest.mark.parametrize("chain", CHAINS)
-def test_abort_is_seen_as_a_cut_stream(chain: str, tls_creds_dir: Path) -> None:
+def test_what_the_peer_sees_after_close_and_abort(
+    chain: str, end: str, tls_creds_dir: Path
+) -> None:
     make, expected, word = _chains(tls_creds_dir)[chain]
     writer, reader = make()
-    try:
+    with writer, reader:
         writer.write_all(_DATA)
-        writer.abort()
+        getattr(writer, end)()
         assert writer.closed
         got, error = _read_to_end(reader)
-    finally:
-        writer.close()
-        reader.close()
+    if end == "close":
+        assert (got, error) == (_DATA, None)
+        return
     assert isinstance(error, expected), (chain, error)
     assert word.lower() in str(error).lower(), (chain, error)
     assert _DATA.startswith(got)
@@ -96,24 +84,19 @@ def test_abort_is_seen_as_a_cut_stream(chain: str, tls_creds_dir: Path) -> None:
 
 def test_abort_twice_and_after_close_does_nothing() -> None:
     a, b = connected_pair()
-    try:
+    with a, b:
         a.abort()
         a.abort()
         b.close()
         b.abort()
-    finally:
-        a.close()
-        b.close()
 
 
-def test_tcp_abort_resets_even_a_half_closed_stream() -> None:
+def test_tcp_abort_resets_the_connection() -> None:
     writer, reader = connected_pair()
-    try:
+    with writer, reader:
         writer.write_all(b"x" * 100)
         writer.abort()
         got, error = _read_to_end(reader)
-    finally:
-        reader.close()
     assert got == b"x" * 100
     assert isinstance(error, ChannelError) and error.errno == errno.ECONNRESET
 
@@ -122,23 +105,19 @@ def test_unix_abort_has_no_reset_unless_data_is_left_unread() -> None:
     """Linux gives a unix stream peer ECONNRESET only when the aborting end leaves data
     unread; otherwise the peer sees an end of stream (documented on ``io_abort``)."""
     writer, reader = socket_pair()
-    try:
+    with writer, reader:
         reader.write_all(b"unread")
         writer.write_all(b"y" * 10)
         writer.abort()
         got, error = _read_to_end(reader)
-    finally:
-        reader.close()
     assert got == b"y" * 10
     assert isinstance(error, ChannelError) and error.errno == errno.ECONNRESET
 
     writer, reader = socket_pair()
-    try:
+    with writer, reader:
         writer.write_all(b"z")
         writer.abort()
         assert _read_to_end(reader) == (b"z", None)
-    finally:
-        reader.close()
 
 
 def _wait_gone(pidfd: int) -> bool:
@@ -164,22 +143,15 @@ def test_command_abort_stops_the_child_at_once() -> None:
 
 def test_socket_peercred_names_this_process() -> None:
     a, b = socket_pair()
-    try:
+    with a, b:
         creds = a.peercred()
         assert creds == (os.getpid(), os.getuid(), os.getgid())
         assert (creds.pid, creds.uid, creds.gid) == tuple(creds)
         assert b.peerpid() == os.getpid()
-    finally:
-        a.close()
-        b.close()
 
 
 def test_peercred_is_for_unix_sockets_only() -> None:
     a, b = connected_pair()
-    try:
-        with pytest.raises(ChannelError) as info:
-            a.peercred()  # type: ignore[attr-defined]
-        assert info.value.errno == errno.ENOTSUP
-    finally:
-        a.close()
-        b.close()
+    with a, b, pytest.raises(ChannelError) as info:
+        a.peercred()  # type: ignore[attr-defined]
+    assert info.value.errno == errno.ENOTSUP
