@@ -122,11 +122,12 @@ class ReceivedFile:
         self.path = path
         self.keep_partial = keep_partial
         self.temporary: Path | None = None
+        self.name = ""  # the target's file name, when written through a temporary file
         self._mode: int | None = None
         if path == "-":
             self.file: BinaryIO = sys.stdout.buffer
             return
-        target = Path(path)
+        target = Path(os.path.realpath(path))  # through a symlink: replace what it points to
         try:
             info = target.stat()
         except FileNotFoundError:
@@ -139,6 +140,7 @@ class ReceivedFile:
             self.file = self._open(target, os.O_WRONLY)
             return
         self._mode = None if info is None else stat.S_IMODE(info.st_mode)
+        self.name = target.name
         self.temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
         self.file = self._open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
@@ -162,7 +164,7 @@ class ReceivedFile:
         if self._mode is not None:
             os.fchmod(self.file.fileno(), self._mode)
         self.file.close()
-        os.replace(self.temporary, self.path)
+        os.replace(self.temporary, self.temporary.with_name(self.name))
         self.temporary = None
 
     def discard(self) -> str:
@@ -173,7 +175,7 @@ class ReceivedFile:
         self.file.close()
         try:
             if self.keep_partial:
-                kept = f"{self.path}.partial"
+                kept = temporary.with_name(f"{self.name}.partial")
                 os.replace(temporary, kept)
                 return f"what arrived is in {kept}"
             temporary.unlink()

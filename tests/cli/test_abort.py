@@ -188,6 +188,22 @@ def test_a_clean_end_replaces_the_file_and_keeps_its_mode(
     assert record["bytes"] == 15000 and record["seconds"] >= 0 and "mib_per_s" in record
 
 
+def test_a_clean_end_through_a_symlink_replaces_what_it_points_to(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    real = tmp_path / "real.bin"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    with background("recv", "tcp:127.0.0.1:0", str(link), env=env) as receiver:
+        port = port_of(receiver.listening())
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"new")
+        result = receiver.finish()
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and real.read_bytes() == b"new"
+
+
 def test_recv_does_not_touch_the_file_when_it_cannot_listen(
     env: dict[str, str], tmp_path: Path
 ) -> None:
