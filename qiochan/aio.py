@@ -45,7 +45,7 @@ from typing import Any, Self, TypeVar
 
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from .errors import ChannelError, HandshakeError, unsupported
+from .errors import ChannelError, Error, HandshakeError, unsupported
 from .watch import Condition, Watch
 
 __all__ = [
@@ -644,7 +644,11 @@ async def create_connection(
     Returns:
         ``(transport, protocol)``.
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await _connect_in_thread(address, layers, timeout, options)
     return await connect_channel(channel, protocol_factory)
@@ -665,7 +669,11 @@ async def open_connection(
     configured transport name...) and ``layers`` the layer specs to apply.
 
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await _connect_in_thread(address, layers, timeout, options)
     return await channel_streams(channel, limit=limit)
@@ -753,7 +761,7 @@ class ChannelServer:
             except HandshakeError as exc:
                 log.info("%r: a client's handshake failed: %s", self, exc)
                 continue
-            except (ChannelError, OSError, ValueError) as exc:
+            except (Error, OSError, ValueError) as exc:  # a PluginError too: stop serving
                 if not self._closed:
                     log.warning("%r: accept failed, server stops: %s", self, exc)
                     self._loop.call_soon_threadsafe(self.close)
@@ -851,7 +859,10 @@ async def create_server(
     Returns:
         The :class:`ChannelServer`, accepting already unless ``start_serving`` is False.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
     loop = asyncio.get_running_loop()
     listener = await loop.run_in_executor(
@@ -880,7 +891,10 @@ async def start_server(
     Returns:
         The :class:`ChannelServer`.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
 
     def factory() -> asyncio.StreamReaderProtocol:

@@ -9,6 +9,7 @@ Subcommands::
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
     qiochan certs DIR [--hostname H]      TLS credentials in QEMU's layout (also
                                           --server, --client, --revoke later)
+    qiochan inspect SOURCE                what a QEMU migration stream holds
 
 Every address takes the address syntax (``tcp:HOST:PORT``, ``unix:PATH``,
 ``exec:CMD``, ``file:PATH``, ``ws://``, ``wss://``...) or the name of a
@@ -258,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CERT",
         help="revoke the certificate file CERT in DIR/ca-crl.pem, enforced by tls:creds=DIR",
     )
+    inspect = add(
+        "inspect",
+        "._inspect",
+        "run_inspect",
+        help="show what a QEMU migration stream holds (file, stdin or live)",
+        description="Walk a QEMU migration stream (savevm format, or a multifd channel) "
+        "and print its sections, RAM blocks and pages, commands and where it ended.  "
+        "SOURCE is a file, '-' (stdin), or an address to listen on so QEMU can migrate "
+        "straight to it.  Exit 0 when the stream is complete, 1 when it is cut off or "
+        "malformed.",
+    )
+    inspect.add_argument("source", metavar="SOURCE", help="file, '-', or address")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.add_argument("--compact", action="store_true", help="with --json: on one line")
+    inspect.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="live source: give up when no peer came or no data arrived for S seconds",
+    )
+    add_layer_argument(inspect)
     return parser
 
 
@@ -306,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 the operation failed, 2 a usage error
         found before any I/O, 128 + N stopped by signal N.
     """
-    from ..errors import AddressError, ChannelError, ConfigError
+    from ..errors import AddressError, ConfigError, Error
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -324,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AddressError, ConfigError) as exc:
         error_line(command, str(exc))
         return EXIT_USAGE
-    except (ChannelError, OSError) as exc:
+    except (Error, OSError) as exc:  # I/O and plugin errors, and a file the command opened
         error_line(command, str(exc))
         return EXIT_FAILED
     except Stopped as exc:

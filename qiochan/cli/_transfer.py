@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from ..errors import ChannelError
+from ..errors import ChannelError, Error
 from ..watch import Condition
 from ._common import (
     EXIT_OK,
@@ -326,8 +326,9 @@ def _as_cli_error(
     if isinstance(exc, Stopped):
         what = f"; the connection to {endpoint.describe()} was aborted" if aborted else ""
         return CLIError(f"{exc.reason} after {record.bytes} bytes{what}", exc.code, exc.outcome)
-    if isinstance(exc, OSError):
-        return CLIError(f"{endpoint.describe()}: {_reason(exc)} ({record.bytes} bytes passed)")
+    if isinstance(exc, (Error, OSError)):
+        reason = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        return CLIError(f"{endpoint.describe()}: {reason} ({record.bytes} bytes passed)")
     raise exc
 
 
