@@ -134,6 +134,9 @@ class _End:
 class QIOChannelCommand(QIOChannel):
     """A channel talking to a child process through pipes; make it with :meth:`new_spawn`.
 
+    The child leads its own process group: ending the channel (``close()``
+    after ``close_timeout``, or ``abort()`` at once) signals the whole group.
+
     Attributes:
         pid: the child's process id.
         argv: the command line.
