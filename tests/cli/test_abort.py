@@ -250,3 +250,13 @@ def test_recv_timeout_without_a_peer(env: dict[str, str], tmp_path: Path) -> Non
 def test_json_with_stdout_as_the_file_is_a_usage_error(env: dict[str, str]) -> None:
     result = run_cli("recv", "tcp:127.0.0.1:0", "-", "--json", env=env)
     assert_one_line_error(result, 2, "--json")
+
+
+def test_a_failing_command_source_leaves_no_file(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "out.bin"
+    source = "exec:head -c 100 /dev/zero; exit 3"
+    result = run_cli("recv", "--connect", source, str(out), "--json", env=env)
+    line = assert_one_line_error(result, 1, "exited with status 3", "100 bytes passed")
+    assert "not created" in line and not out.exists()
+    record = json.loads(result.stdout)
+    assert record["outcome"] == "failed" and record["bytes"] == 100
