@@ -97,14 +97,18 @@ def test_a_clean_end_stays_exit_0_over_the_same_pipe(env: dict[str, str], tmp_pa
     receiver = _recv_to_stdout(["tcp:127.0.0.1:0"], env)
     try:
         address = receiver.listening("source")
-        with feeding("send", "-", address, env=env) as sender:
-            _out, err = sender.communicate(b"\x5a" * _FIRST, timeout=50)
+        with feeding("send", "-", address, "--json", env=env) as sender:
+            out, err = sender.communicate(b"\x5a" * _FIRST, timeout=50)
         received = receiver.finish()
     finally:
         receiver.kill()
     assert sender.returncode == 0, err
     assert received.returncode == 0, received.stderr
     assert received.stdout == "\x5a" * _FIRST
+    record = json.loads(out)
+    assert record["command"] == "send" and record["name"] == "-"
+    assert record["outcome"] == "ok" and record["error"] is None
+    assert record["bytes"] == _FIRST and record["peer"] == address
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
