@@ -399,7 +399,7 @@ class QIOChannelTLS(QIOChannel):
         except ChannelError as exc:
             log.debug("%s: close_notify not sent: %s", self._session.label, exc)
 
-    def io_close(self) -> None:
+    def _end_handshake(self) -> None:
         watch, self._handshake_watch = self._handshake_watch, None
         if watch is not None:
             watch.remove()
@@ -407,6 +407,14 @@ class QIOChannelTLS(QIOChannel):
         if task is not None and not task.completed:
             task.set_error(ChannelError("TLS channel closed during the handshake", errno.EBADF))
             task.complete()
+
+    def io_close(self) -> None:
+        self._end_handshake()
         if not self._session.close_notify_sent:
             self._close_notify_quietly(wait=False)
         self._master.close()
+
+    def io_abort(self) -> None:
+        """No close_notify, and the master aborts: the peer's read fails as truncated."""
+        self._end_handshake()
+        self._master.abort()

@@ -744,6 +744,21 @@ class QIOChannelWebsock(QIOChannel):
             self._rx.clear()
             self.master.close()
 
+    def io_abort(self) -> None:
+        """Send close code 1011 if it goes out without waiting, then abort the master."""
+        try:
+            if self._hs_done:
+                self._send_close(CloseCode.INTERNAL_ERROR, "aborted")
+                self.master.set_blocking(False)
+                self.master.set_delay(False)  # out now: a TCP reset drops what Nagle holds
+                self._outbox.flush(wait=False)
+        except ChannelError as exc:
+            log.debug("websocket %s: abort close frame not sent: %s", self.role, exc)
+        finally:
+            self._outbox.clear()
+            self._rx.clear()
+            self.master.abort()
+
     def _send_close(self, code: int, reason: str) -> None:
         with self._proto_lock:
             if self._protocol.state is not OPEN:
