@@ -132,12 +132,16 @@ class _Side(asyncio.BufferedProtocol):
         if self.tap is not None and self._buffer is not None:
             self.tap.release(self._buffer)
             self._buffer = None
+        cut = not self.input_ended and exc is not None
         if not self.input_ended:
             self.input_ended = True
             self.splice.input_ended(self, exc)
-        # nothing the other side sends can be delivered any more: flush and close it
         peer = self._peer_transport()
-        if not peer.is_closing():
+        if cut and not self.splice.ending_cleanly:
+            # what the other side was getting from us stops short: it must not look complete
+            _abort_transport(peer)
+        elif not peer.is_closing():
+            # nothing the other side sends can be delivered any more: flush and close it
             peer.close()
         self.splice.side_lost()
 
@@ -145,14 +149,12 @@ class _Side(asyncio.BufferedProtocol):
 def _abort_transport(transport: ChannelTransport) -> None:
     """End ``transport`` so its peer cannot take it for a clean end of stream.
 
-    The channel's ``abort()`` (an RST, no TLS close_notify, websocket close
-    1011) is used where the channel has one; otherwise the transport closes
-    at once, dropping what it buffered.
+    The channel's ``abort()`` resets a TCP connection, ends TLS without
+    close_notify, sends websocket close 1011; the transport then drops what
+    it buffered.
     """
-    abort = getattr(transport.channel, "abort", None)
-    if callable(abort):
-        with contextlib.suppress(ChannelError, OSError):
-            abort()
+    with contextlib.suppress(ChannelError, OSError):
+        transport.channel.abort()
     transport.abort()
 
 
@@ -217,6 +219,11 @@ class Splice:
             self._first_end_clean = exc is None
         if exc is not None and self._first_error is None:
             self._first_error = (side, exc)
+
+    @property
+    def ending_cleanly(self) -> bool:
+        """True when the first end of stream was clean (a later reset is then a normal close)."""
+        return bool(self._first_end_clean)
 
     def side_lost(self) -> None:
         """A side's channel is closed; the splice is over once both are."""

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -161,17 +162,33 @@ def test_max_active_keeps_new_clients_in_the_backlog() -> None:
     _run(main)
 
 
-def test_shutdown_aborts_what_outlives_the_drain() -> None:
+@pytest.mark.parametrize("kind", ["tcp", "tls"])
+def test_shutdown_aborts_what_outlives_the_drain(kind: str, tls_creds_dir: Path) -> None:
+    creds = tls_creds_dir
+    client_tls: ssl.SSLContext | None = None
+    options: dict[str, Any] = {}
+    if kind == "tls":
+        client_tls = ssl.create_default_context(cafile=str(creds / "ca-cert.pem"))
+        client_tls.load_cert_chain(creds / "client-cert.pem", creds / "client-key.pem")
+        options["source_layers"] = [f"tls:creds={creds}"]
+
     async def main() -> None:
-        async with _echo_gateway() as (gateway, hook, _echo):
-            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.source_address.port)
+        async with _echo_gateway(**options) as (gateway, hook, _echo):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                gateway.source_address.port,
+                ssl=client_tls,
+                server_hostname="localhost" if client_tls else None,
+            )
             writer.write(b"x")
             assert await reader.readexactly(1) == b"x"
             assert not await gateway.shutdown(drain_timeout=0.2)
             (info,) = await hook.wait(1)
             assert info.outcome == "aborted" and "drain" in info.error
             assert gateway.failures == [info]
-            assert await reader.read() == b""  # the gateway let go of the client
+            # aborted: a reset (no TLS close_notify), never a clean end of stream
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
             writer.close()
 
     _run(main)
@@ -436,5 +453,29 @@ def test_a_client_still_handshaking_at_shutdown_is_rejected_not_failed() -> None
             silent.close()
         (info,) = hook.ended
         assert info.outcome == "rejected" and not gateway.failures
+
+    _run(main)
+
+
+def test_a_destination_reset_is_passed_on_as_a_reset() -> None:
+    async def main() -> None:
+        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(10)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        target = f"tcp:127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        hook = Ended()
+        async with server, Gateway("tcp:127.0.0.1:0", target, on_connection=hook) as gateway:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.source_address.port)
+            writer.write(b"0123456789")
+            # a clean close would read b"": the cut must show as one
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+            writer.close()
+            (info,) = await hook.wait(1)
+        assert info.outcome == "failed" and "reset" in info.error.lower(), info.error
 
     _run(main)
