@@ -132,7 +132,13 @@ class ConnectionInfo:
         return self.outcome is not None
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the fields as a JSON-ready dict (what ``qiochan relay --json`` prints)."""
+        """Return the fields as a JSON-ready dict (``qiochan relay --json`` prints it).
+
+        Keys: ``id``, ``peer``, ``target``, ``token``, ``started``,
+        ``bytes_src_to_dst``, ``bytes_dst_to_src``, ``seconds`` (the
+        duration), ``outcome`` and ``error`` (None when ok), as the other
+        commands' ``--json`` records name them.
+        """
         return {
             "id": self.id,
             "peer": self.peer,
@@ -141,9 +147,9 @@ class ConnectionInfo:
             "started": self.started,
             "bytes_src_to_dst": self.forward,
             "bytes_dst_to_src": self.backward,
-            "duration": self.duration,
+            "seconds": None if self.duration is None else round(self.duration, 6),
             "outcome": self.outcome,
-            "error": self.error,
+            "error": self.error or None,
         }
 
     def _count_forward(self, n: int) -> None:

@@ -60,7 +60,7 @@ class _Report:
         if not info.ended:
             return
         if self.as_json:
-            print(json.dumps(info.as_dict()), flush=True)
+            print(json.dumps({"command": "relay", **info.as_dict()}), flush=True)
         what = f"#{info.id} {info.peer or '?'}"
         if info.outcome == "rejected":
             say(f"{what} rejected after {info.duration:.2f} s: {info.error}")

@@ -277,7 +277,8 @@ def test_serving_relay_prints_json_per_connection_and_stops_on_sigterm(
     objects = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o["id"] for o in objects] == [1, 2, 3]
     assert [o["bytes_src_to_dst"] for o in objects] == [len(p) for p in payloads]
-    assert {o["outcome"] for o in objects} == {"ok"}
+    assert {(o["command"], o["outcome"], o["error"]) for o in objects} == {("relay", "ok", None)}
+    assert all(o["seconds"] >= 0 for o in objects)
     assert all(o["target"] == echo and o["peer"].startswith("tcp:127.0.0.1:") for o in objects)
 
 
