@@ -343,3 +343,32 @@ def test_once_drops_a_silent_client_after_the_handshake_timeout(
         result = relay.finish()
     assert result.returncode == 0, result.stderr
     assert "#2 " in result.stderr and "relay done" in result.stderr
+
+
+def test_hundred_concurrent_clients_through_serving_tcp_ws_tcp_relays(
+    env: dict[str, str],
+) -> None:
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _thread = _echo_server()
+    echo = f"tcp:127.0.0.1:{server.getsockname()[1]}"
+    payloads = [_pattern(64 * 1024 + n, b"%d" % n) for n in range(100)]
+    with (
+        server,
+        background("relay", "ws://127.0.0.1:0/hop", echo, env=env) as exit_,
+    ):
+        hop = exit_.listening("source")
+        with background("relay", "tcp:127.0.0.1:0", hop, env=env) as entry:
+            address = entry.listening("source")
+            with ThreadPoolExecutor(max_workers=100) as pool:
+                echoed = list(pool.map(lambda data: _echo_once(address, data), payloads))
+            assert echoed == payloads
+            for relay in (entry, exit_):
+                relay.expect(r"#100 ")  # every connection's line, the last one included
+                relay.proc.send_signal(signal.SIGTERM)
+            results = [relay.finish(timeout=20) for relay in (entry, exit_)]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert "100 connections" in result.stderr
+        assert result.stderr.count(": ok in ") == 100
