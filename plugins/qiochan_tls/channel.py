@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from qiochan.channel import Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
+from qiochan.channel import QIOChannel, ReadFlag, Shutdown, Steps, WriteFlag
 from qiochan.errors import ChannelError, TLSHandshakeError
-from qiochan.task import QIOTask
-from qiochan.watch import ChildWatchSource, Condition, Watch, WatchSource, resolve_context
+from qiochan.layer import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, QIOChannelLayer
+from qiochan.watch import Condition
 
 from .authz import Authz
 from .creds import TLSCredsX509
@@ -24,9 +24,6 @@ from .dn import format_dn
 from .session import TLSSession
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Generator
-
     from cryptography import x509
 
 __all__ = ["QIOChannelTLS"]
@@ -34,13 +31,17 @@ __all__ = ["QIOChannelTLS"]
 log = logging.getLogger("qiochan.tls")
 
 
-class QIOChannelTLS(QIOChannel):
+class QIOChannelTLS(QIOChannelLayer):
     """A TLS client or server session over ``master``; make one with :meth:`new_server`
-    or :meth:`new_client`, then call :meth:`handshake`.
+    or :meth:`new_client`, then call :meth:`handshake` (or ``ahandshake()``).
 
     The channel owns ``master``: closing it closes the master.  Its blocking mode
-    is the master's.  It has ``SHUTDOWN`` when the master has.
+    is the master's.  It has ``SHUTDOWN`` when the master has.  The handshake
+    is :class:`~qiochan.layer.QIOChannelLayer`'s, bounded by
+    ``handshake_timeout``; it fails with :class:`~qiochan.TLSHandshakeError`.
     """
+
+    handshake_error = TLSHandshakeError
 
     def __init__(
         self,
@@ -51,10 +52,9 @@ class QIOChannelTLS(QIOChannel):
         hostname: str | None = None,
         authz: Authz | None = None,
         allow_unclean_eof: bool = False,
+        handshake_timeout: float | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(master, QIOChannel):
-            raise TypeError(f"master must be a QIOChannel, not {type(master).__name__}")
+        super().__init__(master, handshake_timeout=handshake_timeout)
         if not isinstance(creds, TLSCredsX509):
             raise TypeError(f"creds must be TLSCredsX509, not {type(creds).__name__}")
         wanted = "server" if server else "client"
@@ -66,7 +66,6 @@ class QIOChannelTLS(QIOChannel):
             raise TypeError(f"authz must have is_allowed(identity), got {type(authz).__name__}")
         if authz is not None and not creds.verify_peer:
             raise ValueError("authz needs verify_peer=True: without it clients send no certificate")
-        self._master = master
         self._creds = creds
         self._server = server
         self._hostname = hostname
@@ -74,17 +73,11 @@ class QIOChannelTLS(QIOChannel):
         self._allow_unclean_eof = bool(allow_unclean_eof)
         self._read_shut = False
         self._peer_cert: x509.Certificate | None = None
-        self._handshaking = False
-        self._handshake_ok = False
-        self._handshake_watch: Watch | None = None
-        self._handshake_task: QIOTask | None = None
         label = "TLS server" if server else f"TLS client for {hostname!r}"
         context = creds.ssl_context(check_hostname=hostname is not None)
         self._session = TLSSession(
             master, context, server_side=server, hostname=hostname, label=label
         )
-        if master.has_feature(Feature.SHUTDOWN):
-            self.set_feature(Feature.SHUTDOWN)
         self.name = f"{'tls-server' if server else 'tls-client'}({master.name or ''})"
 
     @classmethod
@@ -95,6 +88,7 @@ class QIOChannelTLS(QIOChannel):
         authz: Authz | None = None,
         *,
         allow_unclean_eof: bool = False,
+        handshake_timeout: float | None = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
     ) -> QIOChannelTLS:
         """Return the server end of a session over ``master`` (handshake not started).
 
@@ -103,10 +97,18 @@ class QIOChannelTLS(QIOChannel):
                 certificate issued by the CA.
             authz: checked with the client's DN (:meth:`peer_dn`) after the handshake.
             allow_unclean_eof: a bare end of the transport reads as EOF.
+            handshake_timeout: seconds the handshake may take (None: no limit).
         Raises:
             ValueError: client credentials, or ``authz`` without ``verify_peer``.
         """
-        return cls(master, creds, server=True, authz=authz, allow_unclean_eof=allow_unclean_eof)
+        return cls(
+            master,
+            creds,
+            server=True,
+            authz=authz,
+            allow_unclean_eof=allow_unclean_eof,
+            handshake_timeout=handshake_timeout,
+        )
 
     @classmethod
     def new_client(
@@ -116,6 +118,7 @@ class QIOChannelTLS(QIOChannel):
         hostname: str | None,
         *,
         allow_unclean_eof: bool = False,
+        handshake_timeout: float | None = None,
     ) -> QIOChannelTLS:
         """Return the client end of a session over ``master`` (handshake not started).
 
@@ -125,19 +128,20 @@ class QIOChannelTLS(QIOChannel):
                 against the certificate's subjectAltNames (its CN only when it has
                 none).  None skips the name check (the chain is still verified).
             allow_unclean_eof: a bare end of the transport reads as EOF.
+            handshake_timeout: seconds the handshake may take (None: no limit).
         Raises:
             ValueError: server credentials.
         """
         return cls(
-            master, creds, server=False, hostname=hostname, allow_unclean_eof=allow_unclean_eof
+            master,
+            creds,
+            server=False,
+            hostname=hostname,
+            allow_unclean_eof=allow_unclean_eof,
+            handshake_timeout=handshake_timeout,
         )
 
     # -- properties --------------------------------------------------------------
-
-    @property
-    def master(self) -> QIOChannel:
-        """The channel carrying the ciphertext."""
-        return self._master
 
     @property
     def creds(self) -> TLSCredsX509:
@@ -156,8 +160,8 @@ class QIOChannelTLS(QIOChannel):
 
     @property
     def handshake_complete(self) -> bool:
-        """True once :meth:`handshake` succeeded."""
-        return self._handshake_ok
+        """True once :meth:`handshake` succeeded (the same as ``handshake_done``)."""
+        return self.handshake_done
 
     def version(self) -> str | None:
         """The negotiated protocol version (``"TLSv1.3"``), None before the handshake."""
@@ -169,25 +173,17 @@ class QIOChannelTLS(QIOChannel):
 
     # -- handshake -----------------------------------------------------------------
 
-    def _handshake_steps(self) -> Generator[Condition, None, None]:
-        if self._handshaking:
-            raise ChannelError("A TLS handshake is already in progress", errno.EINVAL)
-        self._check_open()
-        self._handshaking = True
-        log.debug("%s: handshake start", self._session.label)
+    def handshake_label(self) -> str:
+        return self._session.label
+
+    def handshake_steps(self) -> Steps[None]:
+        """The TLS handshake and, on a server, the authorization check (see the base class)."""
         try:
             yield from self._session.handshake_steps()
             self._authorize()
-            self._handshake_ok = True
-        except TLSHandshakeError:
-            raise
-        except ChannelError as exc:
+        except BaseException:
             self._session.failed = True
-            raise TLSHandshakeError(
-                f"{self._session.label}: handshake failed: {exc}", exc.errno
-            ) from exc
-        finally:
-            self._handshaking = False
+            raise
         log.debug(
             "%s: handshake complete (%s, %s)",
             self._session.label,
@@ -212,95 +208,7 @@ class QIOChannelTLS(QIOChannel):
             )
         log.debug("TLS client %r authorized", dn)
 
-    def handshake(
-        self,
-        complete: Callable[..., object] | None = None,
-        *data: Any,
-        context: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        """Perform the TLS handshake (and, on a server, the authorization check).
-
-        With ``complete`` None it blocks until done (whatever the blocking mode).
-        Otherwise it returns at once: the channel switches to non-blocking mode,
-        the handshake advances through watches on ``context`` (see
-        :func:`qiochan.watch.resolve_context`), the previous mode is restored, and
-        ``complete(task, *data)`` runs there with a :class:`~qiochan.QIOTask`
-        whose ``error`` is None on success.
-
-        Raises:
-            TLSHandshakeError: (blocking form) the handshake or authorization failed.
-        """
-        if complete is None:
-            if self.handshake_complete:
-                return
-            steps = self._handshake_steps()
-            for condition in steps:
-                self._master.wait(condition)
-            return
-        self._handshake_async(QIOTask(self, complete, *data), context)
-
-    def _handshake_async(self, task: QIOTask, context: asyncio.AbstractEventLoop | None) -> None:
-        loop = resolve_context(context, self.aio_context)
-        was_blocking = self._blocking
-        steps = self._handshake_steps()
-
-        def finish(error: BaseException | None) -> None:
-            self._handshake_watch = None
-            self._handshake_task = None
-            if was_blocking and not self._closed:
-                try:
-                    self.set_blocking(True)
-                except ChannelError as exc:
-                    error = error or exc
-            if error is not None:
-                task.set_error(error)
-            task.complete()
-
-        def advance(*_args: object) -> bool:
-            self._handshake_watch = None
-            if self._closed:
-                finish(ChannelError("TLS channel closed during the handshake", errno.EBADF))
-                return False
-            try:
-                condition = next(steps)
-            except StopIteration:
-                finish(None)
-            except Exception as exc:  # the task carries it to complete()
-                finish(exc)
-            else:
-                self._handshake_watch = self._master.add_watch_source(
-                    condition, advance, context=loop
-                )
-            return False
-
-        if self.handshake_complete:
-            loop.call_soon_threadsafe(finish, None)
-            return
-        if was_blocking:
-            self.set_blocking(False)
-        self._handshake_task = task
-        loop.call_soon_threadsafe(advance)
-
-    async def ahandshake(self) -> None:
-        """Perform the handshake on the running loop, in non-blocking mode (like the async twins).
-
-        Raises:
-            TLSHandshakeError: the handshake or authorization failed.
-        """
-        if self.handshake_complete:
-            return
-        if self._blocking:
-            self.set_blocking(False)
-        for condition in self._handshake_steps():
-            await self._master.yield_(condition)
-
     # -- the peer ------------------------------------------------------------------
-
-    def _require_handshake(self) -> None:
-        if not self.handshake_complete:
-            raise ChannelError(
-                "The TLS handshake is not complete: call handshake() first", errno.EINVAL
-            )
 
     def peer_certificate(self) -> x509.Certificate | None:
         """Return the peer's certificate (a :mod:`cryptography` object), None if it sent none.
@@ -360,23 +268,8 @@ class QIOChannelTLS(QIOChannel):
         self._require_handshake()
         return self._session.write_from(iov, self._blocking)
 
-    def _pending(self) -> Condition:
+    def io_pending(self) -> Condition:
         return Condition.IN if self._session.readable_now() else Condition(0)
-
-    def io_create_watch(self, condition: Condition) -> WatchSource:
-        return ChildWatchSource(self._master, condition, pending=self._pending)
-
-    def io_set_blocking(self, enabled: bool) -> None:
-        self._master.set_blocking(enabled)
-
-    def io_set_delay(self, enabled: bool) -> None:
-        self._master.set_delay(enabled)
-
-    def io_set_cork(self, enabled: bool) -> None:
-        self._master.set_cork(enabled)
-
-    def io_peerpid(self) -> int:
-        return self._master.peerpid()
 
     def io_shutdown(self, how: Shutdown) -> None:
         """Shut down a direction; WRITE first sends close_notify.
@@ -389,24 +282,16 @@ class QIOChannelTLS(QIOChannel):
             self._read_shut = True
         if how & Shutdown.WRITE:
             self._close_notify_quietly(wait=how == Shutdown.WRITE and self._blocking)
-        self._master.shutdown(how)
+        self.master.shutdown(how)
 
     def _close_notify_quietly(self, wait: bool) -> None:
-        if self._master.closed:
+        if self.master.closed:
             return
         try:
             self._session.send_close_notify(wait=wait)
         except ChannelError as exc:
             log.debug("%s: close_notify not sent: %s", self._session.label, exc)
 
-    def io_close(self) -> None:
-        watch, self._handshake_watch = self._handshake_watch, None
-        if watch is not None:
-            watch.remove()
-        task, self._handshake_task = self._handshake_task, None
-        if task is not None and not task.completed:
-            task.set_error(ChannelError("TLS channel closed during the handshake", errno.EBADF))
-            task.complete()
-        if not self._session.close_notify_sent:
+    def io_close_layer(self) -> None:
+        if self.handshake_done and not self._session.close_notify_sent:
             self._close_notify_quietly(wait=False)
-        self._master.close()

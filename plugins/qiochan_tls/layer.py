@@ -1,8 +1,10 @@
 """The ``tls`` layer of :func:`qiochan.connect`/:func:`qiochan.listen`.
 
 Spec: ``tls:creds=DIR[,hostname=H][,verify-peer=on|off][,priority=...]
-[,authz=GLOB][,allow-unclean-eof=on|off][,sanity-check=on|off]``; the role
-(client or server) picks the endpoint's files in ``DIR``.
+[,authz=GLOB][,allow-unclean-eof=on|off][,sanity-check=on|off]
+[,handshake-timeout=SECONDS]``; the role (client or server) picks the
+endpoint's files in ``DIR``.  ``handshake-timeout`` bounds the handshake
+(a server's default is 10 s, a client's none: ``connect(timeout=)`` bounds it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from qiochan.channel import QIOChannel
 from qiochan.errors import AddressError
+from qiochan.layer import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, parse_seconds
 from qiochan.options import parse_bool
 
 from .authz import Authz, AuthzList
@@ -34,6 +37,7 @@ OPTIONS = (
     "authz",
     "allow_unclean_eof",
     "sanity_check",
+    "handshake_timeout",
 )
 _CACHE_SIZE = 16
 _cache: OrderedDict[tuple[Any, ...], TLSCredsX509] = OrderedDict()
@@ -112,17 +116,19 @@ def _creds(value: Any, role: Endpoint, options: dict[str, Any]) -> TLSCredsX509:
 
 
 def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
-    """Wrap ``channel`` in TLS for ``role`` and complete the handshake.
+    """Wrap ``channel`` in TLS for ``role``; the handshake is left to the caller.
 
-    A client without ``hostname=`` verifies the server against the host of the
-    channel's ``remote_address`` (a TCP peer's address), if it has one.
+    :func:`qiochan.layer.apply_layers` (behind ``connect``/``listen``) runs it,
+    sync or async, under its deadline.  A client without ``hostname=``
+    verifies the server against the host of the channel's ``remote_address``
+    (a TCP peer's address), if it has one.
 
     Returns:
-        The TLS channel, handshake done (the caller owns it).
+        The TLS channel, handshake not run (the caller owns it).
     Raises:
         AddressError: an unknown or malformed option, or a client that verifies
             its peer with no hostname to check.
-        TLSError: bad credentials.  TLSHandshakeError: the handshake failed.
+        TLSError: bad credentials.
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -132,10 +138,16 @@ def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
     unclean = parse_bool(options.get("allow_unclean_eof", False), "allow_unclean_eof", _CONTEXT)
     hostname = options.get("hostname") or None
     authz = _authz(options.get("authz"))
+    default = DEFAULT_SERVER_HANDSHAKE_TIMEOUT if role == "server" else None
+    timeout = parse_seconds(
+        options.get("handshake_timeout", default), "handshake-timeout", _CONTEXT
+    )
     if role == "server":
         if hostname is not None:
             raise AddressError(f"{_CONTEXT}: hostname= applies to a client only")
-        tls = QIOChannelTLS.new_server(channel, creds, authz, allow_unclean_eof=unclean)
+        return QIOChannelTLS.new_server(
+            channel, creds, authz, allow_unclean_eof=unclean, handshake_timeout=timeout
+        )
     else:
         if authz is not None:
             raise AddressError(f"{_CONTEXT}: authz= applies to a server only")
@@ -146,10 +158,6 @@ def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
                     f"{_CONTEXT}: hostname= is needed to verify the server "
                     "(the channel has no remote host to use)"
                 )
-        tls = QIOChannelTLS.new_client(channel, creds, hostname, allow_unclean_eof=unclean)
-    try:
-        tls.handshake()
-    except BaseException:
-        tls.close()
-        raise
-    return tls
+    return QIOChannelTLS.new_client(
+        channel, creds, hostname, allow_unclean_eof=unclean, handshake_timeout=timeout
+    )

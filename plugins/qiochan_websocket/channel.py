@@ -23,7 +23,6 @@ A reader and a writer may run in two threads at once.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import threading
@@ -38,13 +37,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
+from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, Steps, WriteFlag
 from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
-from qiochan.task import QIOTask, TaskFunc
-from qiochan.watch import ChildWatchSource, Condition, WatchSource, resolve_context
+from qiochan.iov import ByteQueue
+from qiochan.layer import QIOChannelLayer
+from qiochan.watch import ChildWatchSource, Condition, WatchSource
 
-from . import handshake, steps
-from .buffers import ByteQueue, Outbox
+from . import handshake
+from .buffers import Outbox
 from .handshake import Origins
 
 __all__ = [
@@ -116,11 +116,13 @@ def _payloads(iov: list[memoryview], frame_size: int, budget: int) -> Iterator[A
         yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-class QIOChannelWebsock(QIOChannel):
+class QIOChannelWebsock(QIOChannelLayer):
     """A websocket session over ``master``, as a byte-stream channel.
 
     Make one with :meth:`new_server` or :meth:`new_client`, then run
-    :meth:`handshake` (or :meth:`ahandshake`) before any I/O.  Closing it
+    :meth:`handshake` (or :meth:`ahandshake`) before any I/O: the handshake
+    driver is :class:`~qiochan.layer.QIOChannelLayer`'s, bounded by
+    ``handshake_timeout`` (a server answers 408 when it passes).  Closing it
     closes the master.
 
     Attributes:
@@ -145,16 +147,13 @@ class QIOChannelWebsock(QIOChannel):
         max_request: int = DEFAULT_MAX_REQUEST,
     ) -> None:
         """Use :meth:`new_server` or :meth:`new_client`."""
-        super().__init__()
-        if not isinstance(master, QIOChannel):
-            raise TypeError(f"master must be a QIOChannel, not {type(master).__name__}")
-        if frame_size <= 0:
-            raise ValueError(f"frame_size must be > 0, got {frame_size}")
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        super().__init__(master, handshake_timeout=timeout)
+        if frame_size <= 0:
+            raise ValueError(f"frame_size must be > 0, got {frame_size}")
         if max_request <= 0:
             raise ValueError(f"max_request must be > 0, got {max_request}")
-        self.master = master
         self.role: Role = role
         self.subprotocol: str | None = None
         self.origin: str | None = None
@@ -163,7 +162,6 @@ class QIOChannelWebsock(QIOChannel):
         self._protocol = protocol
         self._host = host
         self._frame_size = frame_size
-        self._timeout = timeout
         self._max_request = max_request
         self._proto_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -172,8 +170,7 @@ class QIOChannelWebsock(QIOChannel):
         self._outbox = Outbox(master)
         # payload bytes already framed by a non-blocking write that returned ERR_BLOCK
         self._unacked = 0
-        # session state
-        self._handshaking = False
+        # session state (the handshake's outcome as the protocol saw it)
         self._hs_done = False
         self._hs_error: WebsocketHandshakeError | None = None
         self._hs_fed = 0
@@ -291,92 +288,37 @@ class QIOChannelWebsock(QIOChannel):
 
     # -- handshake --------------------------------------------------------------
 
-    @property
-    def handshake_done(self) -> bool:
-        """True once the opening handshake succeeded."""
-        return self._hs_done
+    handshake_error = WebsocketHandshakeError
 
-    def handshake(
-        self,
-        complete: TaskFunc | None = None,
-        *data: Any,
-        context: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        """Run the opening handshake.
+    def handshake_label(self) -> str:
+        return f"websocket {self.role}"
 
-        Without ``complete`` it blocks until done.  With it, it returns at once
-        and the handshake runs with watches on ``context`` (default: the
-        attached aio context, else the running loop); ``complete(task, *data)``
-        then runs on that loop with a :class:`~qiochan.QIOTask` whose
-        ``error`` is None or the :class:`~qiochan.WebsocketHandshakeError`.
+    def handshake_steps(self) -> Steps[None]:
+        """The opening handshake: one pump reading the master into the protocol.
 
-        Raises:
-            WebsocketHandshakeError: (blocking form) the peer refused or broke
-                the upgrade, timed out, or the master failed; a server has sent
-                its 4xx answer by then.
-            ChannelError: the channel is closed.
+        A server answers a refused or malformed request (4xx) and a stalled
+        one (408, when the deadline passes) before failing.
         """
-        self._check_open()
-        if complete is None:
-            steps.run_blocking(self.master, self._handshake_steps(), self._timeout)
-            return
-        loop = resolve_context(context, self.aio_context)
-        task = QIOTask(self, complete, *data)
-
-        def finish(error: BaseException | None) -> None:
-            if error is not None:
-                task.set_error(error)
-            task.complete()
-
-        steps.run_on_loop(self.master, self._handshake_steps(), loop, self._timeout, finish)
-
-    async def ahandshake(self) -> None:
-        """Run the opening handshake on the running loop without blocking it.
-
-        Raises:
-            WebsocketHandshakeError: as :meth:`handshake`.
-        """
-        self._check_open()
-        await steps.run_async(self.master, self._handshake_steps(), self._timeout)
-
-    def _handshake_steps(self) -> steps.Steps:
-        if self._hs_done:
-            return
         if self._hs_error is not None:
             raise _fresh(self._hs_error)
-        if self._handshaking:
-            raise ChannelError("Websocket handshake is already running", errno.EALREADY)
-        log.debug("websocket %s handshake start on %r", self.role, self.master)
-        self._handshaking = True
-        master = self.master
-        master.set_blocking(False)
-        try:
-            if isinstance(self._protocol, ClientProtocol):
-                self._send_request(self._protocol)
-            while True:
-                try:
-                    if self._outbox.pending and not self._outbox.flush(wait=False):
-                        yield Condition.OUT
-                        continue
-                    if self._hs_done or self._hs_error is not None:
-                        break
-                    if self._handshake_receive() == ERR_BLOCK:
-                        yield Condition.IN
-                except TimeoutError:
-                    self._handshake_timed_out()
+        if isinstance(self._protocol, ClientProtocol):
+            self._send_request(self._protocol)
+        while True:
+            try:
+                if self._outbox.pending and not self._outbox.flush(wait=False):
+                    yield Condition.OUT
+                    continue
+                if self._hs_done or self._hs_error is not None:
                     break
-                except ChannelError as exc:
-                    self._hs_error = _as_handshake_error(exc)
-                    break
-        except GeneratorExit:
-            self._hs_error = WebsocketHandshakeError("Websocket handshake was cancelled")
-            raise
-        finally:
-            self._handshaking = False
-            if not master.closed:
-                master.set_blocking(self._blocking)
+                if self._handshake_receive() == ERR_BLOCK:
+                    yield Condition.IN
+            except TimeoutError:
+                self._handshake_timed_out()
+                break
+            except ChannelError as exc:
+                self._hs_error = _as_handshake_error(exc)
+                break
         if self._hs_error is not None:
-            log.info("websocket %s handshake failed: %s", self.role, self._hs_error)
             self._outbox.clear()
             raise _fresh(self._hs_error)
         log.debug("websocket %s handshake complete (subprotocol %s)", self.role, self.subprotocol)
@@ -487,7 +429,7 @@ class QIOChannelWebsock(QIOChannel):
     def _handshake_timed_out(self) -> None:
         protocol = self._protocol
         if self._hs_error is None:
-            why = f"the upgrade did not complete within {self._timeout} s"
+            why = f"the upgrade did not complete within {self.handshake_timeout} s"
             if isinstance(protocol, ServerProtocol) and not protocol.eof_sent:
                 self._server_refuses(protocol, 408, why)
             else:
@@ -503,11 +445,7 @@ class QIOChannelWebsock(QIOChannel):
 
     def _require_session(self) -> None:
         if not self._hs_done:
-            if self._hs_error is not None:
-                raise _fresh(self._hs_error)
-            raise ChannelError(
-                "Websocket handshake has not completed: call handshake() first", errno.EINVAL
-            )
+            self._require_handshake()
 
     # -- receiving ------------------------------------------------------------------
 
@@ -726,7 +664,7 @@ class QIOChannelWebsock(QIOChannel):
             self._close_code, self._close_reason = code, reason
         super().close()
 
-    def io_close(self) -> None:
+    def io_close_layer(self) -> None:
         try:
             if self._hs_done:
                 self._send_close(self._close_code, self._close_reason)
@@ -736,7 +674,6 @@ class QIOChannelWebsock(QIOChannel):
         finally:
             self._outbox.clear()
             self._rx.clear()
-            self.master.close()
 
     def _send_close(self, code: int, reason: str) -> None:
         with self._proto_lock:
@@ -792,23 +729,13 @@ class QIOChannelWebsock(QIOChannel):
         )
 
     def io_set_blocking(self, enabled: bool) -> None:
-        if not self._handshaking:
-            self.master.set_blocking(enabled)
+        super().io_set_blocking(enabled)
         self._blocking = enabled
         if enabled and self._hs_done and self._outbox.pending:
             try:
                 self._flush_blocking()
             except ChannelError as exc:
                 self._write_error = self._write_error or exc
-
-    def io_set_cork(self, enabled: bool) -> None:
-        self.master.set_cork(enabled)
-
-    def io_set_delay(self, enabled: bool) -> None:
-        self.master.set_delay(enabled)
-
-    def io_peerpid(self) -> int:
-        return self.master.peerpid()
 
 
 def _truncated(failure: Exception | None) -> bool:
