@@ -56,7 +56,9 @@ class Backend:
         connect: ``connect(address, **options) -> QIOChannel``.
         listen: ``listen(address, **options) -> Listener``.
         open: ``open(address, mode, **options) -> QIOChannel``.
-        wrap: ``wrap(channel, role, **options) -> QIOChannel`` with the handshake done.
+        wrap: ``wrap(channel, role, **options) -> QIOChannel``; a
+            :class:`~qiochan.layer.QIOChannelLayer` may come back with its handshake
+            not run: the caller runs it under its deadline (sync or async).
         parse: ``parse(text) -> address`` for schemes :mod:`qiochan.address` does not know.
         own_layers: connect/listen take ``layers=`` and apply them themselves
             (``wss://`` puts TLS under the websocket).
