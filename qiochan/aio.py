@@ -15,8 +15,10 @@ chain::
 The channel is put in non-blocking mode and driven by its own watches on the
 running loop (asyncio or uvloop), so the loop never blocks on it; data a layer
 already holds (decrypted TLS records, decoded websocket frames) is delivered at
-once.  What may block -- connecting, accepting, layer handshakes, closing a
-command pipe -- runs in a worker thread.
+once.  Layer handshakes run on the loop too, in non-blocking mode and under a
+deadline, so a stalled peer never holds anyone else up; what may still block
+-- a transport's connect (name resolution), closing a command pipe -- runs in
+the loop's executor.
 
 * :class:`ChannelTransport` is an :class:`asyncio.Transport` over a channel:
   flow control (``pause_reading``/``resume_reading``, write-buffer limits that
@@ -27,6 +29,8 @@ command pipe -- runs in a worker thread.
 * :func:`create_connection` / :func:`open_connection` connect to an address.
 * :func:`create_server` / :func:`start_server` listen on one and return a
   :class:`ChannelServer`.
+* :func:`alisten` / :class:`LayerAcceptor` and :func:`aconnect` give layered
+  channels (handshakes done) on a loop, for gateways.
 """
 
 from __future__ import annotations
