@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_SERVER_HANDSHAKE_TIMEOUT",
     "HandshakeState",
     "QIOChannelLayer",
+    "Role",
     "aapply_layers",
     "acomplete_handshakes",
     "apply_layers",
@@ -60,6 +61,7 @@ __all__ = [
 
 log = logging.getLogger("qiochan.layer")
 
+#: Which end of a connection a layer serves.
 Role = Literal["client", "server"]
 
 #: Seconds a server-side handshake may take unless ``handshake-timeout=`` says otherwise.

@@ -12,13 +12,13 @@ import errno
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from . import _hooks
 from .channel import QIOChannel
 from .config import lookup_transport
 from .errors import ChannelError, HandshakeError
-from .layer import apply_layers, deadline_after
+from .layer import Role, apply_layers, deadline_after
 from .layer import layer_specs as _layer_specs
 from .options import LayerSpec, parse_layer
 from .registry import resolve_address
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.transport")
-
-Role = Literal["client", "server"]
 
 
 @runtime_checkable
