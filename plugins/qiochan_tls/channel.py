@@ -30,6 +30,9 @@ __all__ = ["QIOChannelTLS"]
 
 log = logging.getLogger("qiochan.tls")
 
+#: Seconds close() waits for a full master to take the close_notify (blocking mode only).
+CLOSE_LINGER = 5.0
+
 
 class QIOChannelTLS(QIOChannelLayer):
     """A TLS client or server session over ``master``; make one with :meth:`new_server`
@@ -284,14 +287,15 @@ class QIOChannelTLS(QIOChannelLayer):
             self._close_notify_quietly(wait=how == Shutdown.WRITE and self._blocking)
         self.master.shutdown(how)
 
-    def _close_notify_quietly(self, wait: bool) -> None:
+    def _close_notify_quietly(self, wait: bool, linger: float = 0.0) -> None:
         if self.master.closed:
             return
         try:
-            self._session.send_close_notify(wait=wait)
+            self._session.send_close_notify(wait=wait, linger=linger)
         except ChannelError as exc:
             log.debug("%s: close_notify not sent: %s", self._session.label, exc)
 
     def io_close_layer(self) -> None:
         if self.handshake_done and not self._session.close_notify_sent:
-            self._close_notify_quietly(wait=False)
+            # a blocking channel lingers a little for a full master, as a socket does
+            self._close_notify_quietly(wait=False, linger=CLOSE_LINGER if self._blocking else 0.0)

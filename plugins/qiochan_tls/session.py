@@ -20,6 +20,7 @@ import errno
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Generator
 
 from qiochan.channel import ERR_BLOCK, QIOChannel
@@ -362,12 +363,13 @@ class TLSSession:
 
     # -- ending -------------------------------------------------------------------
 
-    def send_close_notify(self, wait: bool) -> bool:
+    def send_close_notify(self, wait: bool, linger: float = 0.0) -> bool:
         """Queue close_notify (once) and send it with whatever ciphertext is still queued.
 
         Args:
             wait: block until it is sent.  When False, give up at once if another
-                thread is writing or the master is not writable right now.
+                thread is writing, or when the master is not writable within
+                ``linger`` seconds.
         Returns:
             True when close_notify was sent.
         Raises:
@@ -382,7 +384,7 @@ class TLSSession:
                 self._queue_close_notify()
             if wait:
                 return self._flush(blocking=True)
-            return self._flush_if_writable()
+            return self._flush_if_writable(time.monotonic() + linger)
         finally:
             self._send_lock.release()
 
@@ -418,10 +420,10 @@ class TLSSession:
         with self._ssl_lock:
             return self._send_off < len(self._send_buf) or self._outgoing.pending > 0
 
-    def _flush_if_writable(self) -> bool:
+    def _flush_if_writable(self, deadline: float) -> bool:
         while self._queued():
             try:
-                self.master.wait(Condition.OUT, timeout=0)
+                self.master.wait(Condition.OUT, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 return False
             if self._flush(blocking=False):

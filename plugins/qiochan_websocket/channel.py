@@ -13,8 +13,11 @@ contract, as QEMU's ``io/channel-websock.c`` does for VNC, in both roles:
 * a ping is answered while reading; a peer's close frame is EOF (an error
   when its code is not a normal one), and so is the master's EOF at a frame
   boundary;
-* :meth:`QIOChannelWebsock.close` sends a close frame with a status code;
-  ``shutdown(WRITE)`` sends it and keeps reading;
+* :meth:`QIOChannelWebsock.close` sends a close frame with a status code
+  (it does not wait for the peer's, as QEMU never blocks on a peer); there is no
+  ``SHUTDOWN`` feature: a close frame ends both directions (RFC 6455 section
+  5.5.1), so the protocol offers no half-close (:meth:`~QIOChannelWebsock.send_close`
+  starts the close handshake and keeps reading);
 * ``max_size`` bounds a received message: beyond it the connection is
   closed with 1009 and reads raise :class:`~qiochan.WebsocketError`.
 
@@ -37,7 +40,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, Steps, WriteFlag
+from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Steps, WriteFlag
 from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
 from qiochan.iov import ByteQueue
 from qiochan.layer import QIOChannelLayer
@@ -176,14 +179,15 @@ class QIOChannelWebsock(QIOChannelLayer):
         self._hs_fed = 0
         self._hs_head = bytearray()  # the first bytes the peer sent, for error messages
         self._eof = False
-        self._read_shut = False
         self._read_error: ChannelError | None = None
         self._write_error: ChannelError | None = None
         self._close_code: int = CloseCode.NORMAL_CLOSURE
         self._close_reason = ""
         #: the close frame the peer sent, once received
         self.peer_close: Close | None = None
-        self.set_feature(Feature.SHUTDOWN)
+        # no SHUTDOWN: a close frame ends both directions (RFC 6455 5.5.1), so the
+        # protocol has no half-close to offer, whatever the master can do
+        self._features.discard(Feature.SHUTDOWN)
         self.set_name(f"websocket-{role}")
 
     # -- construction ------------------------------------------------------------
@@ -459,7 +463,7 @@ class QIOChannelWebsock(QIOChannelLayer):
                     return self._rx.copy_into(iov), []
                 if self._read_error is not None:
                     raise _fresh(self._read_error)
-                if self._eof or self._read_shut:
+                if self._eof:
                     return 0, []
                 if self._outbox.pending:
                     self._flush_quietly()
@@ -664,11 +668,30 @@ class QIOChannelWebsock(QIOChannelLayer):
             self._close_code, self._close_reason = code, reason
         super().close()
 
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the close handshake: send a close frame now and keep reading.
+
+        Reads go on until the peer's answering close frame, which ends the
+        stream (EOF); writes fail with ``EPIPE`` from now on.  (A websocket has
+        no half-close: the peer stops sending once it sees the close frame.)
+
+        Raises:
+            ChannelError: the handshake is not done, or the master failed.
+        """
+        self._check_open()
+        self._require_session()
+        self._send_close(code, reason)
+        self._write_error = self._write_error or ChannelError(
+            "Unable to write to websocket: the close handshake has started", errno.EPIPE
+        )
+        self._flush_quietly()
+
     def io_close_layer(self) -> None:
         try:
             if self._hs_done:
                 self._send_close(self._close_code, self._close_reason)
-                self._flush_before_close()
+                deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+                self._flush_before_close(deadline)
         except ChannelError as exc:
             log.debug("websocket %s: close handshake not sent: %s", self.role, exc)
         finally:
@@ -683,11 +706,10 @@ class QIOChannelWebsock(QIOChannelLayer):
             self._outbox.push(self._protocol.data_to_send())
         log.debug("websocket %s: close frame sent (%d)", self.role, code)
 
-    def _flush_before_close(self) -> None:
+    def _flush_before_close(self, deadline: float) -> None:
         outbox = self._outbox
         if not outbox.pending:
             return
-        deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
         self.master.set_blocking(False)
         while not outbox.flush(wait=True):
             try:
@@ -700,20 +722,11 @@ class QIOChannelWebsock(QIOChannelLayer):
                 )
                 return
 
-    def io_shutdown(self, how: Shutdown) -> None:
-        if how & Shutdown.READ:
-            self._read_shut = True
-            if self.master.has_feature(Feature.SHUTDOWN):
-                self.master.shutdown(Shutdown.READ)
-        if how & Shutdown.WRITE and self._hs_done:
-            self._send_close(CloseCode.NORMAL_CLOSURE, "")
-            self._flush_quietly()
-
     # -- the rest of the contract ------------------------------------------------------
 
     def _ready_now(self) -> Condition:
         ready = Condition(0)
-        if self._rx or self._eof or self._read_error is not None or self._read_shut:
+        if self._rx or self._eof or self._read_error is not None:
             ready |= Condition.IN
         if self._write_error is not None:
             ready |= Condition.OUT
