@@ -203,7 +203,7 @@ class QIOChannelLayer(QIOChannel):
     def _failed(self, error: HandshakeError) -> HandshakeError:
         self._handshake_state = HandshakeState.FAILED
         self._handshake_failure = error
-        log.info("%s: handshake failed: %s", self.handshake_label(), error.message)
+        log.debug("%s: handshake failed: %s", self.handshake_label(), error.message)
         return error
 
     def _as_failure(self, exc: ChannelError) -> HandshakeError:

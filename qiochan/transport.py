@@ -152,9 +152,6 @@ class LayeredListener:
             assert self._loop is not None
             try:
                 channel = self._loop.run_until_complete(acceptor.accept())
-            except HandshakeError as exc:
-                log.info("client handshake failed on %s: %s", self.address, exc)
-                raise
             finally:
                 if self._closed or acceptor.idle:
                     self._shut_loop()  # no fds or loop kept while no client is in progress

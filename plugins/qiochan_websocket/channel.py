@@ -356,7 +356,7 @@ class QIOChannelWebsock(QIOChannelLayer):
             events = protocol.events_received()
             out = protocol.data_to_send()
         if isinstance(protocol, ServerProtocol):
-            self._server_progress(protocol, events, out)
+            self._server_progress(protocol, events, out, client_left=n == 0)
         else:
             self._client_progress(protocol, events, out)
         if n == 0 and not (self._hs_done or self._hs_error):
@@ -366,7 +366,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         return n
 
     def _server_progress(
-        self, protocol: ServerProtocol, events: list[Any], out: list[bytes]
+        self, protocol: ServerProtocol, events: list[Any], out: list[bytes], client_left: bool
     ) -> None:
         request = events[0] if events and isinstance(events[0], Request) else None
         if request is not None:
@@ -384,8 +384,8 @@ class QIOChannelWebsock(QIOChannelLayer):
                 self._refused(response, why)
         elif protocol.handshake_exc is not None:
             # websockets could not parse the request: answer it our way, then close
-            why = handshake.server_failure(protocol)
-            status = handshake.unparsable_request_status(protocol)
+            why = handshake.server_failure(protocol, client_left)
+            status = handshake.unparsable_request_status(protocol, client_left)
             if status is None:
                 self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
                 self._outbox.push(out)
