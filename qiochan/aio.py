@@ -147,6 +147,10 @@ class ChannelTransport(asyncio.Transport):
     ``"peername"``/``"sockname"`` are ``(host, port)`` for inet sockets, the
     address object for others; ``"pid"`` is a command pipe's child pid.
 
+    A ``Protocol``'s ``data_received`` gets a :class:`bytearray` it owns
+    (read into once, never reused), not :class:`bytes`: one copy less per
+    read.
+
     Args:
         channel: the connected channel.
         protocol: the protocol that receives the data (``Protocol`` or
@@ -172,7 +176,6 @@ class ChannelTransport(asyncio.Transport):
         self._channel = channel
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._read_buffer = bytearray(_READ_CHUNK)
         self._buffer: collections.deque[memoryview] = collections.deque()
         self._buffer_size = 0
         self._written = 0
@@ -249,14 +252,18 @@ class ChannelTransport(asyncio.Transport):
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
-        self._stop_reading()
+        if self._read_watch is not None:
+            self._read_watch.pause()
 
     def resume_reading(self) -> None:
         """Deliver data again after :meth:`pause_reading`."""
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
-        self._start_reading()
+        if self._read_watch is not None:
+            self._read_watch.resume()
+        else:
+            self._start_reading()
 
     def _start_reading(self) -> None:
         if (
@@ -293,9 +300,13 @@ class ChannelTransport(asyncio.Transport):
             if n > 0:
                 protocol.buffer_updated(n)
             return n
-        n = self._channel.read(self._read_buffer)
+        # a fresh buffer per read, handed over to the protocol: one copy (the
+        # channel's into it), as a socket's recv() does
+        data = bytearray(_READ_CHUNK)
+        n = self._channel.read(data)
         if n > 0:
-            data = bytes(memoryview(self._read_buffer)[:n])
+            if n < _READ_CHUNK:
+                del data[n:]
             self._protocol.data_received(data)  # type: ignore[attr-defined]
         return n
 
@@ -318,7 +329,9 @@ class ChannelTransport(asyncio.Transport):
                 self._on_eof()
                 return False
             if self._read_watch is not watch:
-                return False  # paused or closed by the protocol
+                return False  # closed by the protocol
+            if self._reading_paused:
+                return True  # the watch is paused until resume_reading()
         return True
 
     def _on_eof(self) -> None:
@@ -548,10 +561,7 @@ class ChannelTransport(asyncio.Transport):
             log.debug("%r: closing the channel failed: %s", self, close_error)
             if exc is None:
                 exc = close_error
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._read_buffer = bytearray()
+        self._protocol.connection_lost(exc)
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
