@@ -10,6 +10,9 @@
     exec:SHELL-COMMAND
     ws://HOST:PORT/PATH     wss://HOST:PORT/PATH
 
+A scheme a plugin adds without a parser of its own reaches that plugin as a
+:class:`SchemeAddress` (its scheme and the full text, which ``str()`` gives).
+
 A comma inside a path is written ``,,`` as on QEMU's command line.  Every
 address type is a frozen dataclass with a ``scheme`` attribute (the name the
 registry finds its backend by) and ``str(address)`` gives the canonical text,
@@ -25,14 +28,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import AddressError
-from .options import parse_bool, parse_int, parse_options, split_options
+from .options import is_decimal, parse_bool, parse_int, parse_options, split_options
 
 __all__ = [
+    "SCHEMES",
     "Address",
     "ExecAddress",
     "FdAddress",
     "FileAddress",
     "InetAddress",
+    "SchemeAddress",
     "UnixAddress",
     "VsockAddress",
     "WebsocketURL",
@@ -57,6 +62,19 @@ def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# never part of a host name or IP address, and each would not read back
+_NOT_IN_HOST = frozenset(",[]/")
+
+
+def _check_host(host: object, context: str) -> None:
+    """Reject a host that is not a string or holds a character no host has."""
+    if not isinstance(host, str):
+        raise AddressError(f"{context}: host must be a string, not {type(host).__name__}")
+    for char in host:
+        if char in _NOT_IN_HOST or char.isspace() or not char.isprintable():
+            raise AddressError(f"{context}: host {host!r} contains {char!r}")
+
+
 @dataclass(frozen=True)
 class InetAddress:
     """A TCP (or UDP, for datagram channels) endpoint.
@@ -77,6 +95,7 @@ class InetAddress:
     scheme: ClassVar[str] = "tcp"
 
     def __post_init__(self) -> None:
+        _check_host(self.host, "tcp address")
         if not isinstance(self.port, int) or not 0 <= self.port <= _MAX_PORT:
             raise AddressError(f"tcp address: port {self.port!r} is out of range 0..{_MAX_PORT}")
         if self.ipv4 is False and self.ipv6 is False:
@@ -177,6 +196,9 @@ class WebsocketURL:
     path: str = "/"
 
     def __post_init__(self) -> None:
+        _check_host(self.host, "websocket URL")
+        if not self.host:
+            raise AddressError("websocket URL: empty host")
         if not isinstance(self.port, int) or not 0 <= self.port <= _MAX_PORT:
             raise AddressError(f"websocket URL: port {self.port!r} is out of range 0..{_MAX_PORT}")
         if not self.path.startswith("/"):
@@ -194,6 +216,31 @@ class WebsocketURL:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{_format_host(self.host)}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True)
+class SchemeAddress:
+    """An address of a scheme :mod:`qiochan.address` does not know, kept as text.
+
+    What a plugin's ``connect``/``listen``/``open`` receive for its own scheme
+    when its :class:`~qiochan.plugin.Backend` has no ``parse``: a plugin adds
+    a scheme without writing a parser.
+
+    Attributes:
+        scheme: the scheme, lower case (``"loop"`` for ``"loop:abc"``).
+        text: the whole address as given; ``str()`` returns it.
+    """
+
+    scheme: str
+    text: str
+
+    @property
+    def rest(self) -> str:
+        """The text after the scheme's colon (``"abc"`` for ``"loop:abc"``)."""
+        return self.text.partition(":")[2]
+
+    def __str__(self) -> str:
+        return self.text
 
 
 #: Any address object :func:`parse_address` returns.
@@ -238,12 +285,11 @@ def _split_host_port(text: str, context: str) -> tuple[str, str]:
 def _port(text: str, context: str) -> int:
     if not text:
         raise AddressError(f"{context}: empty port")
-    if not text.isdigit():
+    if not is_decimal(text):
         raise AddressError(f"{context}: port {text!r} is not a number")
-    port = int(text)
-    if port > _MAX_PORT:
-        raise AddressError(f"{context}: port {port} is out of range 0..{_MAX_PORT}")
-    return port
+    if len(text.lstrip("0")) > len(str(_MAX_PORT)) or int(text) > _MAX_PORT:
+        raise AddressError(f"{context}: port {text} is out of range 0..{_MAX_PORT}")
+    return int(text)
 
 
 def _options(parts: list[str], allowed: tuple[str, ...], context: str) -> dict[str, str]:
@@ -355,6 +401,22 @@ _PARSERS: dict[str, Any] = {
     "exec": _parse_exec,
 }
 
+#: The schemes :func:`parse_address` knows.
+SCHEMES = frozenset([*_PARSERS, "ws", "wss"])
+
+
+def _scheme_of(text: str) -> str:
+    """Return the lower-case scheme of ``text``.
+
+    Raises:
+        AddressError: no ``SCHEME:`` prefix.
+    """
+    scheme, sep, _rest = text.partition(":")
+    scheme = scheme.strip().lower()
+    if not sep or not scheme:
+        raise AddressError(f"Address {text!r} has no scheme (e.g. 'tcp:HOST:PORT')")
+    return scheme
+
 
 def parse_address(text: str) -> Address:
     """Parse an address string.
@@ -369,15 +431,13 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise TypeError(f"address must be a string, not {type(text).__name__}")
-    scheme, sep, rest = text.partition(":")
-    scheme = scheme.strip().lower()
-    if not sep or not scheme:
-        raise AddressError(f"Address {text!r} has no scheme (e.g. 'tcp:HOST:PORT')")
+    scheme = _scheme_of(text)
+    rest = text.partition(":")[2]
     if scheme in ("ws", "wss"):
         return _parse_websocket(scheme, rest)
     parser = _PARSERS.get(scheme)
     if parser is None:
-        known = ", ".join([*_PARSERS, "ws", "wss"])
+        known = ", ".join(sorted(SCHEMES))
         raise AddressError(f"Address {text!r}: unknown scheme {scheme!r} (known: {known})")
     result: Address = parser(rest)
     return result

@@ -50,7 +50,7 @@ from typing import Any, Self, TypeVar
 from . import _hooks
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from .errors import ChannelError, HandshakeError, unsupported
+from .errors import ChannelError, Error, HandshakeError, unsupported
 from .layer import aapply_layers, acomplete_handshakes, deadline_after, layer_specs
 from .watch import Condition, Watch
 
@@ -617,9 +617,8 @@ async def aconnect(
     specs = layer_specs(layers)
     if backend.own_layers:
         # the backend builds its layer chain; the handshakes are ours to run
-        raw = await _in_thread(
-            functools.partial(func, parsed, layers=specs, handshake=False, **options)
-        )
+        options.update(layers=specs, handshake=False)
+        raw = await _in_thread(functools.partial(func, parsed, **options))
         try:
             await acomplete_handshakes(raw, deadline)
         except BaseException:
@@ -700,7 +699,11 @@ async def create_connection(
     Returns:
         ``(transport, protocol)``.
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await aconnect(address, layers=layers, timeout=timeout, **options)
     return await connect_channel(channel, protocol_factory)
@@ -721,7 +724,11 @@ async def open_connection(
     configured transport name...) and ``layers`` the layer specs to apply.
 
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     channel = await aconnect(address, layers=layers, timeout=timeout, **options)
     return await channel_streams(channel, limit=limit)
@@ -840,7 +847,7 @@ class LayerAcceptor:
             except HandshakeError as exc:
                 self._loop.call_soon_threadsafe(self._deliver, exc)
                 continue
-            except (ChannelError, OSError, ValueError) as exc:
+            except (Error, OSError, ValueError) as exc:  # a PluginError too: stop
                 if not self._closed:
                     log.warning("%r: accept failed, no more clients: %s", self, exc)
                     self._loop.call_soon_threadsafe(self._deliver, exc)
@@ -1125,7 +1132,10 @@ async def create_server(
     Returns:
         The :class:`ChannelServer`, accepting already unless ``start_serving`` is False.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
     listener = _transport.listen(address, layers=layers, **options)
     server = ChannelServer(
@@ -1153,7 +1163,10 @@ async def start_server(
     Returns:
         The :class:`ChannelServer`.
     Raises:
-        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
 
     def factory() -> asyncio.StreamReaderProtocol:

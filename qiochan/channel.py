@@ -23,19 +23,26 @@ turned into one here.
 
 from __future__ import annotations
 
+import abc
 import errno
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _hooks
-from .errors import ChannelError, closed_error, from_oserror, unsupported
+from .errors import ChannelError, closed_error, from_oserror, unexpected_eof, unsupported
 from .iov import advance
 from .watch import Condition, Watch, WatchFunc, WatchSource
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+elif TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 if TYPE_CHECKING:
     import asyncio
@@ -57,11 +64,21 @@ __all__ = [
 
 log = logging.getLogger("qiochan.channel")
 
+if sys.version_info < (3, 12) and not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        # Buffer (PEP 688) comes from typing_extensions before 3.12: imported on
+        # first use, not by ``import qiochan`` (annotations here are strings)
+        if name == "Buffer":
+            from typing_extensions import Buffer
+
+            globals()["Buffer"] = Buffer
+            return Buffer
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Returned (never raised) by a non-blocking read or write that would block.
 ERR_BLOCK = -2
-
-#: Any object supporting the buffer protocol (bytes, bytearray, memoryview, mmap, array...).
-Buffer = Any
 
 _T = TypeVar("_T")
 #: A step generator: does non-blocking I/O, yields the :class:`Condition` it
@@ -207,7 +224,8 @@ def _views(iov: Iterable[Buffer], writable: bool) -> list[memoryview]:
     if isinstance(iov, (bytes, bytearray, memoryview, str)):
         raise TypeError(f"iov must be a sequence of buffers, not a single {type(iov).__name__}")
     try:
-        items = iter(iov)
+        # Any: the loop tests the exact type itself (cheaper than isinstance narrowing)
+        items: Iterator[Any] = iter(iov)
     except TypeError:
         raise TypeError(f"iov must be a sequence of buffers, not {type(iov).__name__}") from None
     views: list[memoryview] = []
@@ -245,11 +263,13 @@ def read_views(iov: Iterable[Buffer]) -> list[memoryview]:
     return _views(iov, True)
 
 
-class QIOChannel:
+class QIOChannel(abc.ABC):
     """Base class of every channel; backends subclass it and implement the ``io_*`` methods.
 
-    A channel starts in blocking mode.  Closing is idempotent; every other
-    operation on a closed channel raises :class:`ChannelError` (``EBADF``).
+    The five mandatory ``io_*`` methods are abstract: a subclass missing one
+    cannot be instantiated (``TypeError`` naming it).  A channel starts in
+    blocking mode.  Closing is idempotent; every other operation on a closed
+    channel raises :class:`~qiochan.errors.ChannelClosedError` (``EBADF``).
     """
 
     def __init__(self) -> None:
@@ -473,9 +493,7 @@ class QIOChannel:
                         return False, []
                     if done and relaxed:
                         return True, fds
-                    raise ChannelError(
-                        "Unexpected end-of-file before all data were read", errno.EPIPE
-                    )
+                    raise unexpected_eof()
                 done += n
                 if done < wanted:
                     views = advance(views, n)
@@ -568,7 +586,7 @@ class QIOChannel:
         """
         ok, fds = self.readv_full_all_eof(iov)
         if not ok:
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
         return fds
 
     def readv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
@@ -582,7 +600,7 @@ class QIOChannel:
             ChannelError: EOF before all data were read, or a read error.
         """
         if not self.readv_all_eof(iov):
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
 
     def read_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Fill ``buf``; return False at EOF before any byte."""
@@ -625,7 +643,7 @@ class QIOChannel:
         """Async :meth:`readv_full_all`."""
         ok, fds = await self.areadv_full_all_eof(iov)
         if not ok:
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
         return fds
 
     async def areadv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
@@ -637,7 +655,7 @@ class QIOChannel:
     async def areadv_all(self, iov: Iterable[Buffer]) -> None:
         """Async :meth:`readv_all`."""
         if not await self.areadv_all_eof(iov):
-            raise ChannelError("Unexpected end-of-file before all data were read", errno.EPIPE)
+            raise unexpected_eof()
 
     async def aread_all_eof(self, buf: Buffer, flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Async :meth:`read_all_eof`."""
@@ -876,15 +894,15 @@ class QIOChannel:
 
     # -- the backend contract ---------------------------------------------------
 
+    @abc.abstractmethod
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
         """Backend: read into ``iov``; return ``(n, fds)``: bytes, 0 at EOF, or ERR_BLOCK."""
-        raise NotImplementedError(f"{type(self).__name__} must implement io_readv")
 
+    @abc.abstractmethod
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
         """Backend: write ``iov`` (with ``fds``); return bytes written or ERR_BLOCK."""
-        raise NotImplementedError(f"{type(self).__name__} must implement io_writev")
 
     def io_write_fd(self) -> int:
         """Backend (optional): the fd a plain write may bypass ``io_writev`` through, or -1.
@@ -900,17 +918,17 @@ class QIOChannel:
         """
         return -1
 
+    @abc.abstractmethod
     def io_close(self) -> None:
         """Backend: release the OS objects."""
-        raise NotImplementedError(f"{type(self).__name__} must implement io_close")
 
+    @abc.abstractmethod
     def io_create_watch(self, condition: Condition) -> WatchSource:
         """Backend: return the :class:`WatchSource` for ``condition``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement io_create_watch")
 
+    @abc.abstractmethod
     def io_set_blocking(self, enabled: bool) -> None:
         """Backend: switch the OS object's blocking mode."""
-        raise NotImplementedError(f"{type(self).__name__} must implement io_set_blocking")
 
     def io_shutdown(self, how: Shutdown) -> None:
         """Backend (optional): shut down a direction; thread-safe, never blocking."""
@@ -918,9 +936,11 @@ class QIOChannel:
 
     def io_set_cork(self, enabled: bool) -> None:
         """Backend (optional): cork hint; the default ignores it."""
+        return
 
     def io_set_delay(self, enabled: bool) -> None:
         """Backend (optional): delay hint; the default ignores it."""
+        return
 
     def io_seek(self, offset: int, whence: int) -> int:
         """Backend (optional): seek; return the new position."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import AddressError, ConfigError
+from .errors import AddressError, ConfigError, PluginError
 from .options import LayerSpec, parse_layer
 from .registry import backends, resolve_address
 
@@ -157,7 +157,10 @@ def _parse_layer(value: Any, path: Path | None, key: str) -> Any:
             for option, item in value.items()
             if option != "name"
         }
-        return LayerSpec(name.strip().lower(), options)
+        try:
+            return LayerSpec(name.strip().lower(), options)
+        except AddressError as exc:
+            raise ConfigError(path, key, str(exc)) from None
     raise ConfigError(
         path, key, f"a layer must be a spec string or a table, not {_toml_type(value)}"
     )
@@ -178,7 +181,7 @@ def _check_address(address: str, path: Path | None, key: str) -> None:
         resolve_address(address)
     except AddressError as exc:
         raise ConfigError(path, key, str(exc)) from None
-    except OSError:
+    except PluginError:
         pass  # a known scheme whose backend is unavailable here: reported when used
 
 

@@ -32,11 +32,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .channel import QIOChannel, Shutdown, Steps, arun_steps, run_steps
 from .errors import ChannelError, HandshakeError
 from .options import LayerSpec, parse_layer
+from .plugin import Role
 from .registry import find_backend
 from .task import QIOTask
 from .watch import ChildWatchSource, Condition, WatchSource, resolve_context, running_loop
@@ -61,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger("qiochan.layer")
 
-#: Which end of a connection a layer serves.
-Role = Literal["client", "server"]
 
 #: Seconds a server-side handshake may take unless ``handshake-timeout=`` says otherwise.
 DEFAULT_SERVER_HANDSHAKE_TIMEOUT = 10.0

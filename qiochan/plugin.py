@@ -14,22 +14,39 @@ A plugin is a module (or any object) with functions decorated by
     def qiochan_backends():
         return [Backend(name="mytransport", schemes=("my",), connect=...)]
 
+The callables a :class:`Backend` carries are typed by the protocols below
+(:class:`ConnectFunc`, :class:`ListenFunc`, :class:`OpenFunc`,
+:class:`WrapFunc`, :class:`ParseFunc`).  They fix the positional arguments;
+each backend adds its own keyword options (``timeout=``, ``backlog=``...),
+which the caller passes through as given.
+
 The hooks themselves are specified in :mod:`qiochan.hookspecs`; discovery is
 :mod:`qiochan.registry`'s job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 import pluggy
 
-from .channel import Feature
+from .channel import Feature, QIOChannel
 from .errors import PluginError
 
-__all__ = ["PROJECT", "Backend", "hookimpl", "hookspec"]
+__all__ = [
+    "PROJECT",
+    "Backend",
+    "ConnectFunc",
+    "ListenFunc",
+    "Listener",
+    "OpenFunc",
+    "ParseFunc",
+    "Role",
+    "WrapFunc",
+    "hookimpl",
+    "hookspec",
+]
 
 #: The pluggy project name every qiochan hook is marked with.
 PROJECT = "qiochan"
@@ -39,6 +56,75 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 _KINDS = ("transport", "layer")
+
+#: The side a layer takes: ``"client"`` for :func:`qiochan.connect`, ``"server"`` for listen.
+Role = Literal["client", "server"]
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """What a backend's ``listen`` (and :func:`qiochan.listen`) returns: accepts until closed."""
+
+    @property
+    def address(self) -> Any:
+        """The address actually listened on (with the real port for port 0)."""
+
+    def accept(self) -> QIOChannel:
+        """Block until a peer connects; return its channel (handshakes done)."""
+
+    def close(self) -> None:
+        """Stop listening; idempotent."""
+
+
+class ConnectFunc(Protocol):
+    """``connect(address, **options)``: return a connected, blocking channel.
+
+    ``address`` is what the backend's ``parse`` returned (the built-in
+    address object, or the :class:`~qiochan.address.SchemeAddress` when the
+    backend has no parser).  A backend with ``own_layers`` also receives
+    ``layers=``, and from :mod:`qiochan.aio` ``handshake=False``: then it
+    returns the chain with the layers built but no handshake run (the caller
+    runs them on its loop, :func:`qiochan.layer.acomplete_handshakes`).
+    """
+
+    def __call__(self, address: Any, /) -> QIOChannel: ...
+
+
+class ListenFunc(Protocol):
+    """``listen(address, **options)``: return a :class:`Listener`."""
+
+    def __call__(self, address: Any, /) -> Listener: ...
+
+
+class OpenFunc(Protocol):
+    """``open(address, mode, **options)``: return a channel opened for ``mode``.
+
+    ``mode`` is ``"r"``, ``"w"`` or ``"rw"``.
+    """
+
+    def __call__(self, address: Any, mode: str, /) -> QIOChannel: ...
+
+
+class WrapFunc(Protocol):
+    """``wrap(channel, role, **options)``: return the layer's channel over ``channel``.
+
+    The handshake is complete when it returns; on failure the caller closes
+    ``channel``.
+    """
+
+    def __call__(self, channel: QIOChannel, role: Role, /) -> QIOChannel: ...
+
+
+class ParseFunc(Protocol):
+    """``parse(text)``: return the address object for the full address text.
+
+    Raises :class:`~qiochan.errors.AddressError` naming the bad part.
+    """
+
+    def __call__(self, text: str, /) -> Any: ...
+
+
+Operation = Literal["connect", "listen", "open", "wrap"]
 
 
 @dataclass
@@ -59,7 +145,9 @@ class Backend:
         wrap: ``wrap(channel, role, **options) -> QIOChannel``; a
             :class:`~qiochan.layer.QIOChannelLayer` may come back with its handshake
             not run: the caller runs it under its deadline (sync or async).
-        parse: ``parse(text) -> address`` for schemes :mod:`qiochan.address` does not know.
+        parse: ``parse(text) -> address`` for its schemes; without one the
+            callables receive a :class:`~qiochan.address.SchemeAddress` (the
+            built-in schemes use :func:`qiochan.address.parse_address`).
         own_layers: connect/listen take ``layers=`` and apply them themselves
             (``wss://`` puts TLS under the websocket).
         description: one line for ``qiochan backends``.
@@ -72,11 +160,11 @@ class Backend:
     features: frozenset[Feature] = frozenset()
     available: bool = True
     missing: str = ""
-    connect: Callable[..., Any] | None = None
-    listen: Callable[..., Any] | None = None
-    open: Callable[..., Any] | None = None
-    wrap: Callable[..., Any] | None = None
-    parse: Callable[[str], Any] | None = None
+    connect: ConnectFunc | None = None
+    listen: ListenFunc | None = None
+    open: OpenFunc | None = None
+    wrap: WrapFunc | None = None
+    parse: ParseFunc | None = None
     own_layers: bool = False
     description: str = ""
     plugin: str = field(default="", compare=False)
@@ -99,7 +187,16 @@ class Backend:
                     f"Backend {self.name!r}: {attr} must be callable, got {type(value).__name__}"
                 )
 
-    def require(self, operation: str) -> Callable[..., Any]:
+    @overload
+    def require(self, operation: Literal["connect"]) -> ConnectFunc: ...
+    @overload
+    def require(self, operation: Literal["listen"]) -> ListenFunc: ...
+    @overload
+    def require(self, operation: Literal["open"]) -> OpenFunc: ...
+    @overload
+    def require(self, operation: Literal["wrap"]) -> WrapFunc: ...
+
+    def require(self, operation: Operation) -> ConnectFunc | ListenFunc | OpenFunc | WrapFunc:
         """Return the callable for ``operation`` (``"connect"``, ``"wrap"``...).
 
         Raises:
@@ -107,7 +204,7 @@ class Backend:
         """
         if not self.available:
             raise PluginError(f"Backend {self.name!r} is unavailable: {self.missing}")
-        func: Callable[..., Any] | None = getattr(self, operation, None)
+        func: ConnectFunc | ListenFunc | OpenFunc | WrapFunc | None = getattr(self, operation, None)
         if func is None:
             raise PluginError(f"Backend {self.name!r} does not support {operation}")
         return func

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pluggy
 
 from . import _hooks, hookspecs
-from .address import parse_address
+from .address import SCHEMES, SchemeAddress, parse_address
 from .errors import AddressError, PluginError
 from .plugin import Backend
 
@@ -30,6 +30,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "backends",
+    "check_hooks",
     "find_backend",
     "plugin_manager",
     "reload_plugins",
@@ -71,6 +72,46 @@ def _selected_entry_points() -> Iterable[metadata.EntryPoint]:
     return selected
 
 
+def _unknown_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Return the names of the hooks ``plugin`` implements that no hookspec declares."""
+    return sorted(
+        name
+        for name, caller in vars(manager.hook).items()
+        if not name.startswith("_")
+        and not caller.has_spec()
+        and any(impl.plugin is plugin for impl in caller.get_hookimpls())
+    )
+
+
+def check_hooks(manager: pluggy.PluginManager) -> None:
+    """Check that every registered plugin implements only hooks qiochan declares.
+
+    Runs pluggy's ``check_pending()``: a misspelled hook (``qiochan_backend``
+    for ``qiochan_backends``) would otherwise register silently and provide
+    nothing.
+
+    Raises:
+        PluginError: naming the plugin, each unknown hook and the closest
+            declared hook name.
+    """
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        import difflib  # only to word this error
+
+        plugin_name = manager.get_name(exc.plugin) or repr(exc.plugin)
+        known = sorted(name for name in vars(hookspecs) if name.startswith("qiochan_"))
+        unknown = _unknown_hooks(manager, exc.plugin)
+        described = []
+        for hook in unknown:
+            close = difflib.get_close_matches(hook, known, n=1)
+            described.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PluginError(
+            f"plugin {plugin_name!r} implements unknown hook {', '.join(described)}; "
+            f"qiochan's hooks are {', '.join(known)}"
+        ) from exc
+
+
 def _load_entry_points(manager: pluggy.PluginManager) -> None:
     for entry_point in _selected_entry_points():
         if manager.is_blocked(entry_point.name) or manager.has_plugin(entry_point.name):
@@ -79,6 +120,11 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
         try:
             plugin = entry_point.load()
             manager.register(plugin, name=entry_point.name)
+            try:
+                check_hooks(manager)
+            except PluginError:
+                manager.unregister(name=entry_point.name)
+                raise
         except Exception as exc:
             reason = (
                 f"plugin {entry_point.name!r} ({label}) failed to load: {type(exc).__name__}: {exc}"
@@ -149,14 +195,17 @@ def backends() -> dict[str, Backend]:
     unregistered since the last call.
 
     Raises:
-        PluginError: a plugin's ``qiochan_backends()`` returned something that is
-            not a list of :class:`Backend` (the message names the plugin and hook).
+        PluginError: a plugin registered at runtime implements a hook qiochan does
+            not declare, or a plugin's ``qiochan_backends()`` returned something
+            that is not a list of :class:`Backend` (the message names the plugin
+            and hook).
     """
     manager = plugin_manager()
     global _cache
     key = (id(manager), frozenset(map(id, manager.get_plugins())), len(_failures))
     if _cache is not None and _cache[0] == key:
         return dict(_cache[1])
+    check_hooks(manager)
     result: dict[str, Backend] = {}
     # pluggy returns implementations last-registered first; list in registration order
     for impl in reversed(manager.hook.qiochan_backends.get_hookimpls()):
@@ -207,7 +256,10 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
     """Return the transport backend for ``address`` and the parsed address object.
 
     ``address`` is an address string or an object from :mod:`qiochan.address`
-    (anything with a ``scheme`` attribute).
+    (anything with a ``scheme`` attribute).  A string is parsed by the
+    backend's ``parse`` if it has one, else by :func:`~qiochan.address.parse_address`
+    for a built-in scheme; any other scheme gives a
+    :class:`~qiochan.address.SchemeAddress` carrying the text.
 
     Raises:
         AddressError: the address is malformed or has no scheme.
@@ -224,7 +276,9 @@ def resolve_address(address: Any) -> tuple[Backend, Any]:
         backend = find_backend(scheme)
         if backend.parse is not None:
             return backend, backend.parse(address)
-        return backend, parse_address(address)
+        if scheme in SCHEMES:
+            return backend, parse_address(address)
+        return backend, SchemeAddress(scheme, address)
     object_scheme = getattr(address, "scheme", None)
     if not isinstance(object_scheme, str):
         raise TypeError(

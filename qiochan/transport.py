@@ -12,15 +12,16 @@ import errno
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _hooks
 from .channel import QIOChannel
 from .config import lookup_transport
 from .errors import ChannelError, HandshakeError
-from .layer import Role, apply_layers, deadline_after
+from .layer import apply_layers, deadline_after
 from .layer import layer_specs as _layer_specs
 from .options import LayerSpec, parse_layer
+from .plugin import Listener, Role
 from .registry import resolve_address
 
 if TYPE_CHECKING:
@@ -42,21 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.transport")
-
-
-@runtime_checkable
-class Listener(Protocol):
-    """What :func:`listen` returns: accepts channels until closed."""
-
-    @property
-    def address(self) -> Any:
-        """The address actually listened on (with the real port for port 0)."""
-
-    def accept(self) -> QIOChannel:
-        """Block until a peer connects; return its channel (handshakes done)."""
-
-    def close(self) -> None:
-        """Stop listening; idempotent."""
 
 
 def _configured(
@@ -91,8 +77,11 @@ def connect(
     Returns:
         The outermost channel, blocking, with every handshake done.
     Raises:
-        AddressError, PluginError, ChannelError (refused, unreachable...), HandshakeError,
-        ConfigError (the transports file is invalid).
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: the connection failed (refused, unreachable...).
+        HandshakeError: a layer's handshake failed.
     """
     address, layers, options, configured_timeout = _configured(address, layers, options)
     if timeout is None:
@@ -103,7 +92,8 @@ def connect(
     if timeout is not None:
         options["timeout"] = timeout
     if backend.own_layers:
-        channel: QIOChannel = func(parsed, layers=_layer_specs(layers), **options)
+        options["layers"] = _layer_specs(layers)
+        channel = func(parsed, **options)
     else:
         channel = apply_layers(func(parsed, **options), layers, "client", deadline=deadline)
     _hooks.channel_opened(channel, parsed)
@@ -225,16 +215,23 @@ def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
     Returns:
         A :class:`Listener` (``accept()``, ``close()``, ``address``; a context manager).
     Raises:
-        AddressError, PluginError, ChannelError (address in use...).
+        AddressError: the address or a layer spec is malformed.
+        ConfigError: the transports file is invalid.
+        PluginError: no available backend serves the scheme or a layer.
+        ChannelError: listening failed (address in use...).
     """
     address, layers, options, _timeout = _configured(address, layers, options)
     backend, parsed = resolve_address(address)
     func = backend.require("listen")
     specs = _layer_specs(layers)
     if backend.own_layers:
-        return func(parsed, layers=specs, **options)
+        options["layers"] = specs
+        return func(parsed, **options)
     listener = func(parsed, **options)
-    return LayeredListener(listener, specs) if specs else listener
+    if specs or not hasattr(listener, "__exit__"):
+        # layers to apply, or a plugin's listener that is not a context manager
+        return LayeredListener(listener, specs)
+    return listener
 
 
 def open_channel(address: Any, mode: str = "r", **options: Any) -> QIOChannel:
@@ -243,7 +240,10 @@ def open_channel(address: Any, mode: str = "r", **options: Any) -> QIOChannel:
     Args:
         mode: ``"r"``, ``"w"`` or ``"rw"``.
     Raises:
-        ValueError: a bad mode. AddressError, PluginError, ChannelError.
+        ValueError: a bad mode.
+        AddressError: the address is malformed.
+        PluginError: no available backend opens the scheme.
+        ChannelError: opening failed (no such file...).
     """
     if mode not in ("r", "w", "rw"):
         raise ValueError(f"mode must be 'r', 'w' or 'rw', not {mode!r}")

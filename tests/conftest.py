@@ -9,20 +9,21 @@ from pathlib import Path
 
 import pytest
 
-import qiochan.qemufile._io
-from qiochan import QEMUFile
-from qiochan.qemufile._core import ACCELERATED, python_fast_paths
+from qiochan.qemufile._core import ACCELERATED
 from tests.helpers.fds import open_fds
 
-#: The QEMUFile cores the QEMUFile tests run against: the C one only when it was built.
-QEMUFILE_CORES = ["c", "python"] if ACCELERATED else ["python"]
+#: The QEMUFile core this run tests: QEMUFile is built on one core per process.
+QEMUFILE_CORE = "c" if ACCELERATED else "python"
 
 
 def pytest_report_header() -> str:
-    """Say which QEMUFile cores this run tests."""
+    """Say which QEMUFile core this run tests."""
     if ACCELERATED:
-        return "qiochan QEMUFile cores: C (qiochan.qemufile._speedups) and pure Python"
-    return "qiochan QEMUFile cores: pure Python only (the C speedups are not built)"
+        return (
+            "qiochan QEMUFile core: C (qiochan.qemufile._speedups); "
+            "QIOCHAN_NO_SPEEDUPS=1 runs the pure-Python one"
+        )
+    return "qiochan QEMUFile core: pure Python (QIOCHAN_NO_SPEEDUPS set, or the C one not built)"
 
 
 @pytest.fixture
@@ -46,19 +47,16 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop.close()
 
 
-@pytest.fixture(params=QEMUFILE_CORES)
-def qemufile_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test on each QEMUFile core: ``"c"`` as built, and ``"python"``.
+@pytest.fixture
+def qemufile_core() -> str:
+    """Return the QEMUFile core the test runs on: ``"c"`` or ``"python"``.
 
-    The Python fast paths are installed over the C ones on QEMUFile itself for
-    the test's duration (both cores keep their state in the same attributes).
+    QEMUFile is built on one core per process: the C one when it was built,
+    the pure-Python one with ``QIOCHAN_NO_SPEEDUPS=1`` (CI runs the QEMUFile
+    suite both ways).  ``tests/qemufile/test_core.py`` compares the two cores
+    side by side in one process.
     """
-    core: str = request.param
-    if core == "python":
-        for name, method in python_fast_paths().items():
-            monkeypatch.setattr(QEMUFile, name, method)
-        monkeypatch.setattr(qiochan.qemufile._io, "write_direct", None)
-    return core
+    return QEMUFILE_CORE
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +69,14 @@ def tls_creds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls-creds")
     certs.create_creds_dir(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def qemu() -> str:
+    """The QEMU binary (installed from Debian's package when missing and possible), else skip."""
+    from tests.helpers.qemu import find_qemu
+
+    binary = find_qemu()
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 is not installed and could not be installed")
+    return binary

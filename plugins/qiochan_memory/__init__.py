@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from qiochan.channel import Feature, QIOChannel
 from qiochan.errors import AddressError
+from qiochan.options import parse_int
 from qiochan.plugin import Backend, hookimpl
 
 from .buffer import QIOChannelBuffer, QIOChannelNull
@@ -63,7 +64,7 @@ def open_memory(address: MemoryAddress, mode: str, **options: Any) -> QIOChannel
         if options:
             raise AddressError(f"null: takes no options, got {', '.join(options)}")
         return QIOChannelNull()
-    capacity = int(options.pop("capacity", 0))
+    capacity = parse_int(options.pop("capacity", 0), "capacity", "buffer:")
     if options:
         raise AddressError(f"buffer: unknown options {', '.join(options)}")
     return QIOChannelBuffer(capacity)

@@ -27,6 +27,7 @@ from qiochan.watch import Condition, FdWatchSource, WatchSource
 
 from . import zerocopy
 from .sockaddr import Endpoint, resolve, to_address
+from .unixpath import BoundFile, bound_file, stat_file, unlink_if_same
 
 if TYPE_CHECKING:
     import asyncio
@@ -82,7 +83,7 @@ class QIOChannelSocket(QIOChannel):
         self._sock: socket.socket | None = None
         self.fd = -1
         self._is_tcp = False
-        self._unlink: tuple[str, int] | None = None  # (path, inode) of a socket file we bound
+        self._unlink: BoundFile | None = None  # the socket file to remove on close
         self._zero_copy: zerocopy.ZeroCopyState | None = None
         self.set_feature(Feature.SHUTDOWN)
         self.set_feature(Feature.READ_MSG_PEEK)
@@ -129,6 +130,9 @@ class QIOChannelSocket(QIOChannel):
             self.set_feature(Feature.FD_PASS)
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             self.set_feature(Feature.LISTEN)
+            if sock.family == socket.AF_UNIX and self._unlink is None:
+                # adopted (new_fd, from_socket): its file goes on close, as QEMU does
+                self._unlink = bound_file(sock)
         elif self._is_tcp and zerocopy.enable(sock):
             self._zero_copy = zerocopy.ZeroCopyState()
             self.set_feature(Feature.WRITE_ZERO_COPY)
@@ -300,7 +304,7 @@ class QIOChannelSocket(QIOChannel):
         if sock.family == socket.AF_UNIX and isinstance(sockaddr, str) and sockaddr:
             _remove_stale_socket(sockaddr)
             sock.bind(sockaddr)
-            self._unlink = (sockaddr, os.stat(sockaddr).st_ino)
+            self._unlink = stat_file(sockaddr)
         else:
             sock.bind(sockaddr)
 
@@ -546,14 +550,8 @@ class QIOChannelSocket(QIOChannel):
 
     def _unlink_bound(self) -> None:
         bound, self._unlink = self._unlink, None
-        if bound is None:
-            return
-        path, inode = bound
-        try:
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
-        except OSError:
-            pass  # already gone, or replaced by someone else's socket
+        if bound is not None:
+            unlink_if_same(bound)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -181,7 +181,10 @@ def connect_url(
         handshake: False builds the layer chain without running any handshake
             (:mod:`qiochan.aio` then runs them on its loop).
     Raises:
-        AddressError, PluginError, ChannelError, HandshakeError.
+        AddressError: a malformed URL or layer option.
+        PluginError: the tcp or tls backend is unavailable.
+        ChannelError: the connection failed.
+        HandshakeError: the TLS or websocket handshake failed.
     """
     deadline = deadline_after(timeout)
     url = _url(address)
@@ -194,7 +197,7 @@ def connect_url(
         inner.append(_tls_layer(given or system_ca_options(url.host)))
     inner.append(_websocket_layer(websocket))
     tcp_connect = find_backend("tcp").require("connect")
-    channel: QIOChannel = tcp_connect(url.inet, timeout=timeout, **options)
+    channel: QIOChannel = tcp_connect(url.inet, **{"timeout": timeout, **options})
     if not handshake:
         return apply_layers(channel, [*inner, *rest], "client", handshake=False)
     return apply_layers(channel, [*inner, *rest], "client", deadline=deadline)
@@ -223,7 +226,8 @@ def listen_url(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> W
 
     Raises:
         AddressError: ``wss://`` without a ``tls:creds=DIR`` layer, or a bad layer option.
-        PluginError, ChannelError (address in use...).
+        PluginError: the tcp or tls backend is unavailable.
+        ChannelError: listening failed (address in use...).
     """
     url = _url(address)
     tls, websocket, rest = _split_layers(layers, url)

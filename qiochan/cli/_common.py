@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import threading
@@ -57,7 +58,9 @@ def say(message: str) -> None:
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+# re.ASCII: \d is 0-9 only, not every script's digits
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE | re.ASCII)
+_MAX_SIZE = 1 << 63
 
 
 def parse_size(text: str) -> int:
@@ -71,7 +74,10 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size (e.g. 4096, 512K, 64M, 1G; K/M/G are powers of 1024)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size >= _MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large a size")
+    return int(size)
 
 
 def parse_rate(text: str) -> int:
@@ -148,7 +154,7 @@ class Endpoint:
             CLIError: exit status 2 for a malformed spec, 1 for an unknown or
                 unavailable layer or unusable credentials.
         """
-        from ..errors import AddressError, ChannelError
+        from ..errors import AddressError, ChannelError, PluginError
         from ..options import parse_layer
         from ..registry import find_backend
 
@@ -162,7 +168,7 @@ class Endpoint:
                 find_backend(spec.name, kind="layer")
                 if spec.name == "tls" and spec.options.get("creds"):
                     _check_tls_creds(spec.options, self.role)
-            except ChannelError as exc:
+            except (ChannelError, PluginError) as exc:
                 raise CLIError(f"{what}: {exc}") from None
 
 
@@ -218,14 +224,14 @@ def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
         CLIError: the address, a layer or the peer failed (exit status 2 for a
             malformed address or configuration, 1 otherwise).
     """
-    from ..errors import AddressError, ChannelError, ConfigError
+    from ..errors import AddressError, ChannelError, ConfigError, PluginError
 
     what = f"{endpoint.label} {endpoint.describe()}"
     try:
         return _open_endpoint(endpoint, mode)
     except (AddressError, ConfigError) as exc:
         raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
-    except ChannelError as exc:
+    except (ChannelError, PluginError) as exc:
         raise CLIError(f"{what}: {exc} (0 bytes passed)") from None
 
 
@@ -277,11 +283,15 @@ def plugin_object(kind: Literal["transport", "layer"], scheme: str, attribute: s
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above zero."""
+    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
     try:
+        if not text.isascii():
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value

@@ -8,6 +8,7 @@ Subcommands::
     qiochan send FILE DST                 stream a file to DST
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
     qiochan certs DIR --hostname H        TLS credentials in QEMU's layout
+    qiochan inspect SOURCE                what a QEMU migration stream holds
 
 Every address takes the address syntax (``tcp:HOST:PORT``, ``unix:PATH``,
 ``exec:CMD``, ``file:PATH``, ``ws://``, ``wss://``...) or the name of a
@@ -33,6 +34,7 @@ from ._common import (
     add_layer_argument,
     parse_rate,
     parse_size,
+    positive_float,
 )
 
 __all__ = ["build_parser", "main"]
@@ -216,6 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument(
         "--no-client", action="store_true", help="do not create a client certificate"
     )
+    inspect = add(
+        "inspect",
+        "._inspect",
+        "run_inspect",
+        help="show what a QEMU migration stream holds (file, stdin or live)",
+        description="Walk a QEMU migration stream (savevm format, or a multifd channel) "
+        "and print its sections, RAM blocks and pages, commands and where it ended.  "
+        "SOURCE is a file, '-' (stdin), or an address to listen on so QEMU can migrate "
+        "straight to it.  Exit 0 when the stream is complete, 1 when it is cut off or "
+        "malformed.",
+    )
+    inspect.add_argument("source", metavar="SOURCE", help="file, '-', or address")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.add_argument("--compact", action="store_true", help="with --json: on one line")
+    inspect.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="live source: give up when no peer came or no data arrived for S seconds",
+    )
+    add_layer_argument(inspect)
     return parser
 
 
@@ -251,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 the operation failed, 2 a usage error,
         130 interrupted.
     """
-    from ..errors import AddressError, ChannelError, ConfigError
+    from ..errors import AddressError, ConfigError, Error
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -269,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AddressError, ConfigError) as exc:
         _error(command, str(exc))
         return EXIT_USAGE
-    except (ChannelError, OSError) as exc:
+    except (Error, OSError) as exc:  # I/O and plugin errors, and a file the command opened
         _error(command, str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -88,6 +88,11 @@ class Progress:
                 transient=False,
             )
 
+    @property
+    def enabled(self) -> bool:
+        """True when bars are shown."""
+        return self._progress is not None
+
     def __enter__(self) -> Self:
         if self._progress is not None:
             self._progress.start()

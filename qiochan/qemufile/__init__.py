@@ -2,8 +2,9 @@
 
 The package keeps QEMU's ``migration/qemu-file.c`` apart from the channel
 layer, as QEMU does: :class:`QEMUFile` (``_file``) is assembled from the output,
-input and control mixins, which run on one core of per-value and per-page fast
-paths (``_core``: pure Python, or its C twin ``_speedups`` when it was built).
+input and control mixins, which run on one core holding the buffer, the
+per-value and per-page fast paths and the iovec queue (``_core``: the
+pure-Python reference, or its C twin ``_speedups`` when it was built).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from ._core import IO_BUF_SIZE, MAX_IOV_SIZE
 
 if TYPE_CHECKING:
     from ._core import QEMUFileCore as _Core
-else:  # the C core when it was built, else the Python one
-    from ._core import Core as _Core
+else:  # the core comes last in QEMUFile's bases (see _file.QEMUFile)
+    _Core = object
 
 __all__ = [
     "BE16",
@@ -79,8 +79,8 @@ class QEMUFileBase(_Core):
     """The state of a QEMUFile and the operations every direction shares.
 
     The buffer, positions and iovec queue are the core's (see
-    :class:`~qiochan.qemufile._core.QEMUFileCore`); this class adds the
-    channel, the counters and the error latch.
+    :class:`~qiochan.qemufile._core.QEMUFileCore`, the last base class of
+    QEMUFile); this class adds the channel, the counters and the error latch.
     """
 
     def __init__(self, ioc: QIOChannel, writable: bool) -> None:
@@ -134,14 +134,18 @@ class QEMUFileBase(_Core):
         if self._writable:
             raise ChannelError(f"{what}: QEMUFile is an output stream", errno.EINVAL)
 
-    def _refresh_fast(self) -> None:
-        """Open or close the writers' fast path after a slow-path operation."""
-        if self._error or self._closed or not self._writable:
-            self._fast_end = 0
-        elif self._index > self._seg or len(self._iov) < MAX_IOV_SIZE - 1:
-            self._fast_end = IO_BUF_SIZE
-        else:
-            self._fast_end = 0
+    def _may_write(self, what: str) -> bool:
+        """Check that this is an open output stream; return False once an error is latched.
+
+        Raises:
+            ChannelError: the file is closed or is an input stream.
+        """
+        self._check_writable(what)
+        return not self._error
+
+    def _writer_ok(self) -> bool:
+        """Return True for an open, error-free output stream (the fast path may run)."""
+        return self._writable and not self._closed and not self._error
 
     # -- the error latch -----------------------------------------------------
 
@@ -238,7 +242,7 @@ class QEMUFileBase(_Core):
         """
         self._check_open()
         if self._writable:
-            return self._total + self._iov_bytes + self._index - self._seg
+            return self._total + self._pending()
         return self._total
 
     # -- channel access --------------------------------------------------------

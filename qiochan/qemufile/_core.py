@@ -1,28 +1,34 @@
-"""The state and fast paths of :class:`~qiochan.qemufile.QEMUFile`, in Python.
+"""The state, fast paths and iovec queue of :class:`~qiochan.qemufile.QEMUFile`, in Python.
 
 A migration stream calls a handful of operations once per value or per page:
 ``put_byte``, ``put_be16/32/64``, ``put_buffer``, ``put_buffer_async``,
 ``get_byte``, ``get_be16/32/64`` and ``get_buffer_in_place``.  They live in
-the *core*, the base class of every QEMUFile, which handles only the common
-case (the data fits, the value is in range, the file is open and error-free)
-and hands everything else to a slow path of the same name in
-``_output.py`` / ``_input.py``:
+the *core*, the last base class of every QEMUFile, together with the iovec
+queue a flush sends (QEMU's ``add_to_iovec``/``add_buf_to_iovec``/``qemu_fflush``).
+The value and copy fast paths handle only the common case (the data fits, the
+value is in range, the file is open and error-free) and hand everything else
+to a slow path of the same name in ``_output.py`` / ``_input.py``:
 
 ================================  ===========================
 fast path                         slow path
 ================================  ===========================
 ``put_byte``, ``put_be*``         ``_put_value(width, v)``
 ``put_buffer``                    ``_put_buffer_slow(buf)``
-``put_buffer_async``              ``_put_buffer_async_slow(buf, may_free)``
 ``get_byte``, ``get_be*``         ``_get_value(width)``
 ``get_buffer_in_place``           ``_get_in_place_slow(size)``
 ================================  ===========================
 
-This module is the reference implementation.  ``qiochan/qemufile/_speedups.c`` is its
-twin in C, used when it was built (set ``QIOCHAN_NO_SPEEDUPS=1`` to use this
-one anyway); both keep the state in the same attributes, so the slow paths
-cannot tell them apart, and the test suite runs against both
-(:func:`python_fast_paths`).
+``put_buffer_async`` and the queue (``_put_bytes``, ``_commit``, ``_flush``,
+``_pending``, ``_discard_output``, ``_refresh_fast``) are the core's alone:
+the mixins never see an iovec.  The mixins give the core its checks
+(``_may_write``, ``_writer_ok``) and its channel access (``_send``,
+``_release_pages``).
+
+This module is the reference implementation, the specification.
+``qiochan/qemufile/_speedups.c`` is its twin in C (the queue kept as
+``struct iovec``s over pinned ``Py_buffer``s), used when it was built; set
+``QIOCHAN_NO_SPEEDUPS=1`` to use this one anyway.  The test suite runs once on
+each core, and ``tests/qemufile/test_core.py`` compares the two side by side.
 """
 
 from __future__ import annotations
@@ -32,15 +38,15 @@ import struct
 from collections.abc import Callable
 from typing import Any, cast
 
+from ._pages import byte_view, merge_adjacent
+
 __all__ = [
     "ACCELERATED",
-    "FAST_PATHS",
     "IO_BUF_SIZE",
     "MAX_IOV_SIZE",
+    "Core",
     "QEMUFileCore",
     "load_core",
-    "python_fast_paths",
-    "write_direct",
 ]
 
 #: Size of the internal buffer (QEMU's ``IO_BUF_SIZE``).
@@ -110,19 +116,28 @@ def _value_reader(width: int) -> Callable[[QEMUFileCore], int]:
 class QEMUFileCore:
     """The buffer, positions and iovec queue of a QEMUFile, and its fast paths.
 
-    Attributes (private, shared with the slow paths):
+    This is the reference core: ``_speedups.c`` implements the same methods
+    and the same queue in C.  The queue belongs to the core; the mixins see
+    it only through ``_put_bytes``, ``_commit``, ``_flush``, ``_pending``,
+    ``_discard_output`` and ``_refresh_fast``.
+
+    Attributes (private, shared with the mixins; both cores have them):
         _buf, _view: the 32 KiB internal buffer and a view of it.
         _index: write position (writer) or read position (reader).
         _size: end of the buffered input (reader; always 0 for a writer).
-        _iov: queued views a writer has closed; ``_iov_bytes`` their size.
-        _seg: start of the writer's open buffer segment ``_buf[_seg:_index]``,
-            the last iovec when non-empty.
-        _free: indices in ``_iov`` of ``may_free`` buffers.
-        _reading: True for an open input stream (the C fast paths then refill
+        _total: bytes written to (or read from) the channel.
+        _reading: True for an open input stream (the fast paths then refill
             the buffer themselves, as ``_fill`` does).
         _fast_end: writers take the fast path while ``_index + n < _fast_end``;
             0 when the file is a reader, closed, errored, or the next segment
             would be the last iovec allowed.
+
+    The queue (this core only; the C core keeps it in C):
+        _iov: the iovecs, byte views: slices of ``_buf`` and caller buffers.
+        _iov_bytes: their size.
+        _seg: start of the writer's open buffer segment ``_buf[_seg:_index]``,
+            the next iovec when non-empty.
+        _free: indices in ``_iov`` of ``may_free`` buffers.
     """
 
     def __init__(self) -> None:
@@ -130,6 +145,7 @@ class QEMUFileCore:
         self._view = memoryview(self._buf)
         self._index = 0
         self._size = 0
+        self._total = 0
         self._seg = 0
         self._fast_end = 0
         self._iov: list[memoryview] = []
@@ -137,7 +153,9 @@ class QEMUFileCore:
         self._free: list[int] = []
         self._reading = False
 
-    # -- the slow paths (implemented by the output and input mixins) -------------------
+    # -- what the mixins provide (slow paths, checks, channel access) ----------------
+
+    _error: int
 
     def _put_value(self, width: int, v: Any) -> None:
         raise NotImplementedError
@@ -145,10 +163,19 @@ class QEMUFileCore:
     def _put_buffer_slow(self, buf: Any) -> None:
         raise NotImplementedError
 
-    def _put_buffer_async_slow(self, buf: Any, may_free: bool = False) -> None:
+    def _check_writable(self, what: str) -> None:
         raise NotImplementedError
 
-    def _flush(self, written: int | None = None) -> None:
+    def _may_write(self, what: str) -> bool:
+        raise NotImplementedError
+
+    def _writer_ok(self) -> bool:
+        raise NotImplementedError
+
+    def _send(self, iov: list[memoryview], pending: int, written: int | None) -> None:
+        raise NotImplementedError
+
+    def _release_pages(self, regions: list[memoryview]) -> None:
         raise NotImplementedError
 
     def _get_value(self, width: int) -> int:
@@ -206,28 +233,28 @@ class QEMUFileCore:
         """Queue ``buf`` itself (no copy) to be sent by the next flush.
 
         The caller must keep ``buf`` unchanged until the next flush (``fflush``,
-        a full buffer or iovec list, ``transferred``, ``fclose``).  A buffer
-        adjacent in memory to the one queued just before it (for example the
-        next page of the same ``mmap``) extends that iovec instead of taking a
-        new one.  With ``may_free``, whole pages of an ``mmap``-backed ``buf``
-        are released with ``madvise(MADV_DONTNEED)`` after the flush (a private
-        anonymous mapping then reads back as zeros).
+        a full buffer or iovec list, ``transferred``, ``fclose``); the core
+        holds it (a bytearray cannot be resized, an mmap not closed) until then.
+        A buffer adjacent in memory to the one queued just before it (for
+        example the next page of the same ``mmap``) extends that iovec instead
+        of taking a new one.  With ``may_free``, whole pages of an
+        ``mmap``-backed ``buf`` are released with ``madvise(MADV_DONTNEED)``
+        after the flush (a private anonymous mapping then reads back as zeros).
 
         Raises:
             TypeError: ``buf`` is not a C-contiguous bytes-like object.
             ChannelError: the file is closed or is an input stream.
         """
-        if (
-            type(buf) is not memoryview
-            or may_free
-            or not self._fast_end
-            or buf.format != "B"
-            or buf.ndim != 1
-            or not buf.c_contiguous
-        ):
-            self._put_buffer_async_slow(buf, may_free)
+        kind = type(buf)
+        if kind is memoryview and buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
+            view = buf
+        elif kind is bytes or kind is bytearray:
+            view = memoryview(buf)
+        else:
+            view = byte_view(buf, "put_buffer_async")
+        if not self._fast_end and not self._may_write("put_buffer_async"):
             return
-        n = len(buf)
+        n = len(view)
         if not n:
             return
         iov = self._iov
@@ -235,17 +262,115 @@ class QEMUFileCore:
         seg = self._seg
         if i > seg:
             iov.append(self._view[seg:i])
+            iov.append(view)
+            self._iov_bytes += i - seg + n
             self._seg = i
-        elif iov and buf.obj is iov[-1].obj:
-            self._put_buffer_async_slow(buf, may_free)  # maybe adjacent: coalesce
-            return
-        iov.append(buf)
-        self._iov_bytes += i - seg + n
-        if len(iov) >= MAX_IOV_SIZE - 1:
-            if len(iov) >= MAX_IOV_SIZE:
+        else:
+            if not (iov and view.obj is iov[-1].obj and self._coalesce(view, bool(may_free))):
+                iov.append(view)
+            self._iov_bytes += n
+        count = len(iov)
+        if may_free and not (self._free and self._free[-1] == count - 1):
+            self._free.append(count - 1)
+        if count >= MAX_IOV_SIZE - 1:
+            if count >= MAX_IOV_SIZE:
                 self._flush()
             else:
                 self._fast_end = 0
+
+    def _coalesce(self, view: memoryview, may_free: bool) -> bool:
+        """Extend the last queued iovec with ``view`` if adjacent and alike; return True if so."""
+        last = len(self._iov) - 1
+        prev = self._iov[last]
+        if prev.obj is self._buf:
+            return False
+        if may_free != bool(self._free and self._free[-1] == last):
+            return False
+        merged = merge_adjacent(prev, view)
+        if merged is None:
+            return False
+        self._iov[last] = merged
+        return True
+
+    def _put_bytes(self, data: Any, n: int) -> None:
+        """Copy the ``n`` bytes of ``data`` (bytes-like, byte format) through the buffer.
+
+        The buffer is flushed each time it fills (and when a new buffer segment
+        is the 64th iovec), as QEMU's put_buffer/add_buf_to_iovec do; copying
+        stops when a flush latches an error.  Only for an open, error-free writer.
+        """
+        view = self._view
+        src = data if type(data) is memoryview else memoryview(data)
+        done = 0
+        while done < n:
+            i = self._index
+            chunk = min(IO_BUF_SIZE - i, n - done)
+            view[i : i + chunk] = src[done : done + chunk]
+            self._add_internal(chunk)
+            if self._error:
+                break
+            done += chunk
+        self._refresh_fast()
+
+    def _commit(self, n: int) -> None:
+        """Account ``n`` bytes the caller wrote into ``_buf`` at ``_index`` (they fit)."""
+        self._add_internal(n)
+        self._refresh_fast()
+
+    def _add_internal(self, n: int) -> None:
+        """Account ``n`` bytes just written at ``_index`` (QEMU's add_buf_to_iovec)."""
+        i = self._index
+        opens_iovec = i == self._seg
+        self._index = i + n
+        if (opens_iovec and len(self._iov) + 1 >= MAX_IOV_SIZE) or i + n == IO_BUF_SIZE:
+            self._flush()
+
+    def _pending(self) -> int:
+        """Return the bytes queued for the next flush (open segment included)."""
+        return self._iov_bytes + self._index - self._seg
+
+    def _refresh_fast(self) -> None:
+        """Open or close the writers' fast path after a slow-path operation."""
+        if not self._writer_ok():
+            self._fast_end = 0
+        elif self._index > self._seg or len(self._iov) < MAX_IOV_SIZE - 1:
+            self._fast_end = IO_BUF_SIZE
+        else:
+            self._fast_end = 0
+
+    def _flush(self) -> None:
+        """Send every queued iovec with one vectored write (QEMU's qemu_fflush).
+
+        For an open, error-free output stream.  The queue is taken first, so
+        the file is empty again whatever the write does; a failure is latched
+        by ``_send``; ``may_free`` pages are released afterwards either way.
+        """
+        iov = self._iov
+        free = self._free
+        i = self._index
+        seg = self._seg
+        pending = self._iov_bytes
+        if i > seg:
+            iov.append(self._view[seg:i])
+            pending += i - seg
+        self._iov = []
+        self._free = []
+        self._iov_bytes = 0
+        self._index = self._seg = 0
+        if iov:
+            self._send(iov, pending, None)
+            if free:
+                self._release_pages([iov[k] for k in free])
+        self._refresh_fast()
+
+    def _discard_output(self) -> None:
+        """Forget everything queued (the caller buffers are let go)."""
+        self._iov = []
+        self._free = []
+        self._iov_bytes = 0
+        self._index = 0
+        self._seg = 0
+        self._refresh_fast()
 
     # -- readers -----------------------------------------------------------------------
 
@@ -285,22 +410,6 @@ class QEMUFileCore:
         return self._get_in_place_slow(size)
 
 
-#: The operations the core implements (the C and Python twins both define them).
-FAST_PATHS = (
-    "put_byte",
-    "put_be16",
-    "put_be32",
-    "put_be64",
-    "put_buffer",
-    "put_buffer_async",
-    "get_byte",
-    "get_be16",
-    "get_be32",
-    "get_be64",
-    "get_buffer_in_place",
-)
-
-
 def load_core() -> tuple[type[QEMUFileCore], bool]:
     """Return the core class to build QEMUFile on, and whether it is the C one.
 
@@ -318,21 +427,4 @@ def load_core() -> tuple[type[QEMUFileCore], bool]:
     return cast("type[QEMUFileCore]", _speedups.QEMUFileCore), True
 
 
-def python_fast_paths() -> dict[str, Any]:
-    """Return the pure-Python fast paths by name, to install over the C ones (tests do).
-
-    Both twins keep their state in the same attributes, so a QEMUFile subclass
-    (or a monkeypatched QEMUFile) with these methods runs the Python fast paths
-    on top of the C state.
-    """
-    return {name: QEMUFileCore.__dict__[name] for name in FAST_PATHS}
-
-
 Core, ACCELERATED = load_core()
-
-#: The C core's direct writer, ``write_direct(channel, views)``: the bytes it
-#: wrote with one system call on ``channel.io_write_fd()``, or -1 when the
-#: channel offers no fd; None with the Python core.
-write_direct: Callable[[Any, list[memoryview]], int] | None = None
-if ACCELERATED:
-    from ._speedups import write_direct

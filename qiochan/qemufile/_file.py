@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from ..channel import Feature, QIOChannel, Shutdown
 from ..errors import ChannelError
@@ -41,6 +41,7 @@ from ._control import (
     RAM_SAVE_CONTROL_NOT_SUPP,
     ControlMixin,
 )
+from ._core import QEMUFileCore
 from ._input import InputMixin
 from ._output import OutputMixin, compress_bound
 
@@ -61,7 +62,13 @@ __all__ = [
 log = logging.getLogger("qiochan.qemufile")
 
 
-class QEMUFile(OutputMixin, InputMixin, ControlMixin):
+if TYPE_CHECKING:
+    _Core = QEMUFileCore
+else:  # the C core when it was built, else the Python one
+    from ._core import Core as _Core
+
+
+class QEMUFile(OutputMixin, InputMixin, ControlMixin, _Core):
     """A buffered migration stream reading or writing a :class:`QIOChannel`.
 
     Make one with :meth:`new_output`, :meth:`new_input`, :meth:`open_buffer`
@@ -74,9 +81,6 @@ class QEMUFile(OutputMixin, InputMixin, ControlMixin):
     Raises:
         TypeError: ``ioc`` is not a QIOChannel.
     """
-
-    def __init__(self, ioc: QIOChannel, writable: bool) -> None:
-        super().__init__(ioc, writable)
 
     @classmethod
     def new_output(cls, ioc: QIOChannel) -> Self:
@@ -218,3 +222,17 @@ class QEMUFile(OutputMixin, InputMixin, ControlMixin):
         ret = self.fclose()
         if ret < 0 and exc_type is None:
             raise self._failure(ret)
+
+
+def qemufile_on(core: type[QEMUFileCore]) -> type[QEMUFile]:
+    """Return a QEMUFile class built on ``core`` instead of the default one.
+
+    ``qemufile_on(QEMUFileCore)`` is QEMUFile on the pure-Python core even when
+    the C core is built: the tests run both side by side.  The class has
+    QEMUFile's methods but is not a subclass of :class:`QEMUFile`.
+    """
+    if core is _Core:
+        return QEMUFile
+    bases = (*(base for base in QEMUFile.__bases__ if base is not _Core), core)
+    namespace = {k: v for k, v in vars(QEMUFile).items() if k not in ("__dict__", "__weakref__")}
+    return cast("type[QEMUFile]", type("QEMUFile", bases, namespace))

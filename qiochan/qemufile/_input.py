@@ -164,6 +164,67 @@ class InputMixin(QEMUFileBase):
         if self._index + size <= self._size:
             self._index += size
 
+    def peek_available(self, size: int = 1) -> memoryview:
+        """Return a view of every unread byte buffered, reading only while fewer than ``size`` are.
+
+        Unlike :meth:`peek_buffer`, the view may be longer than ``size`` (up to
+        the whole 32 KiB buffer) and no read happens when ``size`` bytes are
+        already buffered, so a scanner can look at what has arrived without
+        waiting for more.  The view is valid until the next operation.
+
+        Returns:
+            The buffered unread bytes: at least ``size`` of them, fewer only at
+            end of file or on error (the error is latched).
+        Raises:
+            ValueError: ``size`` is not in 0..32768.
+            ChannelError: the file is closed or is an output stream.
+        """
+        self._check_readable("peek_available")
+        if not 0 <= size <= IO_BUF_SIZE:
+            raise ValueError(f"peek_available: size {size} is outside 0..{IO_BUF_SIZE}")
+        self._ensure(size)
+        return self._view[self._index : self._size]
+
+    def discard(self, size: int) -> int:
+        """Consume ``size`` bytes of the stream without handing them out.
+
+        The bytes pass through the internal buffer only: nothing is allocated
+        or copied for the caller, whatever ``size`` is (QEMU's
+        ``qemu_file_skip`` on buffered data, extended to refill as needed).
+
+        Returns:
+            Bytes consumed: ``size``, fewer at end of file or on error.
+        Raises:
+            ValueError: ``size`` is negative.
+            TypeError: ``size`` is not an integer.
+            ChannelError: the file is closed or is an output stream.
+        """
+        size = self._read_size("discard", size)
+        done = 0
+        while done < size:
+            available = self._size - self._index
+            if available <= 0:
+                if self._fill() <= 0:
+                    break
+                continue
+            n = min(available, size - done)
+            self._index += n
+            done += n
+        return done
+
+    def tell(self) -> int:
+        """Return the stream offset of the next byte a reader gets (bytes consumed so far).
+
+        For an output stream this is :meth:`transferred_noflush`.
+
+        Raises:
+            ChannelError: the file is closed.
+        """
+        self._check_open()
+        if self._writable:
+            return self.transferred_noflush()
+        return self._total - (self._size - self._index)
+
     # -- values -------------------------------------------------------------------
 
     def _get_value(self, width: int) -> int:

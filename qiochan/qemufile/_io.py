@@ -17,7 +17,6 @@ from ..channel import ERR_BLOCK, QIOChannel, ReadFlag, WriteFlag
 from ..errors import ChannelError, from_oserror
 from ..iov import advance
 from ..watch import Condition
-from ._core import write_direct
 
 __all__ = ["read_once", "write_all"]
 
@@ -30,10 +29,9 @@ def write_all(
 ) -> None:
     """Write the ``total`` bytes of the byte views ``iov`` (one vectored write when possible).
 
-    With the C core, a channel with an :meth:`~QIOChannel.io_write_fd` is
-    written directly, without the GIL.  ``written`` says a direct write
-    already sent that many bytes of ``iov``: only the rest goes out, through
-    ``writev_all``.
+    ``written`` says a direct write (the C core's, on the channel's
+    :meth:`~QIOChannel.io_write_fd`) already sent that many bytes of ``iov``:
+    only the rest goes out, through ``writev_all``.
 
     Raises:
         ChannelError: the write failed or the channel is closed.
@@ -43,9 +41,7 @@ def write_all(
             ioc.writev_all(iov)  # raises the channel's "closed" error
             return
         try:
-            written = write_direct(ioc, iov) if write_direct is not None else -1
-            if written < 0:  # no fd to write directly
-                written = ioc.io_writev(iov, (), _NO_WRITE_FLAGS)
+            written = ioc.io_writev(iov, (), _NO_WRITE_FLAGS)
         except ChannelError:
             raise
         except OSError as exc:

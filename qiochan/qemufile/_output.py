@@ -7,10 +7,11 @@ region written since the last zero-copy buffer forms one open iovec segment
 A flush sends every queued iovec with a single ``writev_all``; it happens when
 the buffer is full, when the 64th iovec is queued, and on ``fflush``.
 
-The fast paths (``put_byte``, ``put_be*``, ``put_buffer`` while the data fits,
-``put_buffer_async`` of a plain buffer) are the core's (``_core`` or
-its C twin); anything unusual (full buffer, error, closed, input stream, bad
-input) comes here, to the slow path of the same operation.
+The fast paths (``put_byte``, ``put_be*``, ``put_buffer`` while the data
+fits), ``put_buffer_async`` and the queue itself are the core's (``_core`` or
+its C twin); anything unusual for a copy (full buffer, error, closed, input
+stream, bad input) comes here, to the slow path of the same operation, and
+the core's flush writes through :meth:`OutputMixin._send`.
 """
 
 from __future__ import annotations
@@ -20,16 +21,7 @@ import struct
 import zlib
 from typing import Any
 
-from ._base import (
-    BE16,
-    BE32,
-    BE64,
-    BYTE,
-    IO_BUF_SIZE,
-    MAX_IOV_SIZE,
-    QEMUFileBase,
-    bad_value,
-)
+from ._base import BE16, BE32, BE64, BYTE, IO_BUF_SIZE, QEMUFileBase, bad_value
 from ._io import write_all
 from ._pages import byte_view, merge_adjacent, release_pages
 
@@ -52,7 +44,7 @@ _VALUES = {
 
 
 class OutputMixin(QEMUFileBase):
-    """put_* operations, the iovec queue and fflush."""
+    """put_* operations, fflush and the channel side of the core's flush."""
 
     # -- slow paths of the core's put_* (see _core) --------------------------------
 
@@ -65,93 +57,17 @@ class OutputMixin(QEMUFileBase):
         except struct.error:
             raise bad_value(what, 8 * width, v) from None
         if not self._error:
-            self._put_view(self._scratch_view, width)
+            self._put_bytes(self._scratch_view, width)
 
     def _put_buffer_slow(self, buf: Any) -> None:
         """put_buffer when the fast path declined: any bytes-like object, any size."""
         if not (type(buf) is memoryview and buf.format == "B" and buf.ndim == 1):
             buf = byte_view(buf, "put_buffer")
+        if not buf.c_contiguous:
+            buf = memoryview(buf.tobytes())  # the core copies contiguous bytes
         self._check_writable("put_buffer")
         if not self._error:
-            self._put_view(buf, len(buf))
-
-    def _put_view(self, data: Any, n: int) -> None:
-        """Copy the ``n`` bytes of ``data`` (bytes-like, byte format) through the buffer.
-
-        The buffer is flushed each time it fills (and when a new buffer segment
-        is the 64th iovec), as QEMU's put_buffer/add_buf_to_iovec do.
-        """
-        view = self._view
-        src = data if type(data) is memoryview else memoryview(data)
-        done = 0
-        while done < n:
-            i = self._index
-            chunk = min(IO_BUF_SIZE - i, n - done)
-            view[i : i + chunk] = src[done : done + chunk]
-            self._add_internal(chunk)
-            if self._error:
-                break
-            done += chunk
-        self._refresh_fast()
-
-    def _add_internal(self, n: int) -> None:
-        """Account ``n`` bytes just written at ``_index`` (QEMU's add_buf_to_iovec)."""
-        i = self._index
-        opens_iovec = i == self._seg
-        self._index = i + n
-        if (opens_iovec and len(self._iov) + 1 >= MAX_IOV_SIZE) or i + n == IO_BUF_SIZE:
-            self._flush()
-
-    def _put_buffer_async_slow(self, buf: Any, may_free: bool = False) -> None:
-        """put_buffer_async in full: conversion, checks, coalescing, ``may_free``."""
-        kind = type(buf)
-        if kind is memoryview and buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
-            view = buf
-        elif kind is bytes or kind is bytearray:
-            view = memoryview(buf)
-        else:
-            view = byte_view(buf, "put_buffer_async")
-        if not self._fast_end:
-            self._check_writable("put_buffer_async")
-            if self._error:
-                return
-        n = len(view)
-        if not n:
-            return
-        iov = self._iov
-        i = self._index
-        seg = self._seg
-        if i > seg:
-            iov.append(self._view[seg:i])
-            iov.append(view)
-            self._iov_bytes += i - seg + n
-            self._seg = i
-        else:
-            if not (iov and view.obj is iov[-1].obj and self._coalesce(view, may_free)):
-                iov.append(view)
-            self._iov_bytes += n
-        count = len(iov)
-        if may_free and not (self._free and self._free[-1] == count - 1):
-            self._free.append(count - 1)
-        if count >= MAX_IOV_SIZE - 1:
-            if count >= MAX_IOV_SIZE:
-                self._flush()
-            else:
-                self._fast_end = 0
-
-    def _coalesce(self, view: memoryview, may_free: bool) -> bool:
-        """Extend the last queued iovec with ``view`` if adjacent and alike; return True if so."""
-        last = len(self._iov) - 1
-        prev = self._iov[last]
-        if prev.obj is self._buf:
-            return False
-        if may_free != bool(self._free and self._free[-1] == last):
-            return False
-        merged = merge_adjacent(prev, view)
-        if merged is None:
-            return False
-        self._iov[last] = merged
-        return True
+            self._put_bytes(buf, len(buf))
 
     def put_counted_string(self, s: str | bytes) -> None:
         """Write a length byte followed by ``s`` (a ``str`` is encoded as UTF-8).
@@ -199,8 +115,7 @@ class OutputMixin(QEMUFileBase):
         BE32.pack_into(self._buf, i, blen)
         start = i + _LENGTH_SIZE
         self._buf[start : start + blen] = packed
-        self._add_internal(_LENGTH_SIZE + blen)
-        self._refresh_fast()
+        self._commit(_LENGTH_SIZE + blen)
         return blen + _LENGTH_SIZE
 
     def put_qemu_file(self, src: QEMUFileBase) -> int:
@@ -228,15 +143,6 @@ class OutputMixin(QEMUFileBase):
             src._discard_output()
         return n
 
-    def _discard_output(self) -> None:
-        """Forget everything queued (the views of caller buffers are released)."""
-        self._iov = []
-        self._free = []
-        self._iov_bytes = 0
-        self._index = 0
-        self._seg = 0
-        self._refresh_fast()
-
     # -- flushing and accounting -----------------------------------------------------
 
     def fflush(self) -> None:
@@ -253,33 +159,42 @@ class OutputMixin(QEMUFileBase):
         if self._writable and not self._error:
             self._flush()
 
-    def _flush(self, written: int | None = None) -> None:
-        """fflush for an open, error-free output stream.
+    def _send(self, iov: list[memoryview], pending: int, written: int | None) -> None:
+        """Write the ``pending`` bytes of the queue ``iov`` for the core's flush.
 
-        ``written`` is set by the C core after its direct write sent that many
-        bytes of the queue (open segment included) and stopped short.
+        ``written`` says how many bytes of ``iov`` a direct write (the C core's)
+        already sent before it stopped short; None when nothing was tried.  A
+        failure latches ``-EIO`` with the channel's exception; success counts
+        the bytes as transferred.
         """
-        iov = self._iov
-        i = self._index
-        seg = self._seg
-        pending = self._iov_bytes
-        if i > seg:
-            iov.append(self._view[seg:i])
-            pending += i - seg
-        if iov:
-            try:
-                write_all(self._ioc, iov, pending, written)
-            except OSError as exc:
-                self._latch(-errno.EIO, exc)
+        try:
+            write_all(self._ioc, iov, pending, written)
+        except OSError as exc:
+            self._latch(-errno.EIO, exc)
+        else:
+            self._total += pending
+
+    def _release_pages(self, regions: list[memoryview]) -> None:
+        """Release the whole mmap pages of the flushed ``may_free`` regions (never raises)."""
+        release_pages(regions)
+
+    def _joined_views(self, buffers: tuple[Any, ...]) -> list[memoryview]:
+        """Return byte views of ``buffers``, adjacent ones joined (the C core's coalesced iovecs).
+
+        The C core keeps one coalesced iovec as the caller buffers it joins
+        and asks for views of it only when the queue goes to a channel's
+        ``io_writev`` or to ``madvise``: one view when they merge, as the
+        Python core's queue holds them.
+        """
+        views = [byte_view(buf, "put_buffer_async") for buf in buffers]
+        joined = views[:1]
+        for view in views[1:]:
+            merged = merge_adjacent(joined[-1], view) if joined[-1].obj is view.obj else None
+            if merged is None:
+                joined.append(view)
             else:
-                self._total += pending
-            if self._free:
-                release_pages([iov[k] for k in self._free])
-                self._free = []
-            self._iov = []
-            self._iov_bytes = 0
-        self._index = self._seg = 0
-        self._fast_end = 0 if self._error else IO_BUF_SIZE
+                joined[-1] = merged
+        return joined
 
     def buffer_empty(self) -> bool:
         """Return True when nothing is queued for the next flush.
@@ -288,4 +203,4 @@ class OutputMixin(QEMUFileBase):
             ChannelError: the file is closed or is an input stream.
         """
         self._check_writable("buffer_empty")
-        return not self._iov and self._index == self._seg
+        return self._pending() == 0

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown
-from ..errors import ChannelError
+from ..errors import BrokenChannelError, ChannelClosedError, ChannelError
 from ..watch import Condition, source_remove
 
 __all__ = [
@@ -259,13 +259,13 @@ def check_eof(factory: PairFactory) -> None:
 
 
 def check_partial_eof(factory: PairFactory) -> None:
-    """EOF after a partial *_all read is an error, unless RELAXED_EOF is given."""
+    """EOF after a partial *_all read is a BrokenChannelError, unless RELAXED_EOF is given."""
     with _pair(factory) as (writer, reader):
         writer.write_all(b"abc")
         _end_writing(writer)
         try:
             reader.read_all_eof(bytearray(10))
-        except ChannelError:
+        except BrokenChannelError:
             pass
         else:
             raise AssertionError("read_all_eof after a partial read at EOF did not raise")
@@ -279,14 +279,14 @@ def check_partial_eof(factory: PairFactory) -> None:
         _end_writing(writer)
         try:
             reader.read_all(bytearray(4))
-        except ChannelError:
+        except BrokenChannelError:
             pass
         else:
             raise AssertionError("read_all at EOF did not raise")
 
 
 def check_close(factory: PairFactory) -> None:
-    """close() is idempotent and a closed channel refuses I/O with EBADF."""
+    """close() is idempotent and a closed channel refuses I/O with ChannelClosedError (EBADF)."""
     with _pair(factory) as (writer, reader):
         for channel in (writer, reader):
             _close_quietly(channel)
@@ -294,7 +294,7 @@ def check_close(factory: PairFactory) -> None:
             for call, argument in ((channel.write, b"x"), (channel.read, bytearray(1))):
                 try:
                     call(argument)
-                except ChannelError as exc:
+                except ChannelClosedError as exc:
                     assert exc.errno == errno.EBADF, f"closed channel raised errno {exc.errno}"
                 else:
                     raise AssertionError(f"I/O on closed {channel!r} did not raise")

@@ -160,6 +160,15 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     [
         (["send", "/etc/hostname", "tcp:127.0.0.1"], 2, ["bad destination", "missing ':PORT'"]),
         (["send", "/etc/hostname", "carrier-pigeon"], 2, ["names no configured transport"]),
+        (["send", "/etc/hostname", "tcp:localhost:\u00b2"], 2, ["port '\u00b2' is not a number"]),
+        (["send", "/etc/hostname", "tcp:a,,b:1"], 2, ["host 'a,b' contains ','"]),
+        (["send", "/etc/hostname", "ws://a]b"], 2, ["host 'a]b' contains ']'"]),
+        (["send", "/etc/hostname", "fd:\u0661"], 2, ["fd='\u0661' is not a number"]),
+        (
+            ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--layer", ",: ="],
+            2,
+            ["',' is not a layer name"],
+        ),
         (["send", "/etc/hostname", "pigeon:coop"], 1, ["No transport backend for 'pigeon'"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1"], 1, ["refused", "0 bytes passed"]),
         (["send", "/nonexistent/file", "tcp:127.0.0.1:1"], 1, ["cannot open /nonexistent"]),
@@ -186,6 +195,16 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
         ),
         (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 1, ["zip"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "0"], 2, []),
+        (
+            ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "\u0661\u0662M"],
+            2,
+            ["is not a size"],
+        ),
+        (
+            ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "9" * 400],
+            2,
+            ["too large a size"],
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_an_exit_status(

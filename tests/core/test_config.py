@@ -128,6 +128,21 @@ def test_string_and_table_layers(tag_layer: _TagLayer, tmp_path: Path) -> None:
             "not array",
         ),
         (
+            '[transports.a]\naddress = "buffer:"\nlayers = [{ name = "t/g" }]',
+            "transports.a.layers[0]",
+            "is not a layer name",
+        ),
+        (
+            '[transports.a]\naddress = "buffer:"\nlayers = [{ name = "tag", "a b" = 1 }]',
+            "transports.a.layers[0]",
+            "'a b' is not a name",
+        ),
+        (
+            '[transports.a]\naddress = "tcp:h:\u00b2"',
+            "transports.a.address",
+            "is not a number",
+        ),
+        (
             '[transports.a]\naddress = "buffer:"\nlayers = [3]',
             "transports.a.layers[0]",
             "spec string or a table",
@@ -150,7 +165,7 @@ def test_invalid_configs_name_file_key_and_reason(
     assert error.key == key
     assert reason in error.reason
     assert str(error).startswith(f"{path}: ")
-    assert isinstance(error, OSError)  # a ChannelError like every qiochan error
+    assert isinstance(error, ValueError) and not isinstance(error, OSError)  # bad input, not I/O
 
 
 def test_default_path_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

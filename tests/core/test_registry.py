@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pluggy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qiochan
-from qiochan import Feature, PluginError
+from qiochan import AddressError, Feature, PluginError
+from qiochan.address import SchemeAddress
 from qiochan.hookspecs import hookimpl
-from qiochan.registry import Backend, backends, find_backend, plugin_manager, reload_plugins
+from qiochan.registry import (
+    Backend,
+    backends,
+    find_backend,
+    plugin_manager,
+    reload_plugins,
+    resolve_address,
+)
+from tests.helpers.plugins import RENDEZVOUS_PLUGIN, make_distribution
 
 
 @pytest.fixture
@@ -24,15 +35,6 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPat
     yield monkeypatch
     monkeypatch.undo()
     reload_plugins()
-
-
-def make_distribution(root: Path, name: str, module_source: str) -> None:
-    """Write an installed-looking distribution with a qiochan.plugins entry point."""
-    (root / f"{name}.py").write_text(textwrap.dedent(module_source))
-    info = root / f"{name}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[qiochan.plugins]\n{name} = {name}\n")
 
 
 def test_memory_backend_is_discovered_through_entry_points() -> None:
@@ -124,6 +126,52 @@ def test_bad_hook_result_names_the_plugin_and_hook(fresh_registry: pytest.Monkey
         backends()
 
 
+def test_misspelled_hook_of_an_entry_point_is_reported_and_others_still_load(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_distribution(
+        tmp_path,
+        "qiochan_typo_demo",
+        """
+        from qiochan.plugin import Backend, hookimpl
+
+        @hookimpl
+        def qiochan_backend():
+            return [Backend(name="typo", schemes=("typo",))]
+        """,
+    )
+    fresh_registry.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="qiochan.registry"):
+        manager = reload_plugins()
+        found = backends()
+    typo = found["qiochan_typo_demo"]
+    assert not typo.available
+    for words in ("qiochan_typo_demo 1.2.3", "unknown hook 'qiochan_backend'", "qiochan_backends"):
+        assert words in typo.missing
+        assert words in caplog.text
+    assert not manager.has_plugin("qiochan_typo_demo")
+    assert found["memory"].available
+
+
+def test_misspelled_hook_registered_at_runtime_is_a_plugin_error(
+    fresh_registry: pytest.MonkeyPatch,
+) -> None:
+    class Typo:
+        @hookimpl
+        def qiochan_channel_open(self, channel: object, address: object) -> None:
+            """Meant qiochan_channel_opened."""
+
+    plugin_manager().register(Typo(), name="typo-plugin")
+    with pytest.raises(PluginError) as info:
+        backends()
+    message = str(info.value)
+    assert "'typo-plugin'" in message and "unknown hook 'qiochan_channel_open'" in message
+    assert "did you mean 'qiochan_channel_opened'?" in message
+    assert isinstance(info.value.__cause__, pluggy.PluginValidationError)
+    plugin_manager().unregister(name="typo-plugin")
+    assert backends()["memory"].available
+
+
 def test_raising_hook_is_reported_not_fatal(fresh_registry: pytest.MonkeyPatch) -> None:
     class Raising:
         @hookimpl
@@ -183,3 +231,57 @@ def test_import_qiochan_does_not_load_plugins() -> None:
         "assert 'asyncio' not in sys.modules, 'asyncio imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_a_scheme_without_a_parser_reaches_its_plugin_as_a_scheme_address(
+    tmp_path: Path, fresh_registry: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rdv_runtime.py").write_text(RENDEZVOUS_PLUGIN)
+    fresh_registry.syspath_prepend(str(tmp_path))
+    fresh_registry.setenv("QIOCHAN_RDV_DIR", str(tmp_path))
+    plugin = importlib.import_module("rdv_runtime")
+    plugin_manager().register(plugin, name="rdv-runtime")
+    assert backends()["rendezvous"].parse is None
+
+    with qiochan.listen("rdv:meet") as listener:
+        assert listener.address == SchemeAddress("rdv", "rdv:meet")
+        with qiochan.connect("RDV:meet", timeout=10) as client, listener.accept() as server:
+            client.write_all(b"ping")
+            got = bytearray(4)
+            server.read_all(got)
+            assert got == b"ping"
+    with qiochan.open_channel(SchemeAddress("rdv", "rdv:note"), "w") as out:
+        out.write_all(b"kept")
+    assert (tmp_path / "note.dat").read_bytes() == b"kept"
+
+    seen = plugin.SEEN
+    assert seen == [
+        SchemeAddress("rdv", "rdv:meet"),
+        SchemeAddress("rdv", "RDV:meet"),
+        SchemeAddress("rdv", "rdv:note"),
+    ]
+    assert [str(address) for address in seen] == ["rdv:meet", "RDV:meet", "rdv:note"]
+    assert seen[1].rest == "meet"
+    sys.modules.pop("rdv_runtime")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.tuples(
+            st.sampled_from(["buffer:", "null:", "tcp:", "exec:", "rdv:", "nope:", "Buffer:"]),
+            st.text(alphabet="a:, =1", max_size=6),
+        ).map("".join),
+    )
+)
+def test_any_address_text_resolves_and_reads_back_or_is_an_address_or_plugin_error(
+    text: str,
+) -> None:
+    try:
+        backend, parsed = resolve_address(text)
+    except (AddressError, PluginError) as exc:
+        assert str(exc)
+        return
+    again_backend, again = resolve_address(str(parsed))
+    assert (again_backend, again) == (backend, parsed)

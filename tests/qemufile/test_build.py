@@ -45,6 +45,12 @@ def hatch_build() -> ModuleType:
     return _load(ROOT / "hatch_build.py", "qiochan_hatch_build")
 
 
+@pytest.fixture(autouse=True)
+def _speedups_wanted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build as a plain install would, even in CI's pure-Python run (QIOCHAN_NO_SPEEDUPS=1)."""
+    monkeypatch.delenv("QIOCHAN_NO_SPEEDUPS", raising=False)
+
+
 def _hook(hatch_build: ModuleType, directory: Path) -> Any:
     return hatch_build.SpeedupsBuildHook(str(ROOT), {}, None, None, str(directory), "wheel")
 
@@ -54,8 +60,9 @@ def _build_data() -> dict[str, Any]:
 
 
 def test_a_wheel_build_includes_a_working_extension(
-    hatch_build: ModuleType, tmp_path: Path
+    hatch_build: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CFLAGS", "-Werror")  # with the hook's -Wall -Wextra: no warning at all
     hook = _hook(hatch_build, tmp_path)
     data = _build_data()
     hook.initialize("standard", data)

@@ -1,47 +1,65 @@
-"""QEMUFile's two cores: the C fast paths (``qemufile._speedups``) against their Python twin.
+"""QEMUFile's two cores side by side: the C core (``qemufile._speedups``) against the Python one.
 
-Every other QEMUFile test runs on both cores (the ``qemufile_core`` fixture);
-here random operation sequences, bad input included, go to a C-core file and
-a Python-core file side by side, and everything observable must match: each
+The whole QEMUFile suite runs once per core (CI runs it again with
+``QIOCHAN_NO_SPEEDUPS=1``); here both cores are imported into one process:
+random operation sequences, bad input included, go to a C-core file and a
+Python-core file side by side, and everything observable must match: each
 call's result or exception, every vectored write the channel saw, every read
-it served, the latched error.  Then the C core's own duties: it must never
-crash or leak whatever Python does to its state, and ``QIOCHAN_NO_SPEEDUPS``
-must switch it off.
+it served, the latched error.  Then the C core's own duties: public C API
+only, never a crash or a leak whatever Python does to its state or however
+many threads use it, and ``QIOCHAN_NO_SPEEDUPS`` must switch it off.
 """
 
 from __future__ import annotations
 
 import array
-import ctypes
 import gc
+import mmap
 import os
+import re
 import socket
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import tracemalloc
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qiochan.qemufile._io
 from qiochan import QEMUFile, QIOChannel
 from qiochan.channel import WriteFlag
 from qiochan.qemufile import _core as core
-from qiochan.qemufile._core import MAX_IOV_SIZE
+from qiochan.qemufile._core import MAX_IOV_SIZE, QEMUFileCore
+from qiochan.qemufile._file import qemufile_on
 from qiochan_file import QIOChannelFile
 from qiochan_memory import QIOChannelNull
 from qiochan_socket import QIOChannelSocket
 from tests.helpers.qemufile import Drain, ScriptedChannel
 
-needs_c = pytest.mark.skipif(not core.ACCELERATED, reason="the C speedups are not built")
+try:  # the C core even when QIOCHAN_NO_SPEEDUPS makes QEMUFile use the Python one
+    from qiochan.qemufile import _speedups
+except ImportError:
+    _speedups = None  # type: ignore[assignment]
 
-#: QEMUFile with the pure-Python fast paths installed over the C ones.
-PyQEMUFile: type[QEMUFile] = type("PyQEMUFile", (QEMUFile,), core.python_fast_paths())
+needs_c = pytest.mark.skipif(_speedups is None, reason="the C core is not built")
+
+#: QEMUFile on the pure-Python core, whatever QEMUFile itself runs on.
+PyQEMUFile = qemufile_on(QEMUFileCore)
+
+#: QEMUFile on the C core (QEMUFile itself when it was built and not switched off).
+CQEMUFile = (
+    qemufile_on(cast("type[QEMUFileCore]", _speedups.QEMUFileCore))
+    if _speedups is not None
+    else QEMUFile
+)
+
+SOURCE = Path(core.__file__).with_name("_speedups.c")
 
 #: The argument of operations that take none.
 NOARG = object()
@@ -122,7 +140,7 @@ _write_ops = st.one_of(
 )
 def test_writers_match(ops: list[tuple[str, Any]], fail_after: int | None, max_write: int) -> None:
     channels = [ScriptedChannel(fail_after=fail_after, max_write=max_write) for _ in range(2)]
-    files = [QEMUFile.new_output(channels[0]), PyQEMUFile.new_output(channels[1])]
+    files = [CQEMUFile.new_output(channels[0]), PyQEMUFile.new_output(channels[1])]
     for op, arg in ops:
         c_result, py_result = (outcome(f, op, arg) for f in files)
         assert c_result == py_result, (op, arg)
@@ -135,7 +153,7 @@ def test_writers_match(ops: list[tuple[str, Any]], fail_after: int | None, max_w
 def test_writers_match_at_the_iovec_limit() -> None:
     """63 and 64 queued iovecs: the fast path must hand over exactly where Python does."""
     channels = [ScriptedChannel() for _ in range(2)]
-    files = [QEMUFile.new_output(channels[0]), PyQEMUFile.new_output(channels[1])]
+    files = [CQEMUFile.new_output(channels[0]), PyQEMUFile.new_output(channels[1])]
     pages = [bytes([n]) * 4096 for n in range(200)]
     for f in files:
         for n, page in enumerate(pages):
@@ -176,7 +194,7 @@ def test_readers_match(
 ) -> None:
     data = (POOL * 3)[:size]
     channels = [ScriptedChannel(data, chunk=chunk, fail_after=fail_after, eof=eof) for _ in "cp"]
-    files = [QEMUFile.new_input(channels[0]), PyQEMUFile.new_input(channels[1])]
+    files = [CQEMUFile.new_input(channels[0]), PyQEMUFile.new_input(channels[1])]
     for op, arg in ops:
         c_result, py_result = (outcome(f, op, arg) for f in files)
         assert c_result == py_result, (op, arg)
@@ -193,22 +211,18 @@ def test_readers_match(
 
 @needs_c
 def test_constants_match_the_python_core() -> None:
-    from qiochan.qemufile import _speedups
-
     assert (_speedups.IO_BUF_SIZE, _speedups.MAX_IOV_SIZE) == (
         core.IO_BUF_SIZE,
         core.MAX_IOV_SIZE,
     )
-    assert isinstance(QEMUFile.new_output(QIOChannelNull()), _speedups.QEMUFileCore)
+    assert isinstance(CQEMUFile.new_output(QIOChannelNull()), _speedups.QEMUFileCore)
+    assert not isinstance(PyQEMUFile.new_output(QIOChannelNull()), _speedups.QEMUFileCore)
 
 
-def test_the_fixture_installs_the_python_fast_paths(qemufile_core: str) -> None:
-    python_method = isinstance(QEMUFile.__dict__.get("put_be64"), type(outcome))
-    inherited = type(QEMUFile.put_be64).__name__
-    if qemufile_core == "python":
-        assert python_method
-    else:
-        assert inherited == "method_descriptor"
+def test_the_fixture_names_the_core_qemufile_runs_on(qemufile_core: str) -> None:
+    is_c = _speedups is not None and issubclass(QEMUFile, _speedups.QEMUFileCore)
+    assert qemufile_core == ("c" if is_c else "python")
+    assert qemufile_core == ("c" if core.ACCELERATED else "python")
 
 
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -229,42 +243,62 @@ def test_qiochan_no_speedups_selects_the_python_core() -> None:
     assert result.stdout.split() == ["False", "qiochan.qemufile._core"]
 
 
+def test_the_c_core_uses_only_the_public_c_api() -> None:
+    """No private CPython structures or names, no ownership guessed from reference counts."""
+    source = SOURCE.read_text()
+    private = re.findall(r"PyMemoryViewObject|->mbuf|->exports|_Py_\w+|Py_REFCNT", source)
+    assert not private
+
+
+def _gil_disabled_build() -> bool:
+    """True on a free-threaded (``--disable-gil``) build of CPython."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+@needs_c
+@pytest.mark.skipif(not _gil_disabled_build(), reason="not a free-threaded (3.13t) interpreter")
+def test_the_c_core_keeps_a_free_threaded_interpreter_free() -> None:
+    """Importing the C core leaves the GIL off (it declares ``Py_mod_gil``)."""
+    code = """
+        import sys
+        import qiochan.qemufile._speedups
+        print(sys._is_gil_enabled())
+    """
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+    assert "GIL" not in result.stderr  # no "enabled the GIL" RuntimeWarning
+
+
 @needs_c
 def test_garbage_state_never_crashes() -> None:
-    """Positions set to anything from Python: every fast path raises or works, never crashes.
+    """Positions set to anything from Python: every operation raises or works, never crashes.
 
     Runs in a child process so that a crash fails this test instead of the run.
     """
     code = """
         import itertools
-        from qiochan import QEMUFile
+        from qiochan.qemufile import _speedups
+        from qiochan.qemufile._file import qemufile_on
         from qiochan_memory import QIOChannelNull
+        QEMUFile = qemufile_on(_speedups.QEMUFileCore)
         values = [-(2**63), -(2**62), -1, 0, 1, 32767, 32768, 32769, 2**40, 2**63 - 1]
         calls = [("put_byte", (1,)), ("put_be64", (1,)), ("put_buffer", (b"x" * 100,)),
                  ("put_buffer_async", (b"y" * 100,)), ("get_byte", ()), ("get_be64", ()),
-                 ("get_buffer_in_place", (100,))]
+                 ("get_buffer_in_place", (100,)), ("_put_bytes", (b"z" * 40000, 40000)),
+                 ("_commit", (10,)), ("_pending", ()), ("fflush", ()), ("_discard_output", ())]
         count = 0
-        for index, size, seg, fast_end in itertools.product(values, repeat=4):
+        for index, size, fast_end in itertools.product(values, repeat=3):
             for writable in (True, False):
                 f = QEMUFile(QIOChannelNull(), writable)
-                f._index, f._size, f._seg, f._fast_end = index, size, seg, fast_end
+                f.put_buffer_async(bytes(10)) if writable else None
+                f._index, f._size, f._fast_end = index, size, fast_end
                 for name, args in calls:
                     try:
                         getattr(f, name)(*args)
                     except Exception:
                         pass
                     count += 1
-        f = QEMUFile.new_output(QIOChannelNull())
-        f._iov = "not a list"
-        try:
-            f.put_buffer_async(b"z")
-        except Exception:
-            pass
-        del f._iov
-        try:
-            f.put_buffer_async(b"z")
-        except Exception:
-            pass
         f = QEMUFile.open_buffer("r", b"abc" * 100)
         f._view.release()
         try:
@@ -279,41 +313,161 @@ def test_garbage_state_never_crashes() -> None:
 
 
 @needs_c
-def test_state_changed_by_a_collection_during_put_buffer_async() -> None:
-    """A finalizer run by the garbage collection an allocation triggers replaces ``_iov``.
+def test_threads_sharing_one_file_never_crash() -> None:
+    """Unsupported, but memory-safe: three threads on one file at once.
 
-    The buffer must be queued on the list the file has once the call returns,
-    never on the one it had when the call began (which the finalizer freed).
+    One thread queues pages (bytearrays, and mmap pages with ``may_free``) and
+    copies, one flushes and discards, one closes the file midway in some
+    rounds; over a direct-write fd, a Python channel and a socket.  The bytes
+    that arrive are undefined, ChannelError or RuntimeError ("inconsistent
+    buffer positions") may be raised; the process must
+    survive (a child process, so that a crash fails this test, not the run).
     """
-    f = QEMUFile.new_output(QIOChannelNull())
-    f.put_byte(1)  # an open buffer segment: put_buffer_async allocates a view of it
-    original = f._iov
-    replacement: list[memoryview] = []
-    queued_when_swapped: list[int] = []
+    code = """
+        import mmap, os, socket, threading
+        from qiochan.errors import ChannelError
+        from qiochan.qemufile import _speedups
+        from qiochan.qemufile._file import qemufile_on
+        from qiochan_file import QIOChannelFile
+        from qiochan_memory import QIOChannelNull
+        from qiochan_socket import QIOChannelSocket
+        QEMUFile = qemufile_on(_speedups.QEMUFileCore)
 
-    class SwapsTheQueue:
-        def __del__(self) -> None:
-            queued_when_swapped.append(len(original))
-            f._iov = replacement
+        def drained_socket():
+            ours, theirs = socket.socketpair()
+            def drain():
+                while theirs.recv(1 << 20):
+                    pass
+                theirs.close()
+            threading.Thread(target=drain, daemon=True).start()
+            return QIOChannelSocket.from_socket(ours)
 
-    trap = SwapsTheQueue()
-    trap.cycle = trap  # type: ignore[attr-defined]
-    del trap
-    page = memoryview(bytearray(4096))
-    threshold = gc.get_threshold()
-    gc.set_threshold(1)
-    try:
+        def dev_null():
+            return QIOChannelFile.new_path("/dev/null", os.O_WRONLY)
+
+        def round_(channel, close_midway):
+            f = QEMUFile.new_output(channel)
+            mapping = mmap.mmap(-1, 64 * 4096)
+            ram = memoryview(mapping)
+            pages = [bytearray(4096) for _ in range(8)]
+            start, midway = threading.Barrier(3), threading.Event()
+
+            def writer():
+                start.wait()
+                try:
+                    for n in range(20000):
+                        if n == 5000:
+                            midway.set()
+                        f.put_be64(n)
+                        f.put_buffer_async(pages[n % 8], may_free=n % 3 == 0)
+                        f.put_buffer_async(ram[n % 64 * 4096 :][:4096], may_free=n % 2 == 0)
+                        f.put_buffer(pages[n % 5][: n % 4097])
+                except (ChannelError, RuntimeError):
+                    pass
+                midway.set()
+
+            def flusher():
+                start.wait()
+                try:
+                    for n in range(5000):
+                        f.fflush()
+                        f.transferred_noflush()
+                        if n % 100 == 0:
+                            f._discard_output()
+                except (ChannelError, RuntimeError):
+                    pass
+
+            def closer():
+                start.wait()
+                midway.wait()
+                if close_midway:
+                    try:
+                        f.fclose()
+                    except (ChannelError, RuntimeError):
+                        pass
+
+            threads = [threading.Thread(target=t) for t in (writer, flusher, closer)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if not f.closed:
+                f.fclose()
+            ram.release()
+            mapping.close()
+
+        for make in (dev_null, QIOChannelNull, drained_socket):
+            for close_midway in (False, True):
+                round_(make(), close_midway)
+        print("survived")
+    """
+    result = _run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["survived"]
+    assert "Traceback" not in result.stderr  # no thread died of anything else
+
+
+@pytest.mark.parametrize("make", [PyQEMUFile, CQEMUFile], ids=["python", "c"])
+def test_queued_buffers_are_held_until_the_flush(make: type[QEMUFile]) -> None:
+    """A queued bytearray cannot be resized, nor a queued mmap closed, until the flush."""
+    f = make.new_output(QIOChannelNull())
+    data = bytearray(b"page" * 1024)
+    mapping = mmap.mmap(-1, mmap.PAGESIZE)
+    f.put_buffer_async(data)
+    f.put_buffer_async(memoryview(mapping)[:100])
+    with pytest.raises(BufferError):
+        data.extend(b"more")
+    with pytest.raises(BufferError):
+        mapping.close()
+    f.fflush()
+    data.extend(b"more")
+    mapping.close()
+    assert f.fclose() == 0
+
+
+class KeepsViews(QIOChannelNull):
+    """A channel that keeps the views io_writev is given (a badly behaved queueing channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[memoryview] = []
+
+    def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        self.kept.extend(iov)
+        return sum(view.nbytes for view in iov)
+
+
+@pytest.mark.parametrize("make", [PyQEMUFile, CQEMUFile], ids=["python", "c"])
+def test_views_a_channel_keeps_stay_valid(make: type[QEMUFile]) -> None:
+    """What io_writev was given stays readable after the flush: views own their memory."""
+    channel = KeepsViews()
+    f = make.new_output(channel)
+    pages = [bytearray([n]) * 4096 for n in range(3)]
+    for n, page in enumerate(pages):
+        f.put_be64(n)
         f.put_buffer_async(page)
-    finally:
-        gc.set_threshold(*threshold)
-        gc.collect()
-    if queued_when_swapped != [0]:
-        f.fclose()
-        pytest.skip("this interpreter did not collect inside the call's allocation")
-    assert f._iov is replacement
-    assert replacement[-1] is page
-    assert not original
-    f.fclose()
+    f.put_buffer_async(b"tail")
+    assert f.fclose() == 0
+    del pages, f
+    gc.collect()
+    assert (
+        b"".join(bytes(view) for view in channel.kept)
+        == b"".join(n.to_bytes(8, "big") + bytes([n]) * 4096 for n in range(3)) + b"tail"
+    )
+
+
+@pytest.mark.parametrize("make", [PyQEMUFile, CQEMUFile], ids=["python", "c"])
+def test_adjacent_pages_of_one_exporter_share_an_iovec(make: type[QEMUFile]) -> None:
+    channel = ScriptedChannel()
+    f = make.new_output(channel)
+    view = memoryview(POOL)
+    for n in range(10):  # adjacent: one iovec
+        f.put_buffer_async(view[n * 100 : (n + 1) * 100])
+    f.put_buffer_async(bytes(POOL[1000:1100]))  # adjacent in value only: a new iovec
+    f.put_buffer_async(view[2000:2100])  # not adjacent: a new iovec
+    f.fflush()
+    assert [len(part) for part in channel.writes[0]] == [1000, 100, 100]
+    assert f.fclose() == 0
 
 
 def test_the_buffer_cannot_be_resized() -> None:
@@ -324,7 +478,7 @@ def test_the_buffer_cannot_be_resized() -> None:
 
 
 def dev_null() -> QIOChannel:
-    """A file channel writing to /dev/null: it has an fd, so flushes are direct writes."""
+    """A file channel writing to /dev/null: it has an fd, so the C core writes directly."""
     return QIOChannelFile.new_path("/dev/null", os.O_WRONLY)
 
 
@@ -332,7 +486,7 @@ def dev_null() -> QIOChannel:
 def test_a_file_in_a_reference_cycle_is_collected(sink: Callable[[], QIOChannel]) -> None:
     f = QEMUFile.new_output(sink())
     page = memoryview(bytearray(4096))
-    for _ in range(MAX_IOV_SIZE):  # flushes, and with an fd keeps views for reuse
+    for _ in range(MAX_IOV_SIZE + 3):  # flushes once, then holds a few pages
         f.put_be64(1)
         f.put_buffer_async(page)
     f.cycle = f  # type: ignore[attr-defined]
@@ -402,15 +556,13 @@ class NoFdSocket(QIOChannelSocket):
 
 
 @needs_c
-def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_c_core_writes_fd_channels_directly() -> None:
     """Flushes of a channel with an io_write_fd bypass io_writev; the Python core's do not."""
-    for direct in (True, False):
-        if not direct:
-            monkeypatch.setattr(qiochan.qemufile._io, "write_direct", None)
+    for cls in (CQEMUFile, PyQEMUFile):
         ours, theirs = socket.socketpair()
         reader = Drain(theirs.recv)
         ioc = CountingSocket.from_socket(ours)
-        f = (QEMUFile if direct else PyQEMUFile).new_output(ioc)
+        f = cls.new_output(ioc)
         expected = bytearray()
         for n in range(200):
             f.put_be64(n)
@@ -423,92 +575,10 @@ def test_the_c_core_writes_fd_channels_directly(monkeypatch: pytest.MonkeyPatch)
         received = reader.finish()
         theirs.close()
         assert received == expected
-        if direct:
+        if cls is CQEMUFile:
             assert writes == 0
         else:
             assert writes >= 200 * 2 // MAX_IOV_SIZE
-
-
-class FdOnly:
-    """The one channel method write_direct calls."""
-
-    def __init__(self, fd: Any) -> None:
-        self.fd = fd
-
-    def io_write_fd(self) -> Any:
-        return self.fd
-
-
-@needs_c
-def test_write_direct_writes_nothing_it_cannot_pin() -> None:
-    """Anything but live contiguous memoryviews (or too many) is left to io_writev."""
-    assert core.write_direct is not None
-    write = core.write_direct
-    read_end, write_end = os.pipe()
-    try:
-        released = memoryview(b"gone")
-        released.release()
-        for iov in (
-            [memoryview(b"ok"), b"bytes"],
-            [memoryview(b"ok"), released],
-            [memoryview(b"ok"), memoryview(b"strided")[::2]],
-            [memoryview(b"x")] * 129,
-        ):
-            assert write(FdOnly(write_end), iov) == 0  # type: ignore[arg-type]
-        assert write(FdOnly(read_end), [memoryview(b"wrong end")]) == 0  # EBADF
-        for no_fd in (-1, -5, 2**31, 2**80, "3", None):
-            assert write(FdOnly(no_fd), [memoryview(b"x")]) == -1
-        three = [memoryview(b"a"), memoryview(b""), memoryview(b"bc")]
-        assert write(FdOnly(write_end), three) == 3
-        assert os.read(read_end, 100) == b"abc"
-        with pytest.raises(TypeError):
-            write(FdOnly(write_end), (memoryview(b"a"),))  # type: ignore[arg-type]
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-@needs_c
-def test_write_direct_stops_at_a_full_non_blocking_socket() -> None:
-    assert core.write_direct is not None
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        ours.setblocking(False)
-        channel = FdOnly(ours.fileno())
-        page = memoryview(bytes(65536))
-        total = 0
-        while (n := core.write_direct(channel, [page, page])) > 0:
-            total += n
-        assert total > 0
-        assert core.write_direct(channel, [page]) == 0  # EAGAIN: nothing, no exception
-
-
-def _offset(view: memoryview, buf: bytearray) -> int:
-    """Return where ``view`` starts in ``buf``."""
-    start = ctypes.addressof(ctypes.c_char.from_buffer(view))
-    return start - ctypes.addressof(ctypes.c_char.from_buffer(buf))
-
-
-@needs_c
-def test_a_reused_view_is_one_nothing_else_reached_meanwhile() -> None:
-    """gc.get_referents hands out the kept views: one taken there is never rewritten."""
-    ours, theirs = socket.socketpair()
-    reader = Drain(theirs.recv)
-    f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
-    for n in range(MAX_IOV_SIZE // 2):  # one direct flush: the header views are kept
-        f.put_be64(n)
-        f.put_buffer_async(bytes(4096))
-    kept = [o for o in gc.get_referents(f) if type(o) is memoryview and o is not f._view]
-    assert kept, "the flush kept no views"
-    regions = [(view.nbytes, _offset(view, f._buf)) for view in kept]
-    for n in range(len(kept) + 2):
-        f.put_be64(0xDEADBEEF00 + n)
-        f.put_buffer_async(bytes(4096))
-    assert [(view.nbytes, _offset(view, f._buf)) for view in kept] == regions
-    assert not any(view is item for view in kept for item in f._iov)
-    assert f.fclose() == 0
-    reader.finish()
-    theirs.close()
 
 
 @needs_c
@@ -517,7 +587,7 @@ def test_a_reused_view_is_one_nothing_else_reached_meanwhile() -> None:
 def test_writers_match_over_sockets(ops: list[tuple[str, Any]], blocking: bool) -> None:
     """Over real sockets: same results, same bytes (C core direct, Python core io_writev)."""
     streams = []
-    for cls, channel_cls in ((QEMUFile, QIOChannelSocket), (PyQEMUFile, NoFdSocket)):
+    for cls, channel_cls in ((CQEMUFile, QIOChannelSocket), (PyQEMUFile, NoFdSocket)):
         ours, theirs = socket.socketpair()
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         ioc = channel_cls.from_socket(ours)

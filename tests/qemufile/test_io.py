@@ -8,14 +8,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import weakref
 from collections.abc import Sequence
 
 import pytest
 
 from qiochan import ChannelError, QEMUFile
 from qiochan.channel import ReadFlag, WriteFlag
-from qiochan.qemufile._core import MAX_IOV_SIZE
 from qiochan.qemufile._io import read_once, write_all
 from qiochan_file import file_pipe
 from qiochan_socket import QIOChannelSocket, socket_pair
@@ -235,39 +233,3 @@ def test_a_channel_closed_under_the_file_is_never_written_directly(no_fd_leak: N
             os.close(fd)
         f.fclose()
         theirs.close()
-
-
-def test_views_held_across_a_flush_are_never_reused(no_fd_leak: None) -> None:
-    """A flush may reuse the queue's views of the buffer, but never ones anything still sees.
-
-    A held view keeps showing the same 8 bytes of the buffer (whose contents
-    change as the buffer is reused), never another range.
-    """
-    ours, theirs = socket.socketpair()
-    reader = Drain(theirs.recv)
-    f = QEMUFile.new_output(QIOChannelSocket.from_socket(ours))
-    half = MAX_IOV_SIZE // 2
-    for n in range(half - 1):
-        f.put_be64(n)
-        f.put_buffer_async(bytes(PAGE))
-    queue = f._iov  # the whole queue, held while the next page fills it
-    f.put_be64(half - 1)
-    f.put_buffer_async(bytes(PAGE))
-    assert f._iov is not queue and len(queue) == MAX_IOV_SIZE  # flushed
-    f.put_be64(0xDDDD)
-    f.put_buffer_async(bytes(PAGE))
-    held = f._iov[0]  # one view, held
-    f.put_be64(0xEEEE)
-    f.put_buffer_async(bytes(PAGE))
-    watched = weakref.ref(f._iov[2])  # one view, only watched
-    expected = [(queue[2 * n], 8 * n) for n in range(half)] + [(held, 0)]
-    for _ in range(3):
-        page_stream(f, 40)  # several flushes, each reusing what it can
-        for view, start in expected:
-            assert view.nbytes == 8
-            assert bytes(view) == f._buf[start : start + 8]
-    assert watched() is None
-    assert f.fclose() == 0
-    received = reader.finish()
-    theirs.close()
-    assert received[:8] == bytes(8)
