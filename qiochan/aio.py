@@ -142,8 +142,9 @@ class ChannelTransport(asyncio.Transport):
     """An asyncio transport over a :class:`~qiochan.QIOChannel`.
 
     Made by :func:`connect_channel`; the transport owns the channel from then
-    on: it switches it to non-blocking mode and closes it when the transport
-    closes.  ``get_extra_info("qiochan_channel")`` returns the channel;
+    on: it switches it to non-blocking mode, turns Nagle-style delays off
+    (``set_delay(False)``, as asyncio does for TCP) and closes it when the
+    transport closes.  ``get_extra_info("qiochan_channel")`` returns the channel;
     ``"peername"``/``"sockname"`` are ``(host, port)`` for inet sockets, the
     address object for others; ``"pid"`` is a command pipe's child pid.
 
@@ -190,6 +191,7 @@ class ChannelTransport(asyncio.Transport):
         self._lost = False
         self._protocol_paused = False
         channel.set_blocking(False)
+        channel.set_delay(False)  # no Nagle delays, as asyncio's own TCP transports
         self._loop.call_soon(self._protocol.connection_made, self)
         self._loop.call_soon(self._start_reading)
         if waiter is not None:
