@@ -335,27 +335,42 @@ class QIOChannelWebsock(QIOChannelLayer):
             protocol.send_request(request)
             self._outbox.push(protocol.data_to_send())
 
+    def _pump(self, size: int) -> tuple[int, memoryview, list[Any], list[bytes]]:
+        """The one inbound pump: read the master once (at most ``size`` bytes, non-blocking)
+        and feed the protocol, for the handshake and for frames alike.
+
+        Returns:
+            ``(n, view, events, data to send)``: ``n`` is bytes read into
+            ``view``, 0 at the master's EOF, or ERR_BLOCK (then nothing was fed).
+        """
+        view = self._in_view
+        n = self.master.read(view[:size] if size < view.nbytes else view)
+        if n == ERR_BLOCK:
+            return n, view, [], []
+        if n == view.nbytes and n < _MAX_READ_SIZE:
+            self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
+        protocol = self._protocol
+        with self._proto_lock:
+            if n:
+                protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
+            else:
+                protocol.receive_eof()
+            return n, view, protocol.events_received(), protocol.data_to_send()
+
     def _handshake_receive(self) -> int:
-        """Read once from the master (non-blocking) and advance the handshake."""
-        if isinstance(self._protocol, ServerProtocol):
+        """Pump once and advance the handshake; return what the pump read."""
+        protocol = self._protocol
+        if isinstance(protocol, ServerProtocol):
             # never read past the bound: a request larger than it cannot complete
             size = max(1, min(_SERVER_HANDSHAKE_READ, self._max_request - self._hs_fed))
         else:
             size = _FIRST_READ_SIZE
-        n = self.master.read(self._in_view[:size])
+        n, view, events, out = self._pump(size)
         if n == ERR_BLOCK:
             return n
-        protocol = self._protocol
-        with self._proto_lock:
-            if n == 0:
-                protocol.receive_eof()
-            else:
-                if len(self._hs_head) < _HEAD_KEPT:
-                    self._hs_head += self._in_view[: min(n, _HEAD_KEPT - len(self._hs_head))]
-                self._hs_fed += n
-                protocol.receive_data(self._in_view[:n])  # type: ignore[arg-type]  # copied in
-            events = protocol.events_received()
-            out = protocol.data_to_send()
+        if n and len(self._hs_head) < _HEAD_KEPT:
+            self._hs_head += view[: min(n, _HEAD_KEPT - len(self._hs_head))]
+        self._hs_fed += max(n, 0)
         if isinstance(protocol, ServerProtocol):
             self._server_progress(protocol, events, out, client_left=n == 0)
         else:
@@ -472,23 +487,13 @@ class QIOChannelWebsock(QIOChannelLayer):
                     return ERR_BLOCK, []
 
     def _receive(self) -> int:
-        """Read once from the master and decode; return bytes read, 0 at EOF, or ERR_BLOCK."""
-        view = self._in_view
-        n = self.master.read(view)
+        """Pump once and deliver the frames; return bytes read, 0 at EOF, or ERR_BLOCK."""
+        n, _view, events, out = self._pump(_MAX_READ_SIZE)
         if n == ERR_BLOCK:
             return n
-        if n == view.nbytes and n < _MAX_READ_SIZE:
-            self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
-        protocol = self._protocol
-        with self._proto_lock:
-            if n:
-                protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
-            else:
-                protocol.receive_eof()
-            events = protocol.events_received()
-            out = protocol.data_to_send()
         if out:
             self._outbox.push(out)
+        protocol = self._protocol
         self._deliver(events, protocol)
         if n == 0 and not (self._eof or self._read_error):
             self._transport_eof(_truncated(protocol.parser_exc))
