@@ -22,9 +22,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Generator
+from typing import Any
 
 from qiochan.channel import ERR_BLOCK, QIOChannel
 from qiochan.errors import ChannelError, TLSError, TLSHandshakeError
+from qiochan.iov import ByteQueue
 from qiochan.watch import Condition
 
 __all__ = ["RECV_CHUNK", "WRITE_CHUNK", "TLSSession", "describe_ssl_error"]
@@ -89,7 +91,7 @@ class TLSSession:
         self._send_buf = b""
         self._send_off = 0
         self._unreported = 0
-        self._stash = bytearray()  # plaintext drained before close_notify was queued
+        self._stash = ByteQueue()  # plaintext drained before close_notify was queued
         self._rview = memoryview(bytearray(RECV_FIRST))
         self.handshake_done = False
         self.failed = False
@@ -204,20 +206,38 @@ class TLSSession:
         with self._send_lock:
             return self._flush(blocking=False)
 
+    def _attempt(self, what: str, operation: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """Run one SSLObject operation: the one place OpenSSL's outcomes are sorted out.
+
+        Serves the handshake, reads, writes and unwrap alike (the caller holds
+        ``_ssl_lock``).
+
+        Returns:
+            ``(True, result)``, or ``(False, None)`` when OpenSSL needs more
+            ciphertext from the peer first (the caller reads the master and
+            retries); a read that meets the peer's close_notify gives
+            ``(True, 0)``.
+        Raises:
+            TLSError: OpenSSL failed (``what`` names the operation); the
+                session is failed from then on.
+        """
+        try:
+            return True, operation(*args)
+        except ssl.SSLWantReadError:
+            return False, None
+        except ssl.SSLZeroReturnError:
+            return True, 0
+        except ssl.SSLError as exc:
+            raise self._error(what, exc) from exc
+
     def _handshake_once(self) -> bool:
-        with self._ssl_lock:
-            try:
-                self._ssl.do_handshake()
-                return True
-            except ssl.SSLWantReadError:
-                return False
-            except ssl.SSLError as exc:
-                error = exc
-        self.failed = True
-        self._send_alert()
-        raise TLSHandshakeError(
-            f"{self.label}: handshake failed: {describe_ssl_error(error)}"
-        ) from error
+        try:
+            with self._ssl_lock:
+                done, _ = self._attempt("handshake", self._ssl.do_handshake)
+        except TLSError as exc:
+            self._send_alert()
+            raise TLSHandshakeError(exc.message) from exc
+        return done
 
     def _send_alert(self) -> None:
         """Best effort: deliver the alert OpenSSL queued, so the peer learns why."""
@@ -262,36 +282,22 @@ class TLSSession:
         read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]
         with self._ssl_lock:
             if self._stash:
-                return self._take_stash(iov)
+                return self._stash.copy_into(iov)
             for view in iov:
                 size = view.nbytes
                 filled = 0
                 while filled < size:
-                    try:
-                        n = read(size - filled, view[filled:] if filled else view)
-                    except ssl.SSLWantReadError:
+                    done, n = self._attempt(
+                        "read", read, size - filled, view[filled:] if filled else view
+                    )
+                    if not done:
                         return total + filled
-                    except ssl.SSLZeroReturnError:
-                        n = 0
-                    except ssl.SSLError as exc:
-                        raise self._error("read", exc) from exc
                     if n == 0:
                         self.peer_closed = True
                         return total + filled
                     filled += n
                 total += filled
         return total
-
-    def _take_stash(self, iov: list[memoryview]) -> int:
-        done = 0
-        for view in iov:
-            chunk = min(view.nbytes, len(self._stash) - done)
-            if chunk <= 0:
-                break
-            view[:chunk] = self._stash[done : done + chunk]
-            done += chunk
-        del self._stash[:done]
-        return done
 
     def write_from(self, iov: list[memoryview], blocking: bool) -> int:
         """Encrypt and send from ``iov``.
@@ -356,10 +362,10 @@ class TLSSession:
         return consumed
 
     def _encrypt_one(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self._ssl.write(data)
-        except ssl.SSLError as exc:
-            raise self._error("write", exc) from exc
+        done, _ = self._attempt("write", self._ssl.write, data)
+        if not done:  # renegotiation is off: OpenSSL never needs to read to write
+            self.failed = True
+            raise TLSError(f"{self.label}: write failed: the session wants to read first")
 
     # -- ending -------------------------------------------------------------------
 
@@ -393,28 +399,22 @@ class TLSSession:
             # OpenSSL discards (and complains about) application data it meets while
             # waiting for the peer's close_notify: keep what already arrived
             self._drain_to_stash()
-            try:
-                self._ssl.unwrap()
-            except ssl.SSLWantReadError:
-                pass  # our close_notify is queued; the peer's has not come yet
-            except ssl.SSLError as exc:
-                raise self._error("shutdown", exc) from exc
+            # not done: our close_notify is queued, the peer's has not come yet
+            self._attempt("shutdown", self._ssl.unwrap)
             self.close_notify_sent = True
 
     def _drain_to_stash(self) -> None:
         while not self.peer_closed:
             try:
-                data = self._ssl.read(_MAX_RECORD)
-            except ssl.SSLWantReadError:
+                done, data = self._attempt("read", self._ssl.read, _MAX_RECORD)
+            except TLSError:
+                return  # the reader meets the failure on its next read
+            if not done:
                 return
-            except ssl.SSLZeroReturnError:
-                data = b""
-            except ssl.SSLError:
-                return  # the reader meets the same error on its next read
             if not data:
                 self.peer_closed = True
                 return
-            self._stash += data
+            self._stash.append(data)
 
     def _queued(self) -> bool:
         with self._ssl_lock:
