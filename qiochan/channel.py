@@ -103,6 +103,17 @@ def run_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | None = Non
     """
     try:
         condition = next(steps)
+    except StopIteration as stop:  # done without waiting: the common case
+        result: _T = stop.value
+        return result
+    return _wait_steps(waiter, steps, condition, deadline)
+
+
+def _wait_steps(
+    waiter: QIOChannel, steps: Steps[_T], condition: Condition, deadline: float | None
+) -> _T:
+    """:func:`run_steps` once the generator first asked to wait for ``condition``."""
+    try:
         if deadline is None:
             while True:
                 waiter.wait(condition)
@@ -535,7 +546,12 @@ class QIOChannel(abc.ABC):
             steps.close()
             raise self._busy(what)
         try:
-            return run_steps(self, steps)
+            try:
+                condition = next(steps)
+            except StopIteration as stop:  # done without waiting: the common case
+                result: _T = stop.value
+                return result
+            return _wait_steps(self, steps, condition, None)
         finally:
             guard.release()
 

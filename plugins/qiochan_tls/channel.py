@@ -1,27 +1,31 @@
 """QIOChannelTLS: a TLS session over any master :class:`~qiochan.QIOChannel` (QEMU's channel-tls).
 
-The record layer is real TLS (:mod:`ssl` with memory BIOs, see
-:mod:`qiochan_tls.session`), so it runs over sockets, command pipes, memory
-pipes or a websocket alike.  How sessions end, and why a bare end of the
-transport is an error by default, is explained in :mod:`qiochan_tls`.
+The record layer is real TLS: a Sans-I/O :class:`~qiochan_tls.session.TLSSession`
+(an :mod:`ssl` ``SSLObject`` over memory BIOs, no I/O, no locks); this channel
+moves its ciphertext over the master and serialises its calls, so it runs over
+sockets, command pipes, memory pipes or a websocket alike.  How sessions end,
+and why a bare end of the transport is an error by default, is explained in
+:mod:`qiochan_tls`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from qiochan.channel import QIOChannel, ReadFlag, Shutdown, Steps, WriteFlag
-from qiochan.errors import ChannelError, TLSHandshakeError
+from qiochan.channel import ERR_BLOCK, QIOChannel, ReadFlag, Shutdown, Steps, WriteFlag
+from qiochan.errors import ChannelError, TLSError, TLSHandshakeError
 from qiochan.layer import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, QIOChannelLayer
 from qiochan.watch import Condition
 
 from .authz import Authz
 from .creds import TLSCredsX509
 from .dn import format_dn
-from .session import TLSSession
+from .session import RECV_CHUNK, RECV_FIRST, TLSSession
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -78,9 +82,18 @@ class QIOChannelTLS(QIOChannelLayer):
         self._peer_cert: x509.Certificate | None = None
         label = "TLS server" if server else f"TLS client for {hostname!r}"
         context = creds.ssl_context(check_hostname=hostname is not None)
-        self._session = TLSSession(
-            master, context, server_side=server, hostname=hostname, label=label
-        )
+        self._session = TLSSession(context, server_side=server, hostname=hostname, label=label)
+        # the session does no I/O and takes no locks: this channel moves its
+        # ciphertext and serialises its calls (one reader and one writer thread
+        # at a time, plus close_notify from any thread)
+        self._ssl_lock = threading.Lock()  # the session (CPU work only)
+        self._send_lock = threading.Lock()  # ciphertext leaves in order
+        self._recv_lock = threading.Lock()  # one reader of the master
+        self._send_buf = b""
+        self._send_off = 0
+        self._unreported = 0
+        self._rview = memoryview(bytearray(RECV_FIRST))
+        self._transport_eof = False
         self.name = f"{'tls-server' if server else 'tls-client'}({master.name or ''})"
 
     @classmethod
@@ -182,7 +195,7 @@ class QIOChannelTLS(QIOChannelLayer):
     def handshake_steps(self) -> Steps[None]:
         """The TLS handshake and, on a server, the authorization check (see the base class)."""
         try:
-            yield from self._session.handshake_steps()
+            yield from self._handshake_records()
             self._authorize()
         except BaseException:
             self._session.failed = True
@@ -193,6 +206,38 @@ class QIOChannelTLS(QIOChannelLayer):
             self.version(),
             (self.cipher() or ("?",))[0],
         )
+
+    def _handshake_records(self) -> Steps[None]:
+        session = self._session
+        while True:
+            try:
+                with self._ssl_lock:
+                    done = session.do_handshake()
+            except TLSHandshakeError:
+                self._send_alert()
+                raise
+            while not self._send_some():
+                yield Condition.OUT
+            if done:
+                return
+            while True:
+                with self._recv_lock:
+                    n = self._fill(blocking=False)
+                if n != ERR_BLOCK:
+                    break
+                yield Condition.IN
+            if n == 0:
+                raise TLSHandshakeError(
+                    f"{session.label}: handshake failed: the peer closed the connection",
+                    errno.ECONNRESET,
+                )
+
+    def _send_alert(self) -> None:
+        """Best effort: deliver the alert OpenSSL queued, so the peer learns why."""
+        try:
+            self._send_some()
+        except ChannelError as exc:
+            log.debug("%s: could not send the alert: %s", self._session.label, exc)
 
     def _authorize(self) -> None:
         if not self._server or self._authz is None:
@@ -252,7 +297,7 @@ class QIOChannelTLS(QIOChannelLayer):
         """
         self._check_open()
         self._require_handshake()
-        self._session.send_close_notify(wait=True)
+        self._send_close_notify(wait=True)
 
     # -- the backend contract ----------------------------------------------------
 
@@ -265,14 +310,179 @@ class QIOChannelTLS(QIOChannelLayer):
             or self._read_shut
             or (bool(flags) and bool(flags & ReadFlag.RELAXED_EOF))
         )
-        return self._session.read_into(iov, self._blocking, relaxed), []
+        return self._read_into(iov, relaxed), []
 
     def io_writev(self, iov: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
         self._require_handshake()
-        return self._session.write_from(iov, self._blocking)
+        return self._write_from(iov)
 
     def io_pending(self) -> Condition:
-        return Condition.IN if self._session.readable_now() else Condition(0)
+        if self._transport_eof:
+            return Condition.IN
+        with self._ssl_lock:
+            return Condition.IN if self._session.has_input() else Condition(0)
+
+    # -- moving ciphertext (the I/O the session does not do) ---------------------
+
+    def _flush(self, blocking: bool) -> bool:
+        """Send queued ciphertext (caller holds ``_send_lock``).
+
+        Returns:
+            True when everything was sent; False when the master would block
+            and ``blocking`` is False.
+        """
+        session = self._session
+        while True:
+            data = self._send_buf
+            if self._send_off >= len(data):
+                # reading the BIO's size without the lock is safe: a stale zero
+                # only leaves data for the next flush, as if it came later
+                if not session.output_pending:
+                    return True
+                with self._ssl_lock:
+                    data = session.data_to_send()
+                self._send_buf, self._send_off = data, 0
+            n = self.master.write(memoryview(data)[self._send_off :] if self._send_off else data)
+            if n == ERR_BLOCK:
+                if not blocking:
+                    return False
+                self.master.wait(Condition.OUT)
+                continue
+            self._send_off += n
+
+    def _send_some(self) -> bool:
+        with self._send_lock:
+            return self._flush(blocking=False)
+
+    def _fill(self, blocking: bool) -> int:
+        """Read ciphertext from the master into the session (caller holds ``_recv_lock``).
+
+        Returns:
+            Bytes read, 0 at the master's EOF, or ERR_BLOCK (only when not ``blocking``).
+        """
+        while True:
+            n = self.master.read(self._rview)
+            if n == ERR_BLOCK:
+                if not blocking:
+                    return ERR_BLOCK
+                self.master.wait(Condition.IN)
+                continue
+            if n > 0:
+                with self._ssl_lock:
+                    self._session.receive_data(self._rview[:n])
+                if n == self._rview.nbytes and n < RECV_CHUNK:
+                    self._rview = memoryview(bytearray(2 * n))
+            else:
+                self._transport_eof = True
+            return n
+
+    def _read_into(self, iov: list[memoryview], relaxed_eof: bool) -> int:
+        """Decrypt into ``iov``: bytes read, 0 at EOF, or ERR_BLOCK (non-blocking).
+
+        Raises:
+            TLSError: a bad record or alert, or the peer ended the transport without
+                close_notify while ``relaxed_eof`` is False.
+        """
+        session = self._session
+        with self._recv_lock:
+            while True:
+                with self._ssl_lock:
+                    got = session.decrypt(iov)
+                if got or session.peer_closed:
+                    return got
+                if not self._transport_eof:
+                    n = self._fill(self._blocking)
+                    if n == ERR_BLOCK:
+                        return ERR_BLOCK
+                    if n > 0:
+                        continue
+                if relaxed_eof:
+                    return 0
+                raise TLSError(
+                    f"{session.label}: the peer closed the connection without a TLS "
+                    "close_notify (the data may be truncated; allow_unclean_eof or "
+                    "RELAXED_EOF accept it)",
+                    errno.ECONNABORTED,
+                )
+
+    def _write_from(self, iov: list[memoryview]) -> int:
+        """Encrypt and send from ``iov``.
+
+        Non-blocking writes follow OpenSSL's ``SSL_write`` rule: when a write
+        returns ERR_BLOCK after its data was encrypted, the caller retries with
+        the same data, and the retry reports those bytes once their records
+        are sent.
+
+        Returns:
+            Plaintext bytes consumed, or ERR_BLOCK: then retry with the same data.
+        Raises:
+            ChannelError: the write side was shut down (EPIPE) or the master failed.
+            TLSError: OpenSSL refused to encrypt.
+        """
+        session = self._session
+        blocking = self._blocking
+        with self._send_lock:
+            if session.close_notify_sent:
+                raise ChannelError(
+                    f"{session.label}: Unable to write: the TLS session was shut down for writing",
+                    errno.EPIPE,
+                )
+            # records left over by a write that blocked go first; then that write's
+            # retry (with the same data) learns they are out
+            if self._send_off < len(self._send_buf) and not self._flush(blocking):
+                return ERR_BLOCK
+            if self._unreported:
+                done = min(self._unreported, sum(view.nbytes for view in iov))
+                self._unreported -= done
+                return done
+            with self._ssl_lock:
+                consumed = session.encrypt(iov)
+                # everything earlier was sent above: the new records start the buffer
+                self._send_buf, self._send_off = session.data_to_send(), 0
+            if not self._flush(blocking):
+                self._unreported = consumed
+                return ERR_BLOCK
+            return consumed
+
+    def _send_close_notify(self, wait: bool, linger: float = 0.0) -> bool:
+        """Queue close_notify (once) and send it with whatever ciphertext is still queued.
+
+        Args:
+            wait: block until it is sent.  When False, give up at once if another
+                thread is writing, or when the master is not writable within
+                ``linger`` seconds.
+        Returns:
+            True when close_notify was sent.
+        Raises:
+            ChannelError: the master failed while sending.
+        """
+        session = self._session
+        if not session.handshake_done or session.failed:
+            return False
+        if not self._send_lock.acquire(blocking=wait):
+            return False
+        try:
+            with self._ssl_lock:
+                session.queue_close_notify()
+            if wait:
+                return self._flush(blocking=True)
+            return self._flush_if_writable(time.monotonic() + linger)
+        finally:
+            self._send_lock.release()
+
+    def _queued(self) -> bool:
+        with self._ssl_lock:
+            return self._send_off < len(self._send_buf) or self._session.output_pending > 0
+
+    def _flush_if_writable(self, deadline: float) -> bool:
+        while self._queued():
+            try:
+                self.master.wait(Condition.OUT, timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return False
+            if self._flush(blocking=False):
+                return True
+        return True
 
     def io_shutdown(self, how: Shutdown) -> None:
         """Shut down a direction; WRITE first sends close_notify.
@@ -291,7 +501,7 @@ class QIOChannelTLS(QIOChannelLayer):
         if self.master.closed:
             return
         try:
-            self._session.send_close_notify(wait=wait, linger=linger)
+            self._send_close_notify(wait=wait, linger=linger)
         except ChannelError as exc:
             log.debug("%s: close_notify not sent: %s", self._session.label, exc)
 
