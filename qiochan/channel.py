@@ -8,7 +8,7 @@ Mandatory for a backend:
     ``io_writev(iov, fds, flags) -> n``, ``io_close()``,
     ``io_create_watch(condition) -> WatchSource``, ``io_set_blocking(enabled)``.
 Optional:
-    ``io_shutdown(how)``, ``io_set_cork(enabled)``, ``io_set_delay(enabled)``,
+    ``io_abort()``, ``io_shutdown(how)``, ``io_set_cork(enabled)``, ``io_set_delay(enabled)``,
     ``io_seek(offset, whence) -> int``, ``io_flush() -> int``,
     ``io_preadv(iov, offset) -> n``, ``io_pwritev(iov, offset) -> n``,
     ``io_peerpid() -> int``.
@@ -281,6 +281,10 @@ class QIOChannel(abc.ABC):
     cannot be instantiated (``TypeError`` naming it).  A channel starts in
     blocking mode.  Closing is idempotent; every other operation on a closed
     channel raises :class:`~qiochan.errors.ChannelClosedError` (``EBADF``).
+    There are two ways to end: :meth:`close` is the clean end of stream, and
+    :meth:`abort` ends so that the peer sees the stream was cut (a TCP reset,
+    TLS without close_notify, websocket close code 1011), for a transfer that
+    stops before its end.
     """
 
     def __init__(self) -> None:
@@ -715,6 +719,25 @@ class QIOChannel(abc.ABC):
                 example a child process that exited non-zero); the channel is
                 closed all the same.
         """
+        self._release("close", self.io_close)
+
+    def abort(self) -> None:
+        """Close the channel so that the peer cannot take the end for a clean one.
+
+        Use it when a stream stops before its end (an error, a signal, a
+        timeout): a TCP connection is reset (``SO_LINGER`` 0), TLS ends without
+        close_notify, a websocket sends close code 1011 instead of 1000, and a
+        layer then aborts its master.  Channels with no such notion (files,
+        memory) just close.  It never waits for the peer.  A second call, or a
+        call after :meth:`close`, does nothing.
+
+        Raises:
+            ChannelError: releasing the OS object failed; the channel is
+                closed all the same.
+        """
+        self._release("abort", self.io_abort)
+
+    def _release(self, what: str, release: Callable[[], None]) -> None:
         if self._closed:
             return
         self._closed = True
@@ -722,13 +745,13 @@ class QIOChannel(abc.ABC):
             watches = list(self._watches)
         for watch in watches:
             watch.remove()
-        log.debug("channel close %r", self)
+        log.debug("channel %s %r", what, self)
         try:
-            self.io_close()
+            release()
         except ChannelError:
             raise
         except OSError as exc:
-            raise from_oserror("Unable to close channel", exc) from exc
+            raise from_oserror(f"Unable to {what} channel", exc) from exc
         finally:
             _hooks.channel_closed(self)
 
@@ -806,6 +829,10 @@ class QIOChannel(abc.ABC):
 
     def peerpid(self) -> int:
         """Return the peer process id where the OS tells it.
+
+        Unix sockets tell it (``SO_PEERCRED``; their channels also have
+        ``peercred()`` for the pid, uid and gid), command pipes give the
+        child's pid, layers ask their master.
 
         Raises:
             ChannelError: the channel cannot tell (``ENOTSUP``).
@@ -937,6 +964,13 @@ class QIOChannel(abc.ABC):
     @abc.abstractmethod
     def io_close(self) -> None:
         """Backend: release the OS objects."""
+
+    def io_abort(self) -> None:
+        """Backend (optional): release the OS objects so the peer sees an abnormal end.
+
+        The default is :meth:`io_close`.
+        """
+        self.io_close()
 
     @abc.abstractmethod
     def io_create_watch(self, condition: Condition) -> WatchSource:

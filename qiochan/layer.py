@@ -366,7 +366,11 @@ class QIOChannelLayer(QIOChannel):
     def io_close_layer(self) -> None:
         """Layer (optional): say goodbye to the peer before the master closes; never block long."""
 
-    def io_close(self) -> None:
+    def io_abort_layer(self) -> None:
+        """Layer (optional): an abnormal goodbye that never waits (websocket close 1011)
+        before the master aborts; the default says nothing (TLS: no close_notify)."""
+
+    def _end_handshake_job(self) -> None:
         job, self._handshake_job = self._handshake_job, None
         task, self._handshake_task = self._handshake_task, None
         if job is not None and not job.done():
@@ -376,10 +380,20 @@ class QIOChannelLayer(QIOChannel):
             label = self.handshake_label()
             task.set_error(ChannelError(f"{label}: closed during the handshake", errno.EBADF))
             task.complete()
+
+    def io_close(self) -> None:
+        self._end_handshake_job()
         try:
             self.io_close_layer()
         finally:
             self.master.close()
+
+    def io_abort(self) -> None:
+        self._end_handshake_job()
+        try:
+            self.io_abort_layer()
+        finally:
+            self.master.abort()
 
 
 # -- wrapping channels in layer specs ---------------------------------------

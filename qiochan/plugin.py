@@ -16,7 +16,7 @@ A plugin is a module (or any object) with functions decorated by
 
 The callables a :class:`Backend` carries are typed by the protocols below
 (:class:`ConnectFunc`, :class:`ListenFunc`, :class:`OpenFunc`,
-:class:`WrapFunc`, :class:`ParseFunc`).  They fix the positional arguments;
+:class:`WrapFunc`, :class:`CheckFunc`, :class:`ParseFunc`).  They fix the positional arguments;
 each backend adds its own keyword options (``timeout=``, ``backlog=``...),
 which the caller passes through as given.
 
@@ -37,6 +37,7 @@ from .errors import PluginError
 __all__ = [
     "PROJECT",
     "Backend",
+    "CheckFunc",
     "ConnectFunc",
     "ListenFunc",
     "Listener",
@@ -115,6 +116,18 @@ class WrapFunc(Protocol):
     def __call__(self, channel: QIOChannel, role: Role, /) -> QIOChannel: ...
 
 
+class CheckFunc(Protocol):
+    """``check(role, **options)``: raise what ``wrap`` would raise for these options.
+
+    No channel exists yet: it checks the options (unknown ones, ones for the
+    other role, malformed values) and what they name (a credentials directory
+    that must load), raising :class:`~qiochan.errors.AddressError` or the
+    layer's error, so a bad layer never costs a connection.
+    """
+
+    def __call__(self, role: Role, /) -> None: ...
+
+
 class ParseFunc(Protocol):
     """``parse(text)``: return the address object for the full address text.
 
@@ -145,6 +158,11 @@ class Backend:
         wrap: ``wrap(channel, role, **options) -> QIOChannel``; a
             :class:`~qiochan.layer.QIOChannelLayer` may come back with its handshake
             not run: the caller runs it under its deadline (sync or async).
+        check: ``check(role, **options) -> None`` for a layer: raise the error
+            ``wrap`` would raise for these options in this role (an unknown
+            option, one for the other role, unusable credentials) without
+            any channel, so a bad layer is refused before anything connects
+            or listens (:func:`qiochan.transport.check_layers`).
         parse: ``parse(text) -> address`` for its schemes; without one the
             callables receive a :class:`~qiochan.address.SchemeAddress` (the
             built-in schemes use :func:`qiochan.address.parse_address`).
@@ -164,6 +182,7 @@ class Backend:
     listen: ListenFunc | None = None
     open: OpenFunc | None = None
     wrap: WrapFunc | None = None
+    check: CheckFunc | None = None
     parse: ParseFunc | None = None
     own_layers: bool = False
     description: str = ""
@@ -180,7 +199,7 @@ class Backend:
             self.schemes = (self.schemes,)
         self.schemes = tuple(self.schemes)
         self.features = frozenset(Feature(f) for f in self.features)
-        for attr in ("connect", "listen", "open", "wrap", "parse"):
+        for attr in ("connect", "listen", "open", "wrap", "check", "parse"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PluginError(

@@ -22,7 +22,7 @@ from .layer import apply_layers, deadline_after
 from .layer import layer_specs as _layer_specs
 from .options import LayerSpec, parse_layer
 from .plugin import Listener, Role
-from .registry import resolve_address
+from .registry import find_backend, resolve_address
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,6 +35,7 @@ __all__ = [
     "Listener",
     "Role",
     "apply_layers",
+    "check_layers",
     "connect",
     "listen",
     "open_channel",
@@ -43,6 +44,27 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.transport")
+
+
+def check_layers(layers: Iterable[Any], role: Role) -> None:
+    """Check ``layers`` for ``role`` before any channel exists.
+
+    Each spec string must parse and name an available layer, and the layer's
+    ``check`` hook (when its backend has one) must accept the options; callables
+    are left to run.  :func:`connect` and :func:`listen` call it first, so a bad
+    layer never costs a connection, nor a listener waiting for a peer.
+
+    Raises:
+        AddressError: a malformed spec or a bad option.
+        PluginError: no available backend for a layer.
+        ChannelError: what the layer's check raised (e.g. ``TLSError`` for
+            unusable credentials).
+    """
+    for spec in _layer_specs(layers):
+        if isinstance(spec, LayerSpec):
+            backend = find_backend(spec.name, kind="layer")
+            if backend.check is not None:
+                backend.check(role, **spec.options)
 
 
 def _configured(
@@ -89,6 +111,8 @@ def connect(
     deadline = deadline_after(timeout)
     backend, parsed = resolve_address(address)
     func = backend.require("connect")
+    layers = _layer_specs(layers)
+    check_layers(layers, "client")
     if timeout is not None:
         options["timeout"] = timeout
     if backend.own_layers:
@@ -224,6 +248,7 @@ def listen(address: Any, *, layers: Iterable[Any] = (), **options: Any) -> Any:
     backend, parsed = resolve_address(address)
     func = backend.require("listen")
     specs = _layer_specs(layers)
+    check_layers(specs, "server")
     if backend.own_layers:
         options["layers"] = specs
         return func(parsed, **options)

@@ -10,9 +10,12 @@ by ``/dev/null`` (``dup2``) rather than closed, so a racing thread can never
 touch a recycled descriptor number; it is closed with the channel.
 
 ``close()`` closes the pipes, waits ``close_timeout`` seconds for the child,
-then sends SIGTERM, waits again, then SIGKILL, and always reaps it.  A
+then sends SIGTERM, waits again, then SIGKILL, and always reaps it; the
+signals go to the child's process group, so nothing it started survives.  A
 non-zero exit or a death by signal is raised as :class:`ChannelError`, except
-SIGPIPE after we stopped reading (the child was cut off on purpose).
+SIGPIPE after we stopped reading (the child was cut off on purpose), also
+when a shell reports it as status 141.  ``abort()`` terminates the group at
+once and reports nothing.
 """
 
 from __future__ import annotations
@@ -130,6 +133,9 @@ class _End:
 
 class QIOChannelCommand(QIOChannel):
     """A channel talking to a child process through pipes; make it with :meth:`new_spawn`.
+
+    The child leads its own process group: ending the channel (``close()``
+    after ``close_timeout``, or ``abort()`` at once) signals the whole group.
 
     Attributes:
         pid: the child's process id.
@@ -271,7 +277,9 @@ class QIOChannelCommand(QIOChannel):
     def io_peerpid(self) -> int:
         return self.pid
 
-    def io_close(self) -> None:
+    def _stop(self, grace: float) -> tuple[process.ExitReport, bool]:
+        """Close both pipes, stop the child (see :func:`process.stop`); return how it
+        ended and whether we had stopped reading its output."""
         with self._lock:
             reader, writer = self._reader, self._writer
             stopped_reading = reader is not None
@@ -280,13 +288,26 @@ class QIOChannelCommand(QIOChannel):
                     end.shutdown()  # wakes any thread still blocked on this end
                     end.close()
         try:
-            report = process.stop(self._proc, self.close_timeout)
+            report = process.stop(self._proc, self.close_timeout, grace)
         except ChildProcessError as exc:
             raise ChannelError(f"Unable to reap command pid {self.pid}: {exc}") from exc
         self.returncode = report.returncode
-        log.debug("command close pid=%d returncode=%d", self.pid, report.returncode)
+        log.debug("command end pid=%d returncode=%d", self.pid, report.returncode)
+        return report, stopped_reading
+
+    def io_close(self) -> None:
+        report, stopped_reading = self._stop(self.close_timeout)
         if report.returncode == 0 and report.forced is None:
             return
-        if report.forced is None and report.signal == signal.SIGPIPE and stopped_reading:
+        if report.forced is None and stopped_reading and _killed_by_sigpipe(report.returncode):
             return  # it was writing to the stdout pipe we closed on purpose
         raise ChannelError(process.describe(self.argv, report, self.close_timeout))
+
+    def io_abort(self) -> None:
+        """Close the pipes and terminate the child's process group at once (no grace)."""
+        self._stop(0.0)
+
+
+def _killed_by_sigpipe(returncode: int) -> bool:
+    """True for a death by SIGPIPE, directly (-13) or as a shell reports it (128 + 13)."""
+    return returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE)

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ExitReport", "describe", "spawn", "stop"]
+__all__ = ["ExitReport", "describe", "signal_group", "spawn", "stop"]
 
 log = logging.getLogger("qiochan.command")
 
@@ -34,14 +34,35 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` with the given stdin/stdout (fds, or ``subprocess.DEVNULL``).
 
-    stderr is inherited, other descriptors are closed in the child.
+    The child leads a process group of its own, so :func:`stop` reaches every
+    process it starts (a shell's children too), and a terminal's Ctrl-C goes
+    to us, not to it.  stderr is inherited, other descriptors are closed in
+    the child.
 
     Raises:
         OSError: the program could not be started (``ENOENT``, ``EACCES``...).
     """
     return subprocess.Popen(
-        list(argv), stdin=stdin, stdout=stdout, close_fds=True, env=env, cwd=cwd
+        list(argv),
+        stdin=stdin,
+        stdout=stdout,
+        close_fds=True,
+        env=env,
+        cwd=cwd,
+        process_group=0,
     )
+
+
+def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc``'s process group (every process it started that stayed in it).
+
+    The group id stays reserved while any member lives, even after ``proc``
+    itself was reaped, so this never reaches an unrelated process.
+    """
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -81,8 +102,12 @@ class ExitReport:
         return signal.Signals(-self.returncode) if self.returncode < 0 else None
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float) -> ExitReport:
-    """Wait ``timeout`` s for ``proc`` to exit, then SIGTERM, wait again, then SIGKILL; reap it.
+def stop(proc: subprocess.Popen[bytes], timeout: float, grace: float | None = None) -> ExitReport:
+    """Wait ``grace`` s (default ``timeout``) for ``proc`` to exit, then SIGTERM its
+    process group, wait ``timeout`` s, then SIGKILL the group; reap ``proc``.
+
+    Once a signal had to be sent, the group is swept with SIGKILL after
+    ``proc`` exits, so no process it started outlives it.
 
     Returns:
         The exit report (``forced`` names the signal we sent, if any).
@@ -90,12 +115,13 @@ def stop(proc: subprocess.Popen[bytes], timeout: float) -> ExitReport:
         ChildProcessError: the child survived SIGKILL for :data:`KILL_TIMEOUT` s
             (stuck in the kernel); it could not be reaped.
     """
-    if wait_exit(proc, timeout):
+    if wait_exit(proc, timeout if grace is None else grace):
         return ExitReport(proc.returncode)
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, KILL_TIMEOUT)):
-        log.debug("command pid %d did not exit; sending %s", proc.pid, sig.name)
-        proc.send_signal(sig)
+        log.debug("command pid %d did not exit; sending %s to its group", proc.pid, sig.name)
+        signal_group(proc, sig)
         if wait_exit(proc, wait):
+            signal_group(proc, signal.SIGKILL)
             return ExitReport(proc.returncode, sig)
     raise ChildProcessError(f"process {proc.pid} refused to die after SIGKILL")
 

@@ -11,7 +11,7 @@ from qiochan.channel import Feature
 from qiochan.plugin import Backend, hookimpl
 
 from .backend import connect, listen, open_fd, open_socket
-from .channel import MAX_FDS, QIOChannelSocket, socket_pair
+from .channel import MAX_FDS, PeerCred, QIOChannelSocket, socket_pair
 from .listener import ClientFunc, QIONetListener
 from .sockaddr import Endpoint, resolve, to_address
 
@@ -19,6 +19,7 @@ __all__ = [
     "MAX_FDS",
     "ClientFunc",
     "Endpoint",
+    "PeerCred",
     "QIOChannelSocket",
     "QIONetListener",
     "connect",

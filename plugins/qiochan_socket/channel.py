@@ -17,7 +17,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from qiochan.address import Address, FdAddress, InetAddress, as_address
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
@@ -32,7 +32,7 @@ from .unixpath import BoundFile, bound_file, stat_file, unlink_if_same
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["MAX_FDS", "QIOChannelSocket", "socket_pair"]
+__all__ = ["MAX_FDS", "PeerCred", "QIOChannelSocket", "socket_pair"]
 
 log = logging.getLogger("qiochan.socket")
 
@@ -44,6 +44,7 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _UCRED = struct.Struct("3i")
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _PEEK = int(ReadFlag.MSG_PEEK)
 _ZERO_COPY = int(WriteFlag.ZERO_COPY)
 _Socket = socket.socket  # the class has a ``socket`` property that hides the module there
@@ -68,6 +69,15 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             received.frombytes(data[: len(data) - len(data) % _FD_SIZE])
             fds.extend(received)
     return fds
+
+
+class PeerCred(NamedTuple):
+    """A unix socket peer's credentials (``SO_PEERCRED``), as the kernel recorded them
+    when the connection was made (a pid of 0: the peer is in another pid namespace)."""
+
+    pid: int
+    uid: int
+    gid: int
 
 
 class QIOChannelSocket(QIOChannel):
@@ -517,15 +527,27 @@ class QIOChannelSocket(QIOChannel):
             except OSError as exc:
                 log.debug("set_cork ignored: %s", exc)
 
-    def io_peerpid(self) -> int:
+    def peercred(self) -> PeerCred:
+        """Return the peer process's ``(pid, uid, gid)`` (``SO_PEERCRED``) on a unix socket.
+
+        The kernel records them when the connection is made (for a listening
+        socket: the listener's own).  :meth:`peerpid` gives the pid alone.
+
+        Raises:
+            ChannelError: not a unix socket (``ENOTSUP``), the channel is
+                closed or unconnected, or the query failed.
+        """
         sock = self._require_socket()
         if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
-            raise unsupported("Peer pid (only unix sockets tell it)")
+            raise unsupported("Peer credentials (only unix sockets tell them)")
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         except OSError as exc:
             raise from_oserror("Unable to query peer credentials", exc) from exc
-        pid: int = _UCRED.unpack(raw)[0]
+        return PeerCred(*_UCRED.unpack(raw))
+
+    def io_peerpid(self) -> int:
+        pid = self.peercred().pid
         if pid <= 0:
             raise ChannelError("The peer's process id is not known", errno.ENOTCONN)
         return pid
@@ -537,6 +559,21 @@ class QIOChannelSocket(QIOChannel):
     def io_set_blocking(self, enabled: bool) -> None:
         if self._sock is not None:
             self._sock.setblocking(enabled)
+
+    def io_abort(self) -> None:
+        """Close with a reset on TCP (``SO_LINGER`` 0): the peer's next read fails.
+
+        A unix stream socket has no reset: Linux reports ``ECONNRESET`` to the
+        peer only when data the peer sent is still unread here; otherwise the
+        peer sees an end of stream, as after :meth:`close`.
+        """
+        sock = self._sock
+        if sock is not None and sock.type == socket.SOCK_STREAM:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError as exc:
+                log.debug("abort: SO_LINGER refused (%s); closing normally", exc)
+        self.io_close()
 
     def io_close(self) -> None:
         sock, self._sock = self._sock, None

@@ -91,6 +91,11 @@ def _wrap(channel: Any, role: str, **options: Any) -> Any:
     return layer_wrap(channel, role, **options)
 
 
+def _check(role: str, **options: Any) -> None:
+    """The ``tls`` layer's check (see :func:`qiochan_tls.layer.check`), loaded on first use."""
+    import_module(".layer", __name__).check(role, **options)
+
+
 @hookimpl
 def qiochan_backends() -> list[Backend]:
     """Declare the ``tls`` layer (unavailable without :mod:`cryptography`)."""
@@ -103,6 +108,7 @@ def qiochan_backends() -> list[Backend]:
             available=HAVE_CRYPTOGRAPHY,
             missing="" if HAVE_CRYPTOGRAPHY else MISSING,
             wrap=_wrap if HAVE_CRYPTOGRAPHY else None,
+            check=_check if HAVE_CRYPTOGRAPHY else None,
             description="TLS over any channel (ssl MemoryBIO), QEMU x509 credentials directory",
         )
     ]

@@ -25,24 +25,39 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .layout import CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
+from .layout import (
+    CA_CERT,
+    CA_CRL,
+    CA_KEY,
+    CLIENT_CERT,
+    CLIENT_KEY,
+    SERVER_CERT,
+    SERVER_KEY,
+    Endpoint,
+    cert_file,
+    key_file,
+)
 
 __all__ = [
     "CA_KEY_USAGE",
     "CertifiedKey",
     "CredsSet",
     "KeyType",
+    "add_leaf",
     "create_ca",
     "create_cert",
     "create_creds_dir",
     "create_crl",
     "generate_key",
+    "load_ca",
     "make_name",
+    "revoke",
     "write_crl",
 ]
 
@@ -65,7 +80,13 @@ _PURPOSES = {
     "client": ExtendedKeyUsageOID.CLIENT_AUTH,
     "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
 }
-_SKEW = datetime.timedelta(hours=1)  # back-date certificates against clock skew
+_SKEW = datetime.timedelta(hours=1)
+_ISSUER_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)  # back-date certificates against clock skew
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,7 @@ class CertifiedKey:
         if key_path is not None:
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as out:
+                os.fchmod(fd, 0o600)  # a key file that existed keeps no wider mode
                 out.write(self.key_pem())
 
 
@@ -298,24 +320,33 @@ def create_cert(
 
 def create_crl(
     ca: CertifiedKey,
-    revoked: Iterable[x509.Certificate] = (),
+    revoked: Iterable[x509.Certificate | x509.RevokedCertificate] = (),
     *,
     last_update: datetime.datetime | None = None,
     next_update: datetime.datetime | None = None,
+    days: int = 30,
 ) -> x509.CertificateRevocationList:
-    """Return a CRL signed by ``ca`` revoking ``revoked`` (valid for 30 days by default)."""
+    """Return a CRL signed by ``ca`` revoking ``revoked`` (valid for ``days`` by default).
+
+    ``revoked`` holds certificates, or entries of an earlier CRL (kept as they are).
+    """
     now = datetime.datetime.now(datetime.UTC)
     last = last_update if last_update is not None else now - _SKEW
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)
         .last_update(last)
-        .next_update(next_update if next_update is not None else now + datetime.timedelta(days=30))
+        .next_update(
+            next_update if next_update is not None else now + datetime.timedelta(days=days)
+        )
     )
-    for cert in revoked:
+    for item in revoked:
+        if isinstance(item, x509.RevokedCertificate):
+            builder = builder.add_revoked_certificate(item)
+            continue
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
+            .serial_number(item.serial_number)
             .revocation_date(last)
             .build()
         )
@@ -352,7 +383,10 @@ def create_creds_dir(
 ) -> CredsSet:
     """Create a QEMU credentials directory usable by both endpoints and return what it holds.
 
-    Writes ``ca-cert.pem``, ``server-cert.pem``/``server-key.pem`` (CN = the first
+    Writes ``ca-cert.pem`` and ``ca-key.pem`` (mode 0600: the CA's key, needed to
+    sign more certificates and CRLs with :func:`add_leaf` and :func:`revoke`; QEMU
+    does not read it, and whoever has it can mint trusted certificates),
+    ``server-cert.pem``/``server-key.pem`` (CN = the first
     hostname, SANs = ``hostnames`` and ``ips``, serverAuth) and, with ``client``,
     ``client-cert.pem``/``client-key.pem`` (``C=country,O=organization,CN=client_name``,
     clientAuth).  The directory is created if needed.
@@ -364,7 +398,8 @@ def create_creds_dir(
     path.mkdir(parents=True, exist_ok=True)
     hostnames, ips = list(hostnames), list(ips)
     authority = ca if ca is not None else create_ca(key_type=key_type)
-    authority.write(path / CA_CERT)
+    authority.write(path / CA_CERT, path / CA_KEY)
+    (path / CA_CRL).unlink(missing_ok=True)  # a CRL of an earlier CA would not load
     server_cert = client_cert = None
     if server:
         server_cert = create_cert(
@@ -389,3 +424,123 @@ def create_creds_dir(
         )
         client_cert.write(path / CLIENT_CERT, path / CLIENT_KEY)
     return CredsSet(path, authority, server_cert, client_cert)
+
+
+def load_ca(dir: str | os.PathLike[str]) -> CertifiedKey:
+    """Return the CA of the credentials directory ``dir`` with its key (``ca-key.pem``).
+
+    Raises:
+        FileNotFoundError: ``ca-cert.pem`` or ``ca-key.pem`` is missing (the
+            message says which).
+        ValueError: a file does not hold what it should, or the key is not
+            the certificate's.
+    """
+    path = Path(dir)
+    for name in (CA_CERT, CA_KEY):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path} has no {name}")
+    cert = x509.load_pem_x509_certificate((path / CA_CERT).read_bytes())
+    key = serialization.load_pem_private_key((path / CA_KEY).read_bytes(), password=None)
+    if not isinstance(key, _ISSUER_KEYS):
+        raise ValueError(f"{path / CA_KEY} holds a {type(key).__name__}, not a signing key")
+    if key.public_key() != cert.public_key():
+        raise ValueError(f"{path / CA_KEY} is not the key of {path / CA_CERT}")
+    return CertifiedKey(cert, key)
+
+
+def add_leaf(
+    dir: str | os.PathLike[str],
+    endpoint: Endpoint,
+    name: str,
+    *,
+    hostnames: Iterable[str] = (),
+    ips: Iterable[str] = (),
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    organization: str = "Example",
+    country: str = "UK",
+    key_type: KeyType = "ec",
+) -> list[Path]:
+    """Sign a new server or client certificate with the CA of ``dir``; return the files written.
+
+    The certificate and key go to ``out`` (default ``dir``) under QEMU's names
+    (``server-cert.pem``/``server-key.pem`` or ``client-*``); an ``out``
+    other than ``dir`` also gets the CA certificate (and CRL), so it is a
+    complete directory for the other host.  A server certificate's CN is
+    ``name`` and its subjectAltNames ``hostnames`` and ``ips``; a client's
+    subject is ``C=country,O=organization,CN=name``.
+
+    Raises:
+        FileExistsError: the certificate file exists and ``force`` is False.
+        FileNotFoundError, ValueError: as :func:`load_ca`, or a malformed IP.
+    """
+    ca = load_ca(dir)
+    source, target = Path(dir), Path(out) if out is not None else Path(dir)
+    cert_path, key_path = target / cert_file(endpoint), target / key_file(endpoint)
+    if cert_path.exists() and not force:
+        raise FileExistsError(f"{cert_path} exists")
+    leaf = create_cert(
+        ca,
+        name,
+        hostnames=hostnames,
+        ips=ips,
+        purposes=(endpoint,),
+        organization=organization,
+        country=country,
+        key_type=key_type,
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    written = [cert_path, key_path]
+    if target.resolve() != source.resolve():
+        for shared in (CA_CERT, CA_CRL):
+            if (source / shared).exists():
+                (target / shared).write_bytes((source / shared).read_bytes())
+                written.append(target / shared)
+    leaf.write(cert_path, key_path)
+    return written
+
+
+def revoke(
+    dir: str | os.PathLike[str],
+    cert: x509.Certificate | str | os.PathLike[str],
+    *,
+    days: int = 365,
+) -> x509.CertificateRevocationList:
+    """Revoke ``cert`` (a certificate or a PEM file) in ``dir``'s ``ca-crl.pem``
+    (made, or extended keeping its entries).
+
+    The CRL is valid for ``days``; revoke again (or with ``qiochan certs
+    --revoke``) before then, as a peer refuses every certificate once the CRL
+    it checks has expired.
+
+    Returns:
+        The CRL written.
+    Raises:
+        ValueError: ``cert`` is no PEM certificate, or was not issued by that CA.
+        OSError: the certificate file cannot be read.
+        FileNotFoundError, ValueError: as :func:`load_ca`.
+    """
+    if not isinstance(cert, x509.Certificate):
+        try:
+            cert = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        except ValueError:
+            raise ValueError(f"{cert} is not a PEM certificate") from None
+    ca = load_ca(dir)
+    if cert.issuer != ca.cert.subject:
+        issuer = cert.issuer.rfc4514_string()
+        raise ValueError(f"the certificate was issued by {issuer}, not by this CA")
+    try:
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError("the certificate is not signed by this CA") from None
+    path = Path(dir) / CA_CRL
+    earlier: list[x509.RevokedCertificate] = []
+    if path.exists():
+        earlier = [
+            entry
+            for entry in x509.load_pem_x509_crl(path.read_bytes())
+            if entry.serial_number != cert.serial_number
+        ]
+    crl = create_crl(ca, [*earlier, cert], days=days)
+    write_crl(crl, path)
+    return crl

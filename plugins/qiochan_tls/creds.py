@@ -46,6 +46,15 @@ def _read(path: Path, what: str) -> bytes:
         raise TLSError(f"Unable to read {what} file {path}: {reason}", exc.errno) from exc
 
 
+_SEE_URL = re.compile(r"\s*See https?://\S+[^.]*\.")
+
+
+def _why(exc: Exception) -> str:
+    """``exc``'s message without the "See https://... for more details." sentence
+    :mod:`cryptography` appends (a FAQ link is no help to someone fixing a file)."""
+    return _SEE_URL.sub("", str(exc)).strip()
+
+
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
@@ -61,7 +70,7 @@ def _load_certs(path: Path, what: str, strict: bool = True) -> list[LoadedCert]:
     except ValueError as exc:
         if strict:
             raise TLSError(
-                f"Unable to parse {what} file {path}: not a PEM certificate ({exc})"
+                f"Unable to parse {what} file {path}: not a PEM certificate ({_why(exc)})"
             ) from exc
         certs = []
         for block in _PEM_CERT.findall(data):
@@ -77,11 +86,11 @@ def _load_key(path: Path, password: bytes | None) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(data, password=password)
     except TypeError as exc:  # encrypted without a password, or a password for a plain key
-        raise TLSError(f"Unable to load private key file {path}: {exc}") from exc
+        raise TLSError(f"Unable to load private key file {path}: {_why(exc)}") from exc
     except ValueError as exc:
         raise TLSError(
             f"Unable to parse private key file {path}: not a PEM private key, "
-            f"or a wrong password ({exc})"
+            f"or a wrong password ({_why(exc)})"
         ) from exc
 
 
@@ -90,7 +99,7 @@ def _load_crl(path: Path, cas: list[LoadedCert]) -> x509.CertificateRevocationLi
     try:
         crl = x509.load_pem_x509_crl(data)
     except ValueError as exc:
-        raise TLSError(f"Unable to parse CRL file {path}: not a PEM CRL ({exc})") from exc
+        raise TLSError(f"Unable to parse CRL file {path}: not a PEM CRL ({_why(exc)})") from exc
     issuers = [ca for ca in cas if ca.cert.subject == crl.issuer]
     if not any(crl.is_signature_valid(ca.cert.public_key()) for ca in issuers):  # type: ignore[arg-type]
         raise TLSError(f"The CRL {path} is not signed by a CA in {cas[0].path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .channel import QIOChannelTLS
 from .creds import TLSCredsX509
 from .layout import CA_CERT, CA_CRL, Endpoint, cert_file, key_file
 
-__all__ = ["OPTIONS", "load_creds", "wrap"]
+__all__ = ["OPTIONS", "check", "load_creds", "wrap"]
 
 _CONTEXT = "layer 'tls'"
 #: The options the layer understands (dashes written as underscores).
@@ -115,6 +116,54 @@ def _creds(value: Any, role: Endpoint, options: dict[str, Any]) -> TLSCredsX509:
     )
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What a ``tls`` layer spec means for one role, checked."""
+
+    creds: TLSCredsX509
+    hostname: str | None
+    authz: Authz | None
+    allow_unclean_eof: bool
+    handshake_timeout: float | None
+
+
+def _settings(role: Endpoint, options: dict[str, Any]) -> _Settings:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        known = ", ".join(name.replace("_", "-") for name in OPTIONS)
+        raise AddressError(f"{_CONTEXT}: unknown option(s) {', '.join(unknown)} (known: {known})")
+    if role not in ("client", "server"):
+        raise AddressError(f"{_CONTEXT}: role must be 'client' or 'server', not {role!r}")
+    hostname = options.get("hostname") or None
+    authz = _authz(options.get("authz"))
+    if role == "server" and hostname is not None:
+        raise AddressError(f"{_CONTEXT}: hostname= applies to a client only")
+    if role == "client" and authz is not None:
+        raise AddressError(f"{_CONTEXT}: authz= applies to a server only")
+    unclean = parse_bool(options.get("allow_unclean_eof", False), "allow_unclean_eof", _CONTEXT)
+    creds = _creds(options.get("creds"), role, options)
+    if authz is not None and not creds.verify_peer:
+        raise AddressError(f"{_CONTEXT}: authz= needs verify-peer=on (clients send no certificate)")
+    default = DEFAULT_SERVER_HANDSHAKE_TIMEOUT if role == "server" else None
+    timeout = parse_seconds(
+        options.get("handshake_timeout", default), "handshake-timeout", _CONTEXT
+    )
+    return _Settings(creds, hostname, authz, unclean, timeout)
+
+
+def check(role: Endpoint, **options: Any) -> None:
+    """Check a ``tls`` layer's options for ``role`` as :func:`wrap` will, with no channel.
+
+    The credentials are loaded (and cached for the wrap that follows).
+
+    Raises:
+        AddressError: an unknown or malformed option, or one for the other role.
+        TLSError: the credentials directory is missing, unreadable or fails
+            QEMU's checks.
+    """
+    _settings(role, options)
+
+
 def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
     """Wrap ``channel`` in TLS for ``role``; the handshake is left to the caller.
 
@@ -126,38 +175,24 @@ def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
     Returns:
         The TLS channel, handshake not run (the caller owns it).
     Raises:
-        AddressError: an unknown or malformed option, or a client that verifies
-            its peer with no hostname to check.
+        AddressError: as :func:`check`, or a client that verifies its peer
+            with no hostname to check.
         TLSError: bad credentials.
     """
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        known = ", ".join(name.replace("_", "-") for name in OPTIONS)
-        raise AddressError(f"{_CONTEXT}: unknown option(s) {', '.join(unknown)} (known: {known})")
-    creds = _creds(options.get("creds"), role, options)
-    unclean = parse_bool(options.get("allow_unclean_eof", False), "allow_unclean_eof", _CONTEXT)
-    hostname = options.get("hostname") or None
-    authz = _authz(options.get("authz"))
-    default = DEFAULT_SERVER_HANDSHAKE_TIMEOUT if role == "server" else None
-    timeout = parse_seconds(
-        options.get("handshake_timeout", default), "handshake-timeout", _CONTEXT
-    )
+    settings = _settings(role, options)
+    creds, hostname, unclean = settings.creds, settings.hostname, settings.allow_unclean_eof
+    timeout = settings.handshake_timeout
     if role == "server":
-        if hostname is not None:
-            raise AddressError(f"{_CONTEXT}: hostname= applies to a client only")
         return QIOChannelTLS.new_server(
-            channel, creds, authz, allow_unclean_eof=unclean, handshake_timeout=timeout
+            channel, creds, settings.authz, allow_unclean_eof=unclean, handshake_timeout=timeout
         )
-    else:
-        if authz is not None:
-            raise AddressError(f"{_CONTEXT}: authz= applies to a server only")
-        if hostname is None and creds.verify_peer:
-            hostname = _remote_host(channel)
-            if hostname is None:
-                raise AddressError(
-                    f"{_CONTEXT}: hostname= is needed to verify the server "
-                    "(the channel has no remote host to use)"
-                )
+    if hostname is None and creds.verify_peer:
+        hostname = _remote_host(channel)
+        if hostname is None:
+            raise AddressError(
+                f"{_CONTEXT}: hostname= is needed to verify the server "
+                "(the channel has no remote host to use)"
+            )
     return QIOChannelTLS.new_client(
         channel, creds, hostname, allow_unclean_eof=unclean, handshake_timeout=timeout
     )

@@ -7,6 +7,7 @@ from typing import Literal
 __all__ = [
     "CA_CERT",
     "CA_CRL",
+    "CA_KEY",
     "CLIENT_CERT",
     "CLIENT_KEY",
     "ENDPOINTS",
@@ -23,6 +24,9 @@ ENDPOINTS: tuple[Endpoint, ...] = ("server", "client")
 
 CA_CERT = "ca-cert.pem"
 CA_CRL = "ca-crl.pem"
+#: The CA's private key: not part of QEMU's layout (QEMU never reads it), kept by
+#: ``qiochan certs`` to sign more certificates and CRLs later.  The one secret to guard.
+CA_KEY = "ca-key.pem"
 SERVER_CERT = "server-cert.pem"
 SERVER_KEY = "server-key.pem"
 CLIENT_CERT = "client-cert.pem"

@@ -87,6 +87,10 @@ def _wrap(channel: QIOChannel, role: str, **options: Any) -> QIOChannel:
     return wrapped
 
 
+def _check(role: str, **options: Any) -> None:
+    _module(".transport").check(role, **options)
+
+
 def _connect(address: Any, **options: Any) -> QIOChannel:
     channel: QIOChannel = _module(".transport").connect_url(address, **options)
     return channel
@@ -110,6 +114,7 @@ def qiochan_backends() -> list[Backend]:
             available=available,
             missing=missing,
             wrap=_wrap,
+            check=_check,
             description="websocket framing over any channel (websockets Sans-I/O)",
         ),
         Backend(

@@ -710,6 +710,20 @@ class QIOChannelWebsock(QIOChannelLayer):
             self._outbox.clear()
             self._rx.clear()
 
+    def io_abort_layer(self) -> None:
+        """Send close code 1011 if it goes out without waiting (the base then aborts the master)."""
+        try:
+            if self._hs_done:
+                self._send_close(CloseCode.INTERNAL_ERROR, "aborted")
+                self.master.set_blocking(False)
+                self.master.set_delay(False)  # out now: a TCP reset drops what Nagle holds
+                self._outbox.flush(wait=False)
+        except ChannelError as exc:
+            log.debug("websocket %s: abort close frame not sent: %s", self.role, exc)
+        finally:
+            self._outbox.clear()
+            self._rx.clear()
+
     def _send_close(self, code: int, reason: str) -> None:
         with self._proto_lock:
             if self._protocol.state is not OPEN:

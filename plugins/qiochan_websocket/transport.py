@@ -35,7 +35,7 @@ from qiochan.transport import LayeredListener, Role
 from .channel import QIOChannelWebsock
 from .system_ca import system_ca_options
 
-__all__ = ["OPTIONS", "WebsocketListener", "connect_url", "listen_url", "wrap"]
+__all__ = ["OPTIONS", "WebsocketListener", "check", "connect_url", "listen_url", "wrap"]
 
 _CONTEXT = "layer 'websocket'"
 #: The options of the ``websocket`` layer (dashes written as underscores).
@@ -73,8 +73,11 @@ def _arguments(role: Role, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         known = ", ".join(name.replace("_", "-") for name in OPTIONS)
         raise AddressError(f"{_CONTEXT}: unknown option(s) {', '.join(unknown)} (known: {known})")
+    path = str(options.get("path") or "/")
+    if not path.startswith("/"):
+        raise AddressError(f"{_CONTEXT}: path={path!r} must start with '/'")
     arguments: dict[str, Any] = {
-        "path": str(options.get("path") or "/"),
+        "path": path,
         **_size(options, "max_size"),
         **_size(options, "frame_size"),
     }
@@ -90,6 +93,16 @@ def _arguments(role: Role, options: dict[str, Any]) -> dict[str, Any]:
         arguments["origin"] = origin
         arguments["host"] = options.get("host") or None
     return arguments
+
+
+def check(role: Role, **options: Any) -> None:
+    """Check ``websocket`` layer options for ``role`` as :func:`wrap` will, with no channel.
+
+    Raises:
+        AddressError: an unknown option, a malformed value, or a client-only
+            option given to a server.
+    """
+    _arguments(role, options)
 
 
 def wrap(channel: QIOChannel, role: Role, **options: Any) -> QIOChannelWebsock:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import re
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import FrameType, TracebackType
+from typing import Any, Literal, Self
 
 from ..channel import QIOChannel
 
@@ -19,14 +23,21 @@ __all__ = [
     "EXIT_USAGE",
     "CLIError",
     "Endpoint",
+    "Stopped",
+    "Watchdog",
+    "abort_quietly",
     "add_layer_argument",
+    "error_line",
     "format_bytes",
+    "format_rate",
     "open_endpoint",
     "parse_rate",
     "parse_size",
     "plugin_object",
     "say",
 ]
+
+log = logging.getLogger("qiochan.cli")
 
 EXIT_OK = 0
 #: The operation failed (refused, handshake, I/O error, incomplete transfer...).
@@ -41,11 +52,13 @@ class CLIError(Exception):
     Args:
         message: what failed, including how many bytes had passed for transfers.
         code: the exit status.
+        outcome: how ``--json`` names it (``"failed"``, ``"cut"``, ``"interrupted"``...).
     """
 
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, code: int = EXIT_FAILED, outcome: str = "failed") -> None:
         super().__init__(message)
         self.code = code
+        self.outcome = outcome
 
 
 _say_lock = threading.Lock()
@@ -55,6 +68,128 @@ def say(message: str) -> None:
     """Print one status line to stderr at once (``qiochan: ...``)."""
     with _say_lock:
         print(f"qiochan: {message}", file=sys.stderr, flush=True)
+
+
+def error_line(command: str, message: str) -> None:
+    """Print the one line every failure of ``qiochan COMMAND`` is reported with.
+
+    The form is ``qiochan COMMAND: error: MESSAGE``, on stderr.
+    """
+    with _say_lock:
+        print(f"qiochan {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+class Stopped(BaseException):
+    """The command was stopped in the middle: by a signal, or by ``--timeout``.
+
+    Like :class:`KeyboardInterrupt` it is a :class:`BaseException`, so no
+    ``except Exception`` on the way swallows it; whoever holds a channel
+    aborts it on the way out.
+
+    Attributes:
+        reason: what stopped it (``"interrupted by SIGTERM"``).
+        outcome: ``"interrupted"`` or ``"timeout"``.
+        code: the exit status (128 + the signal number, or 1 for a timeout).
+    """
+
+    def __init__(self, reason: str, outcome: str, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.outcome = outcome
+        self.code = code
+
+
+#: The signals that stop a transfer (each ends it with an abort, never a clean end).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Watchdog:
+    """Turns stop signals, and ``timeout`` seconds without progress, into :class:`Stopped`.
+
+    A context manager for the main thread.  While it is active, SIGINT,
+    SIGTERM and SIGHUP stop the command, and so does ``SIGALRM`` once
+    ``timeout`` seconds pass without :meth:`progress`.  A signal raises
+    :class:`Stopped` at once only inside :meth:`interruptible` -- the places
+    where the main thread waits (for readiness, a peer, a handshake, its
+    input), never in the middle of a channel's own bookkeeping, which an
+    exception could leave half-done.  Elsewhere it is kept until the next
+    :meth:`interruptible` or :meth:`check`, or the end of the ``with``
+    block.  After the first one, further signals are only logged, so the
+    abort that follows runs to its end.
+
+    Args:
+        timeout: seconds without progress before giving up; None: no limit.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self._saved: dict[int, Any] = {}
+        self._fired = False
+        self._pending: Stopped | None = None
+        self._depth = 0
+
+    def __enter__(self) -> Self:
+        for sig in (*STOP_SIGNALS, signal.SIGALRM):
+            self._saved[sig] = signal.signal(sig, self._stop)
+        self.progress()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+        if exc_type is None:
+            self.check()
+
+    def progress(self) -> None:
+        """Something moved: the ``timeout`` starts again."""
+        if self.timeout is not None and not self._fired:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def check(self) -> None:
+        """Raise the :class:`Stopped` a signal left pending, if any."""
+        stop, self._pending = self._pending, None
+        if stop is not None:
+            raise stop
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Let a signal raise :class:`Stopped` at once inside this block (a wait)."""
+        self.check()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._fired:
+            log.info("%s while stopping: ignored", name)
+            return
+        self._fired = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if signum == signal.SIGALRM:
+            stop = Stopped(f"nothing moved for {self.timeout:g} s (--timeout)", "timeout", 1)
+        else:
+            stop = Stopped(f"interrupted by {name}", "interrupted", 128 + signum)
+        if self._depth:
+            raise stop
+        self._pending = stop
+
+
+def abort_quietly(channel: Any) -> None:
+    """Abort ``channel`` (see :meth:`qiochan.QIOChannel.abort`), logging a failure to do so."""
+    try:
+        channel.abort()
+    except OSError as exc:
+        log.debug("aborting %r: %s", channel, exc)
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -102,6 +237,11 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_rate(count: int, seconds: float) -> str:
+    """Return the throughput of ``count`` bytes in ``seconds`` (``"812.4 MiB/s"``), "-" for 0 s."""
+    return f"{count / seconds / (1 << 20):.1f} MiB/s" if seconds > 0 else "-"
+
+
 def add_layer_argument(
     parser: argparse.ArgumentParser, flag: str = "--layer", dest: str = "layers", what: str = ""
 ) -> None:
@@ -144,45 +284,31 @@ class Endpoint:
         return "server" if self.listen else "client"
 
     def check(self) -> None:
-        """Check the layers before anything connects or listens.
+        """Check the address and every layer before anything connects or listens.
 
-        Every spec must parse, name an available layer and, for TLS, point at
-        a credentials directory that loads for this role: a listener must not
-        wait for a peer only to fail on its handshake.
+        The address must parse and name an available transport (a configured
+        name stands for its address and layers); every layer spec must parse,
+        name an available layer and pass that layer's own check for this
+        role (:func:`qiochan.transport.check_layers`): unknown options, an
+        option for the other side, credentials that do not load.
 
         Raises:
-            CLIError: exit status 2 for a malformed spec, 1 for an unknown or
-                unavailable layer or unusable credentials.
+            CLIError: exit status 2, naming this side and the bad part.
         """
-        from ..errors import AddressError, ChannelError, PluginError
-        from ..options import parse_layer
-        from ..registry import find_backend
+        from ..config import lookup_transport
+        from ..errors import Error
+        from ..registry import resolve_address
+        from ..transport import check_layers
 
-        what = f"{self.label} {self.describe()}"
-        for text in self.layers:
-            try:
-                spec = parse_layer(text)
-            except AddressError as exc:
-                raise CLIError(f"bad {what}: {exc}", EXIT_USAGE) from None
-            try:
-                find_backend(spec.name, kind="layer")
-                if spec.name == "tls" and spec.options.get("creds"):
-                    _check_tls_creds(spec.options, self.role)
-            except (ChannelError, PluginError) as exc:
-                raise CLIError(f"{what}: {exc}") from None
-
-
-def _check_tls_creds(options: dict[str, str], role: str) -> None:
-    """Load the TLS credentials a ``tls:creds=DIR`` layer names, as the layer will.
-
-    Raises:
-        TLSError: the directory is missing, incomplete or fails QEMU's checks.
-    """
-    from ..options import parse_bool
-
-    creds = plugin_object("layer", "tls", "TLSCredsX509")
-    verify = parse_bool(options.get("verify_peer", True), "verify_peer", "tls layer")
-    creds(options["creds"], role, verify, options.get("priority") or None)
+        try:
+            address, layers = self.address, list(self.layers)
+            configured = lookup_transport(address) if ":" not in address else None
+            if configured is not None:
+                address, layers = configured.address, [*configured.layers, *layers]
+            resolve_address(address)
+            check_layers(layers, self.role)
+        except (Error, ValueError) as exc:
+            raise CLIError(f"bad {self.label} {self.describe()}: {exc}", EXIT_USAGE) from None
 
 
 def _open_only(endpoint: Endpoint, mode: str) -> QIOChannel | None:

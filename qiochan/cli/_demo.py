@@ -29,9 +29,9 @@ from ..channel import Feature, QIOChannel, Shutdown
 from ..errors import ChannelError
 from ..qemufile import QEMUFile
 from ..registry import backends
-from ._common import EXIT_FAILED, EXIT_OK, format_bytes, plugin_object, say
+from ._common import EXIT_OK, EXIT_USAGE, CLIError, format_bytes, plugin_object, say
 from ._demo_stream import PageStream, StreamError
-from ._output import Progress, print_table
+from ._output import Progress, TransferRecord, print_table
 
 __all__ = ["CHAINS", "Chain", "ChainResult", "DemoContext", "run_chain", "run_demo"]
 
@@ -286,6 +286,18 @@ class ChainResult:
         """RAM bytes per second moved (0 when it did not run)."""
         return self.ram_bytes / self.seconds if self.seconds > 0 else 0.0
 
+    def record(self) -> TransferRecord:
+        """Return the chain's ``--json`` record (``bytes``: what crossed the chain)."""
+        outcome = {"ok": "ok", "skipped": "skipped"}.get(self.status, "failed")
+        return TransferRecord(
+            "demo",
+            self.name,
+            bytes=self.wire_bytes,
+            seconds=self.seconds,
+            outcome=outcome,
+            error=None if outcome == "ok" else self.detail,
+        )
+
 
 def _end_stream(channel: QIOChannel) -> None:
     """Tell the reader nothing more comes: half-close when possible (a command's stdin)."""
@@ -378,12 +390,15 @@ def _select(names: Sequence[str]) -> list[Chain]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run every chain (or those ``--chain`` picks) and print the throughput table."""
+    """Run every chain (or those ``--chain`` picks); print the table, or JSON with ``--json``.
+
+    Raises:
+        CLIError: no chain matches ``--chain`` (exit status 2), or a chain failed (1).
+    """
     chains = _select(args.chain)
     if not chains:
         names = ", ".join(c.name for c in CHAINS)
-        say(f"no chain matches {', '.join(args.chain)} (chains: {names})")
-        return EXIT_FAILED
+        raise CLIError(f"no chain matches {', '.join(args.chain)} (chains: {names})", EXIT_USAGE)
     stream = PageStream(args.size)
     say(
         f"moving {format_bytes(stream.ram_size)} of RAM pages ({stream.pages} page records, "
@@ -398,11 +413,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 results.append(result)
                 if result.status == "FAILED":
                     log.info("%s failed: %s", chain.name, result.detail)
-    _print_results(results)
+                if args.json:
+                    result.record().emit()
+    if not args.json:
+        _print_results(results)
     failed = [r.name for r in results if r.status == "FAILED"]
     if failed:
-        say(f"{len(failed)} chain(s) failed: {', '.join(failed)}")
-        return EXIT_FAILED
+        raise CLIError(f"{len(failed)} chain(s) failed: {', '.join(failed)}")
     return EXIT_OK
 
 

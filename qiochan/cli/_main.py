@@ -7,22 +7,25 @@ Subcommands::
     qiochan relay SRC DST                 copy both directions between two transports
     qiochan send FILE DST                 stream a file to DST
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
-    qiochan certs DIR --hostname H        TLS credentials in QEMU's layout
+    qiochan certs DIR [--hostname H]      TLS credentials in QEMU's layout (also
+                                          --server, --client, --revoke later)
     qiochan inspect SOURCE                what a QEMU migration stream holds
 
 Every address takes the address syntax (``tcp:HOST:PORT``, ``unix:PATH``,
 ``exec:CMD``, ``file:PATH``, ``ws://``, ``wss://``...) or the name of a
 transport from the transports file (``--config``), plus repeatable ``--layer
-SPEC`` options.  Errors are one line on stderr: exit status 1 when the
-operation failed, 2 when the command line (an address, a layer, the
-configuration) is wrong.
+SPEC`` options.  Every failure is one line on stderr, ``qiochan COMMAND:
+error: ...``.  Exit status: 0 success; 1 the operation failed at run time
+(peer, I/O, handshake, a cut-off stream, ``--timeout``); 2 bad usage or input
+found before any I/O (an address, a layer or its options, credentials, the
+transports file, the files named); 128 + N stopped by signal N (130 for
+SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +34,9 @@ from ._common import (
     EXIT_FAILED,
     EXIT_USAGE,
     CLIError,
+    Stopped,
     add_layer_argument,
+    error_line,
     parse_rate,
     parse_size,
     positive_float,
@@ -143,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run only chains whose name contains NAME (repeatable), e.g. tls",
     )
+    _json_option(demo, "one JSON object per chain on stdout instead of the table")
 
     relay = add(
         "relay",
@@ -172,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream a file to a transport",
         description="Connect to DST (or accept one peer with --listen), write FILE ('-': "
         "stdin), half-close and wait for the peer to close.  Exit 0 once every byte was "
-        "written, even if the peer then resets.",
+        "written, even if the peer then resets.  Stopped before the end (a signal, an "
+        "error, --timeout) it aborts the connection, so the peer sees a cut stream.",
     )
     send.add_argument("file", metavar="FILE", help="file to send, '-' for stdin")
     send.add_argument("dst", metavar="DST", help="destination address or transport name")
@@ -185,38 +192,72 @@ def build_parser() -> argparse.ArgumentParser:
         "run_recv",
         help="receive a stream from a transport into a file",
         description="Accept one peer on SRC (or connect with --connect) and write what it "
-        "sends to FILE ('-': stdout) until its end of stream.  Exit 0 only when the "
-        "stream ended cleanly, i.e. FILE is complete.",
+        "sends to FILE ('-': stdout) until its end of stream, through a temporary file "
+        "renamed to FILE only then.  Exit 0 only when the stream ended cleanly, i.e. FILE "
+        "is complete; a cut stream exits 1 and leaves an existing FILE unchanged.",
     )
     recv.add_argument("src", metavar="SRC", help="source address or transport name")
     recv.add_argument("file", metavar="FILE", help="file to write, '-' for stdout")
     recv.add_argument("--connect", action="store_true", help="connect to SRC instead")
+    recv.add_argument(
+        "--keep-partial",
+        action="store_true",
+        help="when the stream does not end cleanly, keep what arrived as FILE.partial "
+        "(FILE itself is never touched unless the stream ended cleanly)",
+    )
     _transfer_options(recv)
 
     certs = add(
         "certs",
         "._certs",
         "run_certs",
-        help="create TLS credentials in QEMU's directory layout",
-        description="Create ca-cert.pem, server-cert.pem/server-key.pem and "
-        "client-cert.pem/client-key.pem in DIR, as QEMU's tls-creds-x509 and "
-        "tls:creds=DIR read them.",
+        help="create TLS credentials in QEMU's directory layout, add certificates, revoke",
+        description="Create ca-cert.pem, ca-key.pem (the CA's key: keep it secret), "
+        "server-cert.pem/server-key.pem and client-cert.pem/client-key.pem in DIR, as "
+        "QEMU's tls-creds-x509 and tls:creds=DIR read them.  An existing CA is kept unless "
+        "--force.  With --server, --client or --revoke, DIR's CA signs one more certificate "
+        "or revokes one in DIR/ca-crl.pem.",
     )
-    certs.add_argument("dir", metavar="DIR", help="directory to create the files in")
+    certs.add_argument("dir", metavar="DIR", help="the credentials directory (with the CA)")
     certs.add_argument(
         "--hostname",
         action="append",
         metavar="H",
-        help="server host name (repeatable; default localhost)",
+        help="server host name of a new CA's server certificate (repeatable; default localhost)",
     )
     certs.add_argument(
         "--ip",
         action="append",
         metavar="ADDR",
-        help="server IP address (repeatable; default 127.0.0.1)",
+        help="server IP address (repeatable; default 127.0.0.1 for a new CA, none for --server)",
     )
     certs.add_argument(
         "--no-client", action="store_true", help="do not create a client certificate"
+    )
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (certificates it signed stop verifying) or certificate",
+    )
+    certs.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST",
+        help="sign a new server certificate for HOST with DIR's CA (repeatable: more names)",
+    )
+    certs.add_argument(
+        "--client", metavar="NAME", help="sign a new client certificate (CN=NAME) with DIR's CA"
+    )
+    certs.add_argument(
+        "--out",
+        metavar="OUTDIR",
+        help="write the --server/--client certificate into OUTDIR (with a copy of the CA "
+        "certificate) instead of DIR",
+    )
+    certs.add_argument(
+        "--revoke",
+        metavar="CERT",
+        help="revoke the certificate file CERT in DIR/ca-crl.pem, enforced by tls:creds=DIR",
     )
     inspect = add(
         "inspect",
@@ -252,6 +293,23 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
         metavar="RATE",
         help="at most RATE bytes per second, e.g. 10M (K/M/G are powers of 1024)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="give up (exit 1, aborting the connection) when nothing moves for SECONDS: "
+        "waiting for the peer, a handshake, or the next chunk",
+    )
+    _json_option(parser, "print one JSON object describing the transfer on stdout")
+
+
+def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=f"{what} (keys: bytes, seconds, mib_per_s, outcome, error...)",
+    )
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -264,16 +322,12 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="qiochan: %(levelname)s %(name)s: %(message)s")
 
 
-def _error(command: str, message: str) -> None:
-    print(f"qiochan {command}: error: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``qiochan`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 success, 1 the operation failed, 2 a usage error,
-        130 interrupted.
+        The exit status: 0 success, 1 the operation failed, 2 a usage error
+        found before any I/O, 128 + N stopped by signal N.
     """
     from ..errors import AddressError, ConfigError, Error
 
@@ -288,21 +342,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_config()  # a named file must exist and be valid, whether used or not
         return int(args.handler(args))
     except CLIError as exc:
-        _error(command, str(exc))
+        error_line(command, str(exc))
         return exc.code
     except (AddressError, ConfigError) as exc:
-        _error(command, str(exc))
+        error_line(command, str(exc))
         return EXIT_USAGE
     except (Error, OSError) as exc:  # I/O and plugin errors, and a file the command opened
-        _error(command, str(exc))
+        error_line(command, str(exc))
         return EXIT_FAILED
+    except Stopped as exc:
+        error_line(command, exc.reason)
+        return exc.code
     except KeyboardInterrupt:
-        _error(command, "interrupted")
+        error_line(command, "interrupted by SIGINT")
         return 130
     except Exception as exc:
         if args.verbose >= 2:
             raise
-        _error(command, f"internal error: {type(exc).__name__}: {exc} (-vv shows the traceback)")
+        error_line(
+            command, f"internal error: {type(exc).__name__}: {exc} (-vv shows the traceback)"
+        )
         return EXIT_FAILED
 
 

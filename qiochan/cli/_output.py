@@ -8,13 +8,59 @@ so piped output stays clean.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["Progress", "print_table"]
+__all__ = ["Progress", "TransferRecord", "print_table"]
+
+#: How a transfer (or a demo chain) ended, as ``--json`` reports it.
+OUTCOMES = ("ok", "failed", "cut", "interrupted", "timeout", "skipped")
+
+
+@dataclass
+class TransferRecord:
+    """One transfer, as ``--json`` prints it: one JSON object on one line of stdout.
+
+    Attributes:
+        command: the subcommand (``"send"``, ``"recv"``, ``"demo"``, ``"relay"``).
+        name: what moved: the file, the demo chain...
+        peer: the other end (address and layers), "" when there is none.
+        bytes: bytes moved (for ``recv``: written; for ``send``: sent).
+        seconds: how long the transfer took.
+        outcome: one of :data:`OUTCOMES`: ``"ok"``; ``"cut"`` (the stream
+            ended without a clean end of stream); ``"failed"``;
+            ``"interrupted"`` (a signal); ``"timeout"``; ``"skipped"`` (demo).
+        error: the error message, None when it succeeded.
+    """
+
+    command: str
+    name: str
+    peer: str = ""
+    bytes: int = 0
+    seconds: float = 0.0
+    outcome: str = "ok"
+    error: str | None = None
+
+    @property
+    def mib_per_s(self) -> float:
+        """Throughput in MiB/s (0 when no time passed)."""
+        return self.bytes / self.seconds / (1 << 20) if self.seconds > 0 else 0.0
+
+    def to_json(self) -> str:
+        """Return the record as one line of JSON (with ``mib_per_s`` added)."""
+        record: dict[str, Any] = asdict(self)
+        record["seconds"] = round(self.seconds, 6)
+        record["mib_per_s"] = round(self.mib_per_s, 3)
+        return json.dumps(record, sort_keys=False)
+
+    def emit(self, file: Any = None) -> None:
+        """Print :meth:`to_json` to ``file`` (default: stdout) and flush it."""
+        print(self.to_json(), file=sys.stdout if file is None else file, flush=True)
 
 
 def _rich_available() -> bool:
@@ -74,7 +120,6 @@ class Progress:
                 DownloadColumn,
                 TextColumn,
                 TimeRemainingColumn,
-                TransferSpeedColumn,
             )
             from rich.progress import Progress as RichProgress
 
@@ -82,7 +127,7 @@ class Progress:
                 TextColumn("[bold]{task.description}", justify="left"),
                 BarColumn(),
                 DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
+                _binary_speed_column(),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=False,
@@ -130,3 +175,19 @@ class Progress:
         if description:
             changes["description"] = description
         self._progress.update(task, **changes)
+
+
+def _binary_speed_column() -> Any:
+    """A rich progress column showing the speed in MiB/s, as every summary does
+    (rich's own ``TransferSpeedColumn`` uses decimal MB/s)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            return Text(f"{speed / (1 << 20):.1f} MiB/s", style="progress.data.speed")
+
+    return BinarySpeedColumn()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,8 +125,21 @@ def test_demo_rejects_bad_options(env: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "is not a size" in result.stderr
     result = run_cli("demo", "--chain", "carrier-pigeon", env=env)
-    assert result.returncode == 1
-    assert "no chain matches carrier-pigeon" in result.stderr
+    assert_one_line_error(result, 2, "qiochan demo: error: no chain matches carrier-pigeon")
+
+
+def test_demo_json_has_one_record_per_chain(env: dict[str, str]) -> None:
+    result = run_cli(
+        "demo", "--size", "256K", "--chain", "tcp", "--chain", "memory", "--json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    names = [record["name"] for record in records]
+    assert names == ["memory pipe", "tcp", "TLS over tcp", "websocket over tcp"]
+    for record in records:
+        assert record["command"] == "demo"
+        assert record["outcome"] == "ok" and record["error"] is None
+        assert record["bytes"] > 0 and record["seconds"] > 0 and record["mib_per_s"] > 0
 
 
 def test_certs_creates_qemu_layout(env: dict[str, str], tmp_path: Path) -> None:
@@ -150,7 +164,9 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = run_cli("certs", str(blocker / "pki"), env=env)
-    assert_one_line_error(result, 1, "cannot create credentials")
+    line = assert_one_line_error(result, 1, "qiochan certs: error: cannot create credentials")
+    assert line.count(str(blocker)) == 1  # the path once, and the reason
+    assert "Not a directory" in line
     result = _run_without_cryptography(env, "certs", str(tmp_path / "pki"))
     assert_one_line_error(result, 1, "unavailable", "pip install")
 
@@ -169,13 +185,14 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             2,
             ["',' is not a layer name"],
         ),
-        (["send", "/etc/hostname", "pigeon:coop"], 1, ["No transport backend for 'pigeon'"]),
+        (["send", "/etc/hostname", "pigeon:coop"], 2, ["No transport backend for 'pigeon'"]),
+        (["send", "/etc/hostname", "foo:bar"], 2, ["bad destination foo:bar"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1"], 1, ["refused", "0 bytes passed"]),
-        (["send", "/nonexistent/file", "tcp:127.0.0.1:1"], 1, ["cannot open /nonexistent"]),
+        (["send", "/nonexistent/file", "tcp:127.0.0.1:1"], 2, ["cannot open /nonexistent"]),
         (
             ["recv", "--connect", "tcp:127.0.0.1:1", "/nonexistent/dir/out"],
-            1,
-            ["cannot create /nonexistent/dir/out"],
+            2,
+            ["cannot write /nonexistent/dir/out"],
         ),
         (
             ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--layer", "tls:creds"],
@@ -190,10 +207,10 @@ def test_certs_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
                 "--layer",
                 "tls:creds=/nonexistent",
             ],
-            1,
-            ["destination"],
+            2,
+            ["bad destination", "/nonexistent"],
         ),
-        (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 1, ["zip"]),
+        (["relay", "tcp:127.0.0.1:0", "tcp:127.0.0.1:1", "--src-layer", "zip:x=1"], 2, ["zip"]),
         (["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "0"], 2, []),
         (
             ["send", "/etc/hostname", "tcp:127.0.0.1:1", "--rate-limit", "\u0661\u0662M"],
@@ -228,7 +245,7 @@ def test_missing_credentials_are_reported_before_any_connection(
         f"tls:creds={tmp_path}",
         env=env,
     )
-    assert_one_line_error(result, 1, "source", str(tmp_path))
+    assert_one_line_error(result, 2, "bad source", str(tmp_path))
 
 
 def test_config_names_and_errors(env: dict[str, str], tmp_path: Path) -> None:
@@ -316,3 +333,46 @@ def test_configured_transports_work_as_addresses(env: dict[str, str], tmp_path: 
         assert sent.returncode == 0, sent.stderr
         assert receiver.finish().returncode == 0
     assert (tmp_path / "inbox.bin").read_bytes() == payload.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("command", "layer", "words"),
+    [
+        ("send", "tls:creds={pki},bogus=1", ["bad destination", "unknown option(s) bogus"]),
+        ("recv", "tls:creds={pki},bogus=1", ["bad source", "unknown option(s) bogus"]),
+        ("recv", "tls:creds={pki},hostname=h", ["bad source", "hostname= applies to a client"]),
+        ("send", "tls:creds={pki},authz=*", ["bad destination", "authz= applies to a server"]),
+        ("send", "tls:creds={pki}/missing", ["bad destination", "missing"]),
+        ("send", "websocket:path=/p,host=h,nope=1", ["unknown option(s) nope"]),
+        ("recv", "websocket:path=/p,host=h", ["host= applies to a client only"]),
+    ],
+)
+def test_layer_options_are_checked_before_the_network(
+    env: dict[str, str], tmp_path: Path, command: str, layer: str, words: list[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert run_cli("certs", str(pki), env=env).returncode == 0
+    with socket.socket() as taken:  # bound, not listening: connecting would be refused,
+        taken.bind(("127.0.0.1", 0))  # listening would find the address in use
+        address = f"tcp:127.0.0.1:{taken.getsockname()[1]}"
+        files = ["/etc/hostname", address] if command == "send" else [address, str(tmp_path / "o")]
+        result = run_cli(command, *files, "--layer", layer.format(pki=pki), env=env)
+    assert_one_line_error(result, 2, *words)
+    assert "listening" not in result.stderr and "refused" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_transports_file_entries_are_checked_before_listening(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    assert run_cli("certs", str(pki), env=env).returncode == 0
+    config = tmp_path / "transports.toml"
+    config.write_text(
+        "[transports.incoming]\n"
+        'address = "tcp:127.0.0.1:0"\n'
+        f'layers = [{{ name = "tls", creds = "{pki}", hostname = "dst.example" }}]\n'
+    )
+    result = run_cli("--config", str(config), "recv", "incoming", str(tmp_path / "o"), env=env)
+    assert_one_line_error(result, 2, "bad source incoming", "hostname= applies to a client")
+    assert "listening" not in result.stderr

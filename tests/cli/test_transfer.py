@@ -34,15 +34,6 @@ def payload(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    result = run_cli("certs", str(directory), env=cli_env(directory))
-    if result.returncode != 0:
-        pytest.skip(f"no TLS credentials: {result.stderr}")
-    return directory
-
-
 def _send_recv(
     env: dict[str, str],
     payload: Path,
@@ -237,7 +228,9 @@ def test_recv_fails_when_the_stream_is_cut(env: dict[str, str], tmp_path: Path) 
             conn.sendall(b"x" * 5000)
             _reset(conn)
         result = receiver.finish()
-    assert_one_line_error(result, 1, "failed after 5000 bytes", "incomplete", "reset")
+    assert_one_line_error(result, 1, "cut after 5000 bytes", "reset", "not created")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
 def test_recv_over_tls_fails_on_a_truncated_stream(

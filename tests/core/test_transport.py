@@ -6,11 +6,14 @@ import pytest
 
 import qiochan
 from qiochan import AddressError, HandshakeError, PluginError, QIOChannel
+from qiochan.plugin import Backend, hookimpl
+from qiochan.registry import plugin_manager
 from qiochan.transport import (
     LayeredListener,
     LayerSpec,
     Role,
     apply_layers,
+    check_layers,
     parse_layer,
     resolve_address,
 )
@@ -123,3 +126,54 @@ def test_layered_listener_wraps_accepted_channels() -> None:
     assert inner.closed and wrapped == ["server"]
     for client in inner.clients:
         client.close()
+
+
+class _CheckedLayer:
+    """A third-party layer whose backend checks its options before any channel exists."""
+
+    def __init__(self) -> None:
+        self.checked: list[tuple[str, dict[str, str]]] = []
+        self.wrapped = 0
+
+    def check(self, role: str, **options: str) -> None:
+        self.checked.append((role, options))
+        if options.get("level") not in ("1", "2"):
+            raise AddressError(f"layer 'checked': level={options.get('level')!r} is not 1 or 2")
+
+    def wrap(self, channel: QIOChannel, role: str, **options: str) -> QIOChannel:
+        self.wrapped += 1
+        return channel
+
+    @hookimpl
+    def qiochan_backends(self) -> list[Backend]:
+        return [
+            Backend(
+                name="checked", schemes=("checked",), kind="layer", wrap=self.wrap, check=self.check
+            )
+        ]
+
+
+def test_a_third_party_check_runs_before_connect_and_listen() -> None:
+    layer = _CheckedLayer()
+    plugin_manager().register(layer, name="test-checked-layer")
+    try:
+        check_layers(["checked:level=1"], "server")
+        assert layer.checked == [("server", {"level": "1"})]
+        with pytest.raises(AddressError, match="level='9'"):
+            qiochan.connect("exec:cat", layers=["checked:level=9"])
+        with pytest.raises(AddressError, match="level=None"):
+            qiochan.listen("tcp:127.0.0.1:0", layers=["checked"])
+        assert layer.wrapped == 0  # nothing was started, connected or bound
+        channel = qiochan.connect("exec:cat", layers=["checked:level=2"])
+        channel.close()
+        assert layer.wrapped == 1
+    finally:
+        plugin_manager().unregister(name="test-checked-layer")
+
+
+def test_check_layers_needs_available_layers_and_good_specs() -> None:
+    with pytest.raises(PluginError, match="nosuch"):
+        check_layers(["nosuch:x=1"], "client")
+    with pytest.raises(AddressError, match="not of the form"):
+        check_layers(["websocket:path"], "client")
+    check_layers([lambda channel, role: channel], "client")  # callables run when applied

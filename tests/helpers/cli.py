@@ -139,3 +139,41 @@ def port_of(address: str) -> int:
     match = re.search(r":(\d+)(?:/|$|,)", address)
     assert match, address
     return int(match.group(1))
+
+
+def read_at_least(fd: int, count: int, timeout: float = TIMEOUT) -> bytes:
+    """Read from ``fd`` until ``count`` bytes came (waiting in select, bounded); return them.
+
+    Raises:
+        AssertionError: end of file or the time ran out first.
+    """
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while len(got) < count:
+            left = deadline - time.monotonic()
+            assert left > 0, f"only {len(got)} of {count} bytes in time"
+            if selector.select(left):
+                chunk = os.read(fd, 1 << 20)
+                assert chunk, f"end of file after {len(got)} of {count} bytes"
+                got += chunk
+    return bytes(got)
+
+
+@contextmanager
+def feeding(*args: str, env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``qiochan ARGS`` with a stdin pipe the test writes (stderr captured); kill at the end."""
+    proc = subprocess.Popen(
+        [*QIOCHAN, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import signal
 import threading
 
 import pytest
 
+import qiochan
 from qiochan.channel import Feature, Shutdown
 from qiochan.errors import ChannelError
 from qiochan_command import QIOChannelCommand
@@ -182,3 +185,76 @@ def test_close_wakes_a_blocked_reader(no_fd_leak: None) -> None:
     thread.join(10)
     assert not thread.is_alive(), "close() left a reader blocked forever"
     assert result in ([0], [errno.EBADF])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The pids whose process group is ``pgid`` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _assert_group_gone(pgid: int) -> None:
+    """Every process of group ``pgid`` exits (a bounded wait on each one's pidfd)."""
+    for pid in _group_members(pgid):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([pidfd], [], [], 30)[0], f"pid {pid} of group {pgid} survived"
+        finally:
+            os.close(pidfd)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "sleep 1000",
+        "echo ready; sleep 1000",
+        "sh -c 'sleep 1000 & echo ready; wait'",
+        "trap '' TERM; sleep 1000 & echo ready; wait",
+    ],
+)
+def test_escalation_reaches_the_whole_process_group(command: str, no_fd_leak: None) -> None:
+    channel = qiochan.connect(f"exec:{command}", close_timeout=0.2)
+    assert isinstance(channel, QIOChannelCommand)
+    assert os.getpgid(channel.pid) == channel.pid  # a group of its own
+    if "ready" in command:
+        assert channel.read_all_eof(bytearray(6))  # "ready\n": the grandchild exists
+    with pytest.raises(ChannelError, match="stopped with SIG"):
+        channel.close()
+    _assert_group_gone(channel.pid)
+
+
+@pytest.mark.parametrize("command", ["yes", "yes; exit $?", "sh -c yes; exit $?"])
+def test_sigpipe_is_forgiven_with_or_without_a_shell(command: str, no_fd_leak: None) -> None:
+    # "yes; exit $?" makes the shell report the death as status 141 (128 + SIGPIPE)
+    channel = qiochan.open_channel(f"exec:{command}", "r")
+    channel.read_all(bytearray(4))
+    channel.close()
+    assert isinstance(channel, QIOChannelCommand)
+    assert channel.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE)
+
+
+def test_unread_cat_output_is_forgiven_every_time(no_fd_leak: None) -> None:
+    for _ in range(20):
+        channel = qiochan.connect("exec:cat")
+        channel.write_all(b"x" * (2 << 20))  # more than the pipes hold: cat is mid-write
+        channel.close()
+
+
+def test_a_real_failure_is_still_reported_after_we_stopped_reading(no_fd_leak: None) -> None:
+    channel = qiochan.open_channel("exec:echo hi; exit 7", "r")
+    channel.read_all(bytearray(3))
+    with pytest.raises(ChannelError, match="status 7"):
+        channel.close()

@@ -13,6 +13,7 @@ import pytest
 
 import qiochan
 from qiochan.errors import AddressError, HandshakeError, PluginError, TLSError, TLSHandshakeError
+from qiochan.plugin import Role
 from qiochan.registry import find_backend
 from qiochan.watch import Condition
 from qiochan_memory import memory_pipe
@@ -150,6 +151,55 @@ def test_option_errors(
     filled = {key: value.replace("{dir}", str(tls_creds_dir)) for key, value in options.items()}
     with pytest.raises(AddressError, match=message):
         wrap(pipe_ends[0], role, **filled)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("role", "options", "message"),
+    [
+        ("server", {"creds": "/x", "bogus": "1"}, r"unknown option\(s\) bogus"),
+        ("server", {"creds": "{dir}", "hostname": "h"}, "hostname= applies to a client only"),
+        ("client", {"creds": "{dir}", "authz": "*"}, "authz= applies to a server only"),
+        ("server", {"creds": "{dir}", "authz": "*", "verify_peer": "off"}, "needs verify-peer"),
+        ("server", {"creds": "{dir}", "verify_peer": "maybe"}, "not a boolean"),
+    ],
+)
+def test_check_refuses_what_wrap_would_without_a_channel(
+    tls_creds_dir: Path, role: Role, options: dict[str, str], message: str
+) -> None:
+    filled = {key: value.replace("{dir}", str(tls_creds_dir)) for key, value in options.items()}
+    check = find_backend("tls", kind="layer").check
+    assert check is not None
+    with pytest.raises(AddressError, match=message):
+        check(role, **filled)
+    check(role, **{"creds": str(tls_creds_dir)})  # the directory alone is fine
+
+
+def test_check_loads_the_credentials(tmp_path: Path) -> None:
+    from qiochan_tls.layer import check
+
+    with pytest.raises(TLSError, match="does not exist"):
+        check("client", creds=str(tmp_path / "missing"))
+    tmp_path.joinpath("ca-cert.pem").write_text("not a certificate")
+    with pytest.raises(TLSError, match="not a PEM certificate") as info:
+        check("server", creds=str(tmp_path))
+    assert "http" not in str(info.value)  # no URL of cryptography's FAQ in the message
+
+
+def test_listen_and_connect_refuse_bad_layers_before_the_network(
+    tls_creds_dir: Path, no_fd_leak: None
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: a connect would be refused
+        port = taken.getsockname()[1]
+        bad_client = f"tls:creds={tls_creds_dir},bogus=1"
+        with pytest.raises(AddressError, match="unknown option"):
+            qiochan.connect(f"tcp:127.0.0.1:{port}", layers=[bad_client])
+        # the listener would fail with "address in use" if it tried to bind
+        bad_server = f"tls:creds={tls_creds_dir},hostname=localhost"
+        with pytest.raises(AddressError, match="client only"):
+            qiochan.listen(f"tcp:127.0.0.1:{port}", layers=[bad_server])
 
 
 def test_bad_creds_dir_is_a_tls_error(
