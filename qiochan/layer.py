@@ -212,7 +212,7 @@ class QIOChannelLayer(QIOChannel):
             f"{self.handshake_label()}: handshake failed: {exc.message}", exc.errno
         )
 
-    def _handshake_run(self) -> Steps[None]:
+    def _handshake_run(self, nonblocking: bool = True) -> Steps[None]:
         state = self._handshake_state
         if state is HandshakeState.DONE:
             return
@@ -227,7 +227,8 @@ class QIOChannelLayer(QIOChannel):
         master = self.master
         log.debug("%s: handshake start", self.handshake_label())
         try:
-            master.set_blocking(False)
+            if nonblocking:
+                master.set_blocking(False)
             yield from self.handshake_steps()
         except GeneratorExit:
             self._failed(
@@ -287,7 +288,10 @@ class QIOChannelLayer(QIOChannel):
         """
         until = self._deadline(deadline)
         if complete is None:
-            run_steps(self.master, self._handshake_run(), until)
+            # with no deadline, a blocking channel's steps may simply block (fewer
+            # syscalls than waiting for readiness); a deadline needs non-blocking I/O
+            nonblocking = until is not None or not self._blocking
+            run_steps(self.master, self._handshake_run(nonblocking), until)
             return
         loop = resolve_context(context, self.aio_context)
         task = QIOTask(self, complete, *data)
