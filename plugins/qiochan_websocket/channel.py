@@ -77,7 +77,7 @@ CLOSE_FLUSH_TIMEOUT = 5.0
 _FIRST_READ_SIZE = 16 << 10
 _MAX_READ_SIZE = 256 << 10
 _SERVER_HANDSHAKE_READ = 4096
-_WRITE_BATCH = 1 << 20
+_WRITE_BATCH = 256 << 10
 _HEAD_KEPT = 256
 _CLOSE_MEANINGS: dict[int, int] = {
     CloseCode.PROTOCOL_ERROR: errno.EPROTO,
@@ -591,7 +591,8 @@ class QIOChannelWebsock(QIOChannelLayer):
                 raise
 
     def _write_blocking(self, iov: list[memoryview], total: int) -> int:
-        # frames go out in batches of about _WRITE_BATCH bytes: one vectored write each
+        # frames go out in batches of about _WRITE_BATCH bytes, one vectored write each
+        # (256 KiB measured best: 1 MiB batches leave the cache-warm framing behind)
         queued = 0
         for payload in _payloads(iov, self._frame_size, total):
             self._encode(payload)
