@@ -8,12 +8,22 @@ twice in one run: once with :func:`qiochan.aio.open_connection` /
 once with :func:`asyncio.open_connection` / :func:`asyncio.start_server` (the
 loop's own socket transport).  Rows for the default asyncio loop and for
 uvloop; the ratio is asyncio time / qiochan time (1.0 = as fast).
+
+Then the latency a good TLS client sees from a ``start_server(...,
+layers=[tls])`` on the same loop: connect, handshake and one echo, with no
+other client and with ``--stalled`` (default 1000) raw TCP clients that
+connected and stalled (half of them after sending ``16 03 01``).  The issue's
+target: the stalled clients delay the good one by at most 50 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import statistics
 import sys
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -107,19 +117,93 @@ def _bench(loop_name: str, factory: Callable[[], asyncio.AbstractEventLoop], siz
             runner.run(_close(*raw))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print the table."""
-    parser = volume_parser(__doc__, repeat=7)
-    args = parser.parse_args(argv)
-    size = args.mib * MIB
-    rows = [_bench("asyncio loop", asyncio.new_event_loop, size, args.repeat)]
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def _good_client_latency(address: str, layers: list[str], rounds: int) -> float:
+    """Median seconds for connect + handshakes + one echo of 5 bytes."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        reader, writer = await qiochan.aio.open_connection(address, layers=layers)
+        writer.write(b"hello")
+        await reader.readexactly(5)
+        times.append(time.perf_counter() - start)
+        writer.close()
+        await writer.wait_closed()
+    return statistics.median(times)
+
+
+async def _stalled_latency(creds: str, stalled: int, rounds: int) -> tuple[float, float]:
+    """Return the good client's median latency (idle server, then with ``stalled`` clients)."""
+    server = await qiochan.aio.start_server(
+        _echo, "tcp:127.0.0.1:0", layers=[f"tls:creds={creds}"], backlog=stalled + 16
+    )
+    loop = asyncio.get_running_loop()
+    layers = [f"tls:creds={creds},hostname=localhost"]
+    async with server:
+        address = str(server.address)
+        idle = await _good_client_latency(address, layers, rounds)
+        socks = []
+        try:
+            for index in range(stalled):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", server.address.port))
+                if index % 2:
+                    await loop.sock_sendall(sock, b"\x16\x03\x01")
+            while server.acceptor.handshaking < stalled:
+                await asyncio.sleep(0.01)  # let the server accept every stalled client
+            busy = await _good_client_latency(address, layers, rounds)
+        finally:
+            for sock in socks:
+                sock.close()
+    return idle, busy
+
+
+def _bench_stalled(stalled: int, rounds: int) -> None:
+    from qiochan_tls.certs import create_creds_dir
+
+    with tempfile.TemporaryDirectory() as creds:
+        create_creds_dir(creds)
+        for name, factory in _loops():
+            with asyncio.Runner(loop_factory=factory) as runner:
+                idle, busy = runner.run(_stalled_latency(creds, stalled, rounds))
+            print(
+                f"good TLS client, {name}: {idle * 1000:.1f} ms alone, {busy * 1000:.1f} ms "
+                f"beside {stalled} stalled clients (delay {(busy - idle) * 1000:+.1f} ms, "
+                "target <= 50 ms)"
+            )
+
+
+def _loops() -> list[tuple[str, Callable[[], asyncio.AbstractEventLoop]]]:
+    loops: list[tuple[str, Callable[[], asyncio.AbstractEventLoop]]] = [
+        ("asyncio loop", asyncio.new_event_loop)
+    ]
     try:
         import uvloop
     except ImportError:
         print("uvloop is not installed: its row is left out", file=sys.stderr)
     else:
-        rows.append(_bench("uvloop", uvloop.new_event_loop, size, args.repeat))
+        loops.append(("uvloop", uvloop.new_event_loop))
+    return loops
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = volume_parser(__doc__, repeat=7)
+    parser.add_argument("--stalled", type=int, default=1000, help="stalled TLS clients")
+    parser.add_argument("--rounds", type=int, default=21, help="good clients timed")
+    args = parser.parse_args(argv)
+    size = args.mib * MIB
+    rows = [_bench(name, factory, size, args.repeat) for name, factory in _loops()]
     print_table("qiochan.aio vs asyncio streams (ratio = asyncio time / qiochan time)", rows)
+    _bench_stalled(args.stalled, args.rounds)
     return 0
 
 

@@ -2,51 +2,35 @@
 
 This is the one place :mod:`qiochan.relay` depends on how handshakes run.
 Accepting is loop-driven for qiochan's socket listeners (the listener's
-client callback runs on the loop, no accept thread).  Layer handshakes and
-connects still use the blocking calls of :mod:`qiochan.transport`, run on a
-bounded pool of worker threads
-(not one thread per connection); each is bounded by a deadline, and a
-handshake that passes it is ended by shutting its raw channel down, which
-wakes the worker at once.
+client callback runs on the loop, no accept thread).  Every layer handshake
+runs on the loop in non-blocking mode (:func:`qiochan.layer.aapply_layers`,
+:func:`qiochan.aio.aconnect`), bounded by a deadline: no thread per
+connection or per handshake.  Only a transport's own connect (which may
+resolve a host name) runs in the loop's executor, as asyncio's do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import errno
-import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import transport as _transport
-from .channel import QIOChannel, Shutdown
-from .errors import ChannelError, HandshakeError
+from .aio import aconnect
+from .channel import QIOChannel
+from .errors import ChannelError
+from .layer import aapply_layers, deadline_after
+from .plugin import Role
 
 __all__ = ["Acceptor", "accept_layers", "open_destination"]
 
 log = logging.getLogger("qiochan.relay")
 
-#: Worker threads shared by every gateway's blocking handshakes and connects.
-_WORKERS = 64
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
 #: Called on the loop with each raw accepted channel.
 ClientFunc = Callable[[QIOChannel], None]
-
-
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_WORKERS, thread_name_prefix="qiochan-relay"
-            )
-        return _pool
 
 
 class Acceptor:
@@ -143,48 +127,12 @@ class Acceptor:
         self.listener.close()
 
 
-async def _in_worker(
-    func: Callable[[], QIOChannel],
-    timeout: float | None,
-    on_timeout: Callable[[], None] | None = None,
-) -> Any:
-    """Run ``func`` on the worker pool, bounded by ``timeout`` seconds.
-
-    On timeout (or cancellation) ``on_timeout()`` runs to end the work early
-    (on a timeout, the worker is then waited for), and a channel the worker
-    still returns is closed.
-
-    Raises:
-        TimeoutError: past the deadline. Whatever ``func`` raises.
-    """
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(_executor(), func)
-    try:
-        async with asyncio.timeout(timeout):
-            return await asyncio.shield(future)
-    except TimeoutError:
-        future.add_done_callback(_close_orphan)
-        if on_timeout is not None:
-            on_timeout()
-            # ending the work early wakes the worker: wait, so its channel is closed
-            await asyncio.wait([future])
-        raise
-    except BaseException:
-        if not future.done():
-            if on_timeout is not None:
-                on_timeout()
-            future.add_done_callback(_close_orphan)
-        raise
-
-
-def _close_orphan(future: asyncio.Future[QIOChannel]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
-
-
-def _shutdown(channel: QIOChannel) -> None:
-    with contextlib.suppress(ChannelError, OSError):
-        channel.shutdown(Shutdown.BOTH)
+async def _handshake(
+    channel: QIOChannel, layers: Sequence[Any], role: Role, timeout: float | None
+) -> QIOChannel:
+    if not layers:
+        return channel
+    return await aapply_layers(channel, layers, role, deadline=deadline_after(timeout))
 
 
 async def accept_layers(
@@ -192,23 +140,15 @@ async def accept_layers(
 ) -> QIOChannel:
     """Run the server side of ``layers`` over an accepted ``channel``; return the outermost.
 
-    On failure ``channel`` is closed.
+    The handshakes run on the loop, bounded by ``timeout`` seconds in all
+    (and by each layer's own ``handshake-timeout``).  On failure or
+    cancellation ``channel`` is closed.
 
     Raises:
-        HandshakeError: a layer's handshake failed, or did not finish within
-            ``timeout`` seconds (errno ETIMEDOUT).
-        ChannelError: setting a layer up failed.
+        HandshakeError: a layer's handshake failed or timed out (errno ETIMEDOUT).
+        ChannelError, AddressError, PluginError: setting a layer up failed.
     """
-    if not layers:
-        return channel
-    handshake = functools.partial(_transport.apply_layers, channel, layers, "server")
-    try:
-        result: QIOChannel = await _in_worker(handshake, timeout, lambda: _shutdown(channel))
-    except TimeoutError:
-        raise HandshakeError(
-            f"handshake did not complete within {timeout} s", errno.ETIMEDOUT
-        ) from None
-    return result
+    return await _handshake(channel, layers, "server", timeout)
 
 
 async def open_destination(
@@ -216,24 +156,16 @@ async def open_destination(
 ) -> QIOChannel:
     """Connect to ``address`` (or open it, for ``exec:``/``file:``) with client ``layers``.
 
-    ``timeout`` bounds the connect and the handshakes.
+    ``timeout`` bounds the connect and the handshakes together; the
+    handshakes run on the loop.
 
     Raises:
         AddressError, PluginError, ChannelError, HandshakeError: as :func:`qiochan.connect`.
     """
-
-    def connect() -> QIOChannel:
-        opened = _transport.open_only(address, layers=layers, role="client")
-        if opened is not None:
-            return opened
-        return _transport.connect(address, layers=layers, timeout=timeout)
-
-    # the connect's own timeout ends the worker; the outer one is a backstop
-    backstop = None if timeout is None else timeout + 5.0
-    try:
-        result: QIOChannel = await _in_worker(connect, backstop)
-    except TimeoutError:
-        raise ChannelError(
-            f"connect did not complete within {timeout} s", errno.ETIMEDOUT
-        ) from None
-    return result
+    if not _transport.opens_only(address):
+        return await aconnect(address, layers=layers, timeout=timeout)
+    opened = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: _transport.open_only(address, role="client")
+    )
+    assert opened is not None
+    return await _handshake(opened, layers, "client", timeout)

@@ -15,8 +15,10 @@ chain::
 The channel is put in non-blocking mode and driven by its own watches on the
 running loop (asyncio or uvloop), so the loop never blocks on it; data a layer
 already holds (decrypted TLS records, decoded websocket frames) is delivered at
-once.  What may block -- connecting, accepting, layer handshakes, closing a
-command pipe -- runs in a worker thread.
+once.  Layer handshakes run on the loop too, in non-blocking mode and under a
+deadline, so a stalled peer never holds anyone else up; what may still block
+-- a transport's connect (name resolution), closing a command pipe -- runs in
+the loop's executor.
 
 * :class:`ChannelTransport` is an :class:`asyncio.Transport` over a channel:
   flow control (``pause_reading``/``resume_reading``, write-buffer limits that
@@ -27,6 +29,8 @@ command pipe -- runs in a worker thread.
 * :func:`create_connection` / :func:`open_connection` connect to an address.
 * :func:`create_server` / :func:`start_server` listen on one and return a
   :class:`ChannelServer`.
+* :func:`alisten` / :class:`LayerAcceptor` and :func:`aconnect` give layered
+  channels (handshakes done) on a loop, for gateways.
 """
 
 from __future__ import annotations
@@ -43,15 +47,20 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self, TypeVar
 
+from . import _hooks
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
 from .errors import ChannelError, Error, HandshakeError, unsupported
+from .layer import aapply_layers, acomplete_handshakes, deadline_after, layer_specs
 from .watch import Condition, Watch
 
 __all__ = [
     "DEFAULT_LIMIT",
     "ChannelServer",
     "ChannelTransport",
+    "LayerAcceptor",
+    "aconnect",
+    "alisten",
     "channel_streams",
     "connect_channel",
     "create_connection",
@@ -67,6 +76,7 @@ DEFAULT_LIMIT = 2**16
 
 _READ_CHUNK = 256 * 1024
 _READS_PER_EVENT = 4  # reads per readiness event before other callbacks get a turn
+_ACCEPTS_PER_EVENT = 64  # clients accepted per readiness event of a listening channel
 _MAX_IOV = 64
 _DEFAULT_HIGH_WATER = 64 * 1024
 
@@ -132,10 +142,15 @@ class ChannelTransport(asyncio.Transport):
     """An asyncio transport over a :class:`~qiochan.QIOChannel`.
 
     Made by :func:`connect_channel`; the transport owns the channel from then
-    on: it switches it to non-blocking mode and closes it when the transport
-    closes.  ``get_extra_info("qiochan_channel")`` returns the channel;
+    on: it switches it to non-blocking mode, turns Nagle-style delays off
+    (``set_delay(False)``, as asyncio does for TCP) and closes it when the
+    transport closes.  ``get_extra_info("qiochan_channel")`` returns the channel;
     ``"peername"``/``"sockname"`` are ``(host, port)`` for inet sockets, the
     address object for others; ``"pid"`` is a command pipe's child pid.
+
+    A ``Protocol``'s ``data_received`` gets a :class:`bytearray` it owns
+    (read into once, never reused), not :class:`bytes`: one copy less per
+    read.
 
     Args:
         channel: the connected channel.
@@ -162,7 +177,6 @@ class ChannelTransport(asyncio.Transport):
         self._channel = channel
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._read_buffer = bytearray(_READ_CHUNK)
         self._buffer: collections.deque[memoryview] = collections.deque()
         self._buffer_size = 0
         self._written = 0
@@ -177,6 +191,7 @@ class ChannelTransport(asyncio.Transport):
         self._lost = False
         self._protocol_paused = False
         channel.set_blocking(False)
+        channel.set_delay(False)  # no Nagle delays, as asyncio's own TCP transports
         self._loop.call_soon(self._protocol.connection_made, self)
         self._loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -239,14 +254,18 @@ class ChannelTransport(asyncio.Transport):
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
-        self._stop_reading()
+        if self._read_watch is not None:
+            self._read_watch.pause()
 
     def resume_reading(self) -> None:
         """Deliver data again after :meth:`pause_reading`."""
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
-        self._start_reading()
+        if self._read_watch is not None:
+            self._read_watch.resume()
+        else:
+            self._start_reading()
 
     def _start_reading(self) -> None:
         if (
@@ -283,9 +302,13 @@ class ChannelTransport(asyncio.Transport):
             if n > 0:
                 protocol.buffer_updated(n)
             return n
-        n = self._channel.read(self._read_buffer)
+        # a fresh buffer per read, handed over to the protocol: one copy (the
+        # channel's into it), as a socket's recv() does
+        data = bytearray(_READ_CHUNK)
+        n = self._channel.read(data)
         if n > 0:
-            data = bytes(memoryview(self._read_buffer)[:n])
+            if n < _READ_CHUNK:
+                del data[n:]
             self._protocol.data_received(data)  # type: ignore[attr-defined]
         return n
 
@@ -308,7 +331,9 @@ class ChannelTransport(asyncio.Transport):
                 self._on_eof()
                 return False
             if self._read_watch is not watch:
-                return False  # paused or closed by the protocol
+                return False  # closed by the protocol
+            if self._reading_paused:
+                return True  # the watch is paused until resume_reading()
         return True
 
     def _on_eof(self) -> None:
@@ -538,10 +563,7 @@ class ChannelTransport(asyncio.Transport):
             log.debug("%r: closing the channel failed: %s", self, close_error)
             if exc is None:
                 exc = close_error
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._read_buffer = bytearray()
+        self._protocol.connection_lost(exc)
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
@@ -568,13 +590,48 @@ def _close_orphan(future: asyncio.Future[QIOChannel]) -> None:
         future.result().close()
 
 
-async def _connect_in_thread(
-    address: Any, layers: Iterable[Any], timeout: float | None, options: dict[str, Any]
+async def aconnect(
+    address: Any, *, layers: Iterable[Any] = (), timeout: float | None = None, **options: Any
 ) -> QIOChannel:
-    connect = functools.partial(
-        _transport.connect, address, layers=layers, timeout=timeout, **options
-    )
-    return await _in_thread(connect)
+    """Connect to ``address`` and apply ``layers`` as a client, on the running loop.
+
+    The async twin of :func:`qiochan.connect`: the transport's connect (which
+    may resolve a host name) runs in the loop's executor, as
+    :meth:`asyncio.loop.getaddrinfo` does; every layer handshake then runs on
+    the loop in non-blocking mode, never in a thread.  ``timeout`` bounds the
+    connect and every handshake together (each layer's ``handshake-timeout``
+    applies too).  Cancelling it closes whatever was opened.
+
+    Returns:
+        The outermost channel, in blocking mode, handshakes done (the caller owns it).
+    Raises:
+        AddressError, PluginError, ChannelError, HandshakeError (``ETIMEDOUT``
+        past the deadline): as :func:`qiochan.connect`.
+    """
+    address, layers, options, configured_timeout = _transport._configured(address, layers, options)
+    if timeout is None:
+        timeout = configured_timeout
+    deadline = deadline_after(timeout)
+    backend, parsed = _transport.resolve_address(address)
+    func = backend.require("connect")
+    if timeout is not None:
+        options["timeout"] = timeout
+    specs = layer_specs(layers)
+    if backend.own_layers:
+        # the backend builds its layer chain; the handshakes are ours to run
+        options.update(layers=specs, handshake=False)
+        raw = await _in_thread(functools.partial(func, parsed, **options))
+        try:
+            await acomplete_handshakes(raw, deadline)
+        except BaseException:
+            raw.close()
+            raise
+        channel = raw
+    else:
+        raw = await _in_thread(functools.partial(func, parsed, **options))
+        channel = await aapply_layers(raw, specs, "client", deadline=deadline)
+    _hooks.channel_opened(channel, parsed)
+    return channel
 
 
 async def connect_channel(
@@ -639,7 +696,7 @@ async def create_connection(
 ) -> tuple[ChannelTransport, _P]:
     """Connect to ``address`` with ``layers`` (as :func:`qiochan.connect`) and wrap the channel.
 
-    The connect and the layers' handshakes run in a worker thread.
+    As :func:`aconnect`: the handshakes run on the loop, bounded by ``timeout``.
 
     Returns:
         ``(transport, protocol)``.
@@ -650,7 +707,7 @@ async def create_connection(
         ChannelError: the connection failed (refused, unreachable...).
         HandshakeError: a layer's handshake failed.
     """
-    channel = await _connect_in_thread(address, layers, timeout, options)
+    channel = await aconnect(address, layers=layers, timeout=timeout, **options)
     return await connect_channel(channel, protocol_factory)
 
 
@@ -675,8 +732,243 @@ async def open_connection(
         ChannelError: the connection failed (refused, unreachable...).
         HandshakeError: a layer's handshake failed.
     """
-    channel = await _connect_in_thread(address, layers, timeout, options)
+    channel = await aconnect(address, layers=layers, timeout=timeout, **options)
     return await channel_streams(channel, limit=limit)
+
+
+class LayerAcceptor:
+    """Accepts the clients of a listener on a loop and handshakes their layers concurrently.
+
+    Raw clients are accepted on the loop as the listening channels (the
+    listener's ``sioc``) become readable; each one's server-side layers are
+    applied and handshaken as its own task, in non-blocking mode, bounded by
+    the layers' ``handshake-timeout`` (10 s for a server by default) and by
+    ``handshake_timeout`` when given.  A client that stalls only holds its own
+    task: completed clients are handed out at once, in the order they
+    completed.  A listener without listening channels is accepted from in
+    one worker thread (its handshakes still run on the loop).
+
+    Use :meth:`accept` to take clients one by one, or pass ``on_ready`` to
+    have each delivered to a callback (failures are then logged).
+
+    Args:
+        listener: a raw listener (``accept()``, ``close()``, ``address``), e.g. the
+            ``inner`` of what :func:`qiochan.listen` returned with layers.
+        layers: server-side layer specs (strings, LayerSpecs or callables).
+        loop: the loop to run on (default: the running loop).
+        handshake_timeout: seconds a client's handshakes may take in all (None:
+            only the layers' own timeouts).
+        on_ready: called on the loop with each channel whose handshakes completed.
+    """
+
+    def __init__(
+        self,
+        listener: Any,
+        layers: Iterable[Any] = (),
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        handshake_timeout: float | None = None,
+        on_ready: Callable[[QIOChannel], object] | None = None,
+    ) -> None:
+        self.listener = listener
+        self.layers = layer_specs(layers)
+        self.handshake_timeout = handshake_timeout
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._on_ready = on_ready
+        self._ready: collections.deque[QIOChannel | BaseException] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watches: list[Watch] = []
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<LayerAcceptor {self.address} handshaking={len(self._tasks)}>"
+
+    @property
+    def address(self) -> Any:
+        """The listener's address."""
+        return self.listener.address
+
+    @property
+    def handshaking(self) -> int:
+        """How many clients are handshaking now."""
+        return len(self._tasks)
+
+    @property
+    def idle(self) -> bool:
+        """True when no client is handshaking and none waits to be taken by :meth:`accept`."""
+        return not self._tasks and not self._ready
+
+    def start(self) -> None:
+        """Start accepting (call on the loop's thread); a second call does nothing.
+
+        Raises:
+            ChannelError: the acceptor is closed (``EBADF``).
+        """
+        if self._closed:
+            raise ChannelError("Acceptor is closed", errno.EBADF)
+        if self._started:
+            return
+        self._started = True
+        channels = getattr(self.listener, "sioc", None)
+        if not channels:
+            self._thread = threading.Thread(
+                target=self._accept_in_thread, name=f"qiochan-accept {self.address}", daemon=True
+            )
+            self._thread.start()
+            return
+        for channel in channels:
+            channel.set_blocking(False)
+            self._watches.append(
+                channel.add_watch_source(Condition.IN, self._on_listening, context=self._loop)
+            )
+
+    def _on_listening(self, channel: Any, _condition: Condition) -> bool:
+        for _ in range(_ACCEPTS_PER_EVENT):
+            if self._closed:
+                return False
+            try:
+                client = channel.accept()
+            except (ChannelError, OSError) as exc:
+                if not self._closed:
+                    log.warning("%r: accept failed, no more clients: %s", self, exc)
+                    self._deliver(exc)
+                    self.close()
+                return False
+            if client is None:
+                return True
+            self._handshake(client)
+        return True
+
+    def _accept_in_thread(self) -> None:
+        while not self._closed:
+            try:
+                client = self.listener.accept()
+            except HandshakeError as exc:
+                self._loop.call_soon_threadsafe(self._deliver, exc)
+                continue
+            except (Error, OSError, ValueError) as exc:  # a PluginError too: stop
+                if not self._closed:
+                    log.warning("%r: accept failed, no more clients: %s", self, exc)
+                    self._loop.call_soon_threadsafe(self._deliver, exc)
+                return
+            try:
+                self._loop.call_soon_threadsafe(self._handshake, client)
+            except RuntimeError:  # the loop is closed
+                client.close()
+                return
+
+    def _handshake(self, client: QIOChannel) -> None:
+        if self._closed:
+            client.close()
+            return
+        task = self._loop.create_task(self._setup(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _setup(self, client: QIOChannel) -> None:
+        deadline = deadline_after(self.handshake_timeout)
+        try:
+            channel = await aapply_layers(client, self.layers, "server", deadline=deadline)
+        except HandshakeError as exc:
+            log.info("%r: a client's handshake failed: %s", self, exc)
+            self._deliver(exc)
+        except Exception as exc:  # a bad layer option, a failed master...
+            log.warning("%r: setting up a client's layers failed: %s", self, exc)
+            self._deliver(exc)
+        else:
+            self._deliver(channel)
+
+    def _deliver(self, item: QIOChannel | BaseException) -> None:
+        if isinstance(item, QIOChannel) and self._closed:
+            item.close()
+            return
+        if self._on_ready is not None:
+            if isinstance(item, QIOChannel):
+                self._on_ready(item)
+            return
+        self._ready.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def accept(self) -> QIOChannel:
+        """Return the next client whose handshakes completed (starting to accept if needed).
+
+        Raises:
+            HandshakeError: the next client to finish failed its handshake or
+                timed out (the acceptor goes on).
+            ChannelError: the acceptor is closed (``EBADF``) or accepting failed.
+        """
+        self.start()
+        while not self._ready:
+            if self._closed:
+                raise ChannelError("Acceptor is closed", errno.EBADF)
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._ready.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop accepting and cancel the handshakes in progress (their channels close).
+
+        The listener itself is not closed.  Idempotent; call on the loop's thread.
+        """
+        self._closed = True
+        for watch in self._watches:
+            watch.remove()
+        self._watches.clear()
+        for task in self._tasks:
+            task.cancel()
+        while self._ready:
+            item = self._ready.popleft()
+            if isinstance(item, QIOChannel):
+                item.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then wait until every cancelled handshake has closed its channel."""
+        self.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def alisten(
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    handshake_timeout: float | None = None,
+    **options: Any,
+) -> LayerAcceptor:
+    """Listen on ``address`` and return a started :class:`LayerAcceptor` on the running loop.
+
+    ``await acceptor.accept()`` then returns clients whose server-side
+    ``layers`` completed their handshakes, never held up by slow clients;
+    ``acceptor.close()`` and ``acceptor.listener.close()`` end it.
+
+    Raises:
+        AddressError, PluginError, ChannelError: as :func:`qiochan.listen`.
+    """
+    listener, specs = _split_listener(_transport.listen(address, layers=layers, **options))
+    acceptor = LayerAcceptor(listener, specs, handshake_timeout=handshake_timeout)
+    acceptor.start()
+    return acceptor
+
+
+def _split_listener(listener: Any) -> tuple[Any, list[Any]]:
+    """Return the raw listener under a layered one, and its layers."""
+    if isinstance(listener, _transport.LayeredListener):
+        return listener.inner, list(listener.layers)
+    return listener, []
 
 
 class ChannelServer:
@@ -684,15 +976,18 @@ class ChannelServer:
 
     Made by :func:`create_server` and :func:`start_server`; works like
     :class:`asyncio.Server`: :meth:`close`, :meth:`wait_closed`,
-    :meth:`serve_forever`, ``async with``.  Accepting runs in a worker thread
-    and the server side of each client's layer handshakes in another, so a
-    slow client never holds up the next one; a client whose handshake fails
-    is logged and dropped, and the server goes on.
+    :meth:`serve_forever`, ``async with``.  Peers are accepted on the loop
+    and their layer handshakes run there concurrently (a
+    :class:`LayerAcceptor`), without threads, so a slow client never holds
+    up the next one; a client whose handshake fails or times out is logged
+    and dropped, and the server goes on.
 
     Args:
         listener: what :func:`qiochan.listen` returned.
         protocol_factory: makes one protocol per accepted channel.
         loop: the loop that serves (default: the running loop).
+        handshake_timeout: seconds a client's handshakes may take in all
+            (None: only the layers' own ``handshake-timeout``).
     """
 
     def __init__(
@@ -700,18 +995,22 @@ class ChannelServer:
         listener: Any,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        handshake_timeout: float | None = None,
     ) -> None:
         self._listener = listener
-        # accept raw peers in one thread, run each one's handshakes in another
-        if isinstance(listener, _transport.LayeredListener):
-            self._acceptor, self._layers = listener.inner, list(listener.layers)
-        else:
-            self._acceptor, self._layers = listener, []
         self._protocol_factory = protocol_factory
         self._loop = loop if loop is not None else asyncio.get_running_loop()
+        raw, layers = _split_listener(listener)
+        self._acceptor = LayerAcceptor(
+            raw,
+            layers,
+            loop=self._loop,
+            handshake_timeout=handshake_timeout,
+            on_ready=self._accepted,
+        )
         self._serving = False
         self._closed = False
-        self._accept_thread: threading.Thread | None = None
         self._serving_forever: asyncio.Future[None] | None = None
         self._setups: set[asyncio.Task[None]] = set()
         self._closed_event = asyncio.Event()
@@ -728,6 +1027,11 @@ class ChannelServer:
     def listener(self) -> Any:
         """The underlying qiochan listener."""
         return self._listener
+
+    @property
+    def acceptor(self) -> LayerAcceptor:
+        """The :class:`LayerAcceptor` accepting and handshaking clients."""
+        return self._acceptor
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """Return the loop the server runs on."""
@@ -748,49 +1052,14 @@ class ChannelServer:
         if self._serving:
             return
         self._serving = True
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"qiochan-accept {self.address}", daemon=True
-        )
-        self._accept_thread.start()
-
-    def _accept_loop(self) -> None:
-        """Accept peers in this worker thread and hand each to the loop."""
-        while not self._closed:
-            try:
-                channel = self._acceptor.accept()
-            except HandshakeError as exc:
-                log.info("%r: a client's handshake failed: %s", self, exc)
-                continue
-            except (Error, OSError, ValueError) as exc:  # a PluginError too: stop serving
-                if not self._closed:
-                    log.warning("%r: accept failed, server stops: %s", self, exc)
-                    self._loop.call_soon_threadsafe(self.close)
-                return
-            try:
-                self._loop.call_soon_threadsafe(self._accepted, channel)
-            except RuntimeError:  # the loop is closed
-                channel.close()
-                return
+        self._acceptor.start()
 
     def _accepted(self, channel: QIOChannel) -> None:
-        if self._closed:
-            channel.close()
-            return
         task = self._loop.create_task(self._serve_channel(channel))
         self._setups.add(task)
         task.add_done_callback(self._setups.discard)
 
     async def _serve_channel(self, channel: QIOChannel) -> None:
-        if self._layers:
-            handshake = functools.partial(_transport.apply_layers, channel, self._layers, "server")
-            try:
-                channel = await _in_thread(handshake)
-            except HandshakeError as exc:
-                log.info("%r: a client's handshake failed: %s", self, exc)
-                return  # apply_layers closed the channel
-            except Exception as exc:
-                log.warning("%r: setting up a client's layers failed: %s", self, exc)
-                return
         try:
             await connect_channel(channel, self._protocol_factory)
         except Exception as exc:
@@ -804,6 +1073,7 @@ class ChannelServer:
         self._closed = True
         self._serving = False
         try:
+            self._acceptor.close()
             self._listener.close()
         finally:
             if self._serving_forever is not None and not self._serving_forever.done():
@@ -811,9 +1081,10 @@ class ChannelServer:
             self._closed_event.set()
 
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` was called and the accepting thread has stopped."""
+        """Wait until :meth:`close` was called and every handshake in progress has ended."""
         await self._closed_event.wait()
-        thread = self._accept_thread
+        await self._acceptor.aclose()
+        thread = self._acceptor._thread
         if thread is not None and thread.is_alive():
             await self._loop.run_in_executor(None, thread.join)
 
@@ -852,10 +1123,14 @@ async def create_server(
     *,
     layers: Iterable[Any] = (),
     start_serving: bool = True,
+    handshake_timeout: float | None = None,
     **options: Any,
 ) -> ChannelServer:
     """Listen on ``address`` (as :func:`qiochan.listen`); serve each peer to a new protocol.
 
+    Args:
+        handshake_timeout: seconds a client's handshakes may take in all
+            (None: only the layers' own ``handshake-timeout``, 10 s by default).
     Returns:
         The :class:`ChannelServer`, accepting already unless ``start_serving`` is False.
     Raises:
@@ -864,11 +1139,10 @@ async def create_server(
         PluginError: no available backend serves the scheme or a layer.
         ChannelError: listening failed (address in use...).
     """
-    loop = asyncio.get_running_loop()
-    listener = await loop.run_in_executor(
-        None, functools.partial(_transport.listen, address, layers=layers, **options)
+    listener = _transport.listen(address, layers=layers, **options)
+    server = ChannelServer(
+        listener, protocol_factory, asyncio.get_running_loop(), handshake_timeout=handshake_timeout
     )
-    server = ChannelServer(listener, protocol_factory, loop)
     if start_serving:
         await server.start_serving()
     return server

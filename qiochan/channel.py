@@ -29,12 +29,14 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _hooks
 from .errors import ChannelError, closed_error, from_oserror, unexpected_eof, unsupported
+from .iov import advance
 from .watch import Condition, Watch, WatchFunc, WatchSource
 
 if sys.version_info >= (3, 12):
@@ -52,8 +54,11 @@ __all__ = [
     "QIOChannel",
     "ReadFlag",
     "Shutdown",
+    "Steps",
     "WriteFlag",
+    "arun_steps",
     "read_views",
+    "run_steps",
     "write_views",
 ]
 
@@ -76,8 +81,89 @@ if sys.version_info < (3, 12) and not TYPE_CHECKING:
 ERR_BLOCK = -2
 
 _T = TypeVar("_T")
-# A step generator: yields the condition to wait for, returns the result.
-_Steps = Generator[Condition, None, _T]
+#: A step generator: does non-blocking I/O, yields the :class:`Condition` it
+#: needs before it can go on, and returns its result.
+Steps = Generator[Condition, None, _T]
+
+
+def run_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | None = None) -> _T:
+    """Run ``steps`` to the end in this thread, waiting with ``waiter.wait()``.
+
+    This is the one driver of every step generator in sync code: the
+    ``*_all`` family and layer handshakes.  With a ``deadline`` (a
+    :func:`time.monotonic` value), a wait that would pass it throws
+    :class:`TimeoutError` into the generator at its pending ``yield``, as does
+    any error raised while waiting, so the steps can answer before failing
+    (a websocket server sends 408).
+
+    Returns:
+        What the generator returns.
+    Raises:
+        Whatever the generator raises (a TimeoutError it does not handle included).
+    """
+    try:
+        condition = next(steps)
+    except StopIteration as stop:  # done without waiting: the common case
+        result: _T = stop.value
+        return result
+    return _wait_steps(waiter, steps, condition, deadline)
+
+
+def _wait_steps(
+    waiter: QIOChannel, steps: Steps[_T], condition: Condition, deadline: float | None
+) -> _T:
+    """:func:`run_steps` once the generator first asked to wait for ``condition``."""
+    try:
+        if deadline is None:
+            while True:
+                waiter.wait(condition)
+                condition = steps.send(None)
+        while True:
+            try:
+                waiter.wait(condition, timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # a timeout or a failed waiter: the steps decide
+                condition = steps.throw(exc)
+            else:
+                condition = steps.send(None)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+    finally:
+        steps.close()
+
+
+async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | None = None) -> _T:
+    """Run ``steps`` to the end on the running loop, awaiting ``waiter.yield_()``.
+
+    The async twin of :func:`run_steps` (same ``deadline`` rule); it never
+    blocks the loop, provided the steps' I/O is non-blocking.
+
+    Returns:
+        What the generator returns.
+    Raises:
+        Whatever the generator raises.
+    """
+    import asyncio
+
+    try:
+        condition = next(steps)
+        if deadline is None:
+            while True:
+                await waiter.yield_(condition)
+                condition = steps.send(None)
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await waiter.yield_(condition)
+            except Exception as exc:  # a timeout or a failed waiter: the steps decide
+                condition = steps.throw(exc)
+            else:
+                condition = steps.send(None)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+    finally:
+        steps.close()
 
 
 class Feature(IntEnum):
@@ -188,18 +274,6 @@ def read_views(iov: Iterable[Buffer]) -> list[memoryview]:
     return _views(iov, True)
 
 
-def _advance(views: list[memoryview], done: int) -> list[memoryview]:
-    """Drop ``done`` bytes from the front of ``views`` (no copying)."""
-    index = 0
-    while index < len(views) and done >= views[index].nbytes:
-        done -= views[index].nbytes
-        index += 1
-    rest = views[index:]
-    if done and rest:
-        rest[0] = rest[0][done:]
-    return rest
-
-
 class QIOChannel(abc.ABC):
     """Base class of every channel; backends subclass it and implement the ``io_*`` methods.
 
@@ -221,6 +295,11 @@ class QIOChannel(abc.ABC):
         self._aio_context: asyncio.AbstractEventLoop | None = None
         self._watches: set[Watch] = set()
         self._watch_lock = threading.Lock()
+        # held by the one reader and the one writer in progress (EBUSY for a second)
+        self._read_guard = threading.Lock()
+        self._write_guard = threading.Lock()
+        self._async_ops = 0
+        self._async_restore = False
         log.debug("channel new %s", type(self).__name__)
 
     def __repr__(self) -> str:
@@ -329,6 +408,26 @@ class QIOChannel(abc.ABC):
         if flags and flags & _ZERO_COPY and Feature.WRITE_ZERO_COPY not in self._features:
             raise ChannelError("Requested Zero Copy feature is not available", errno.EINVAL)
 
+    def _guarded_read(
+        self, views: list[memoryview], want_fds: bool, flags: ReadFlag
+    ) -> tuple[int, list[int]]:
+        guard = self._read_guard
+        if not guard.acquire(False):
+            raise self._busy("read")
+        try:
+            return self._io_read(views, want_fds, flags)
+        finally:
+            guard.release()
+
+    def _guarded_write(self, views: list[memoryview], fds: Sequence[int], flags: WriteFlag) -> int:
+        guard = self._write_guard
+        if not guard.acquire(False):
+            raise self._busy("write")
+        try:
+            return self._io_write(views, fds, flags)
+        finally:
+            guard.release()
+
     def readv_full(
         self, iov: Iterable[Buffer], *, want_fds: bool = False, flags: ReadFlag = _NO_READ_FLAGS
     ) -> tuple[int, list[int]]:
@@ -338,12 +437,13 @@ class QIOChannel(abc.ABC):
             ``(n, fds)``: bytes read (0 at EOF) or :data:`ERR_BLOCK`, and the file
             descriptors received (the caller owns them).
         Raises:
-            ChannelError: the read failed, ``want_fds`` without ``FD_PASS``, or
-                ``MSG_PEEK`` without ``READ_MSG_PEEK``.
+            ChannelError: the read failed, ``want_fds`` without ``FD_PASS``,
+                ``MSG_PEEK`` without ``READ_MSG_PEEK``, or another read is in
+                progress (``EBUSY``: one reader at a time, as for every read below).
             TypeError: an item of ``iov`` is not a writable buffer.
         """
         self._check_read_args(want_fds, flags)
-        return self._io_read(_views(iov, True), want_fds, flags)
+        return self._guarded_read(_views(iov, True), want_fds, flags)
 
     def writev_full(
         self, iov: Iterable[Buffer], fds: Sequence[int] = (), flags: WriteFlag = _NO_WRITE_FLAGS
@@ -353,24 +453,25 @@ class QIOChannel(abc.ABC):
         Returns:
             Bytes written (possibly fewer than given) or :data:`ERR_BLOCK`.
         Raises:
-            ChannelError: the write failed, fds without ``FD_PASS``, or
-                ``ZERO_COPY`` without ``WRITE_ZERO_COPY``.
+            ChannelError: the write failed, fds without ``FD_PASS``,
+                ``ZERO_COPY`` without ``WRITE_ZERO_COPY``, or another write is
+                in progress (``EBUSY``: one writer at a time, as for every write below).
         """
         self._check_write_args(fds, flags)
-        return self._io_write(_views(iov, False), tuple(fds), flags)
+        return self._guarded_write(_views(iov, False), tuple(fds), flags)
 
     def readv(self, iov: Iterable[Buffer]) -> int:
         """Read into ``iov``; return bytes read, 0 at EOF, or :data:`ERR_BLOCK`."""
-        return self._io_read(_views(iov, True), False, _NO_READ_FLAGS)[0]
+        return self._guarded_read(_views(iov, True), False, _NO_READ_FLAGS)[0]
 
     def writev(self, iov: Iterable[Buffer]) -> int:
         """Write ``iov``; return bytes written or :data:`ERR_BLOCK`."""
-        return self._io_write(_views(iov, False), (), _NO_WRITE_FLAGS)
+        return self._guarded_write(_views(iov, False), (), _NO_WRITE_FLAGS)
 
     def read(self, buf: Buffer) -> int:
         """Read into the writable ``buf``; return bytes read, 0 at EOF, or :data:`ERR_BLOCK`."""
         views = [memoryview(buf)] if type(buf) is bytearray else _views((buf,), True)
-        return self._io_read(views, False, _NO_READ_FLAGS)[0]
+        return self._guarded_read(views, False, _NO_READ_FLAGS)[0]
 
     def write(self, data: Buffer) -> int:
         """Write ``data``; return bytes written or :data:`ERR_BLOCK`."""
@@ -379,13 +480,13 @@ class QIOChannel(abc.ABC):
             view = memoryview(data)  # always 1-D, contiguous, unsigned bytes
         else:
             view = _byte_view(data, None)
-        return self._io_write([view], (), _NO_WRITE_FLAGS)
+        return self._guarded_write([view], (), _NO_WRITE_FLAGS)
 
     # -- the *_all family, written once as step generators -------------------
 
     def _readv_all_steps(
         self, iov: Iterable[Buffer], want_fds: bool, flags: ReadFlag
-    ) -> _Steps[tuple[bool, list[int]]]:
+    ) -> Steps[tuple[bool, list[int]]]:
         views = _views(iov, True)
         wanted = sum(map(len, views))  # byte-format views: len == nbytes
         done = 0
@@ -410,7 +511,7 @@ class QIOChannel(abc.ABC):
                     raise unexpected_eof()
                 done += n
                 if done < wanted:
-                    views = _advance(views, n)
+                    views = advance(views, n)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -419,7 +520,7 @@ class QIOChannel(abc.ABC):
 
     def _writev_all_steps(
         self, iov: Iterable[Buffer], fds: Sequence[int], flags: WriteFlag
-    ) -> _Steps[None]:
+    ) -> Steps[None]:
         views = _views(iov, False)
         left = sum(map(len, views))
         pending_fds: Sequence[int] = tuple(fds)
@@ -434,29 +535,53 @@ class QIOChannel(abc.ABC):
             pending_fds = ()
             left -= n
             if left:
-                views = _advance(views, n)
+                views = advance(views, n)
 
-    def _drive(self, steps: _Steps[_T]) -> _T:
-        try:
-            condition = next(steps)
-            while True:
-                self.wait(condition)
-                condition = steps.send(None)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
+    def _busy(self, what: str) -> ChannelError:
+        return ChannelError(
+            f"Another {what} is already in progress on {self!r}: "
+            f"one {what}er at a time per channel",
+            errno.EBUSY,
+        )
 
-    async def _adrive(self, steps: _Steps[_T]) -> _T:
-        if self._blocking:
-            self.set_blocking(False)
+    def _drive(self, steps: Steps[_T], guard: threading.Lock, what: str) -> _T:
+        """Run ``steps`` in this thread while holding ``guard`` (EBUSY when held)."""
+        if not guard.acquire(False):
+            steps.close()
+            raise self._busy(what)
         try:
-            condition = next(steps)
-            while True:
-                await self.yield_(condition)
-                condition = steps.send(None)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
+            try:
+                condition = next(steps)
+            except StopIteration as stop:  # done without waiting: the common case
+                result: _T = stop.value
+                return result
+            return _wait_steps(self, steps, condition, None)
+        finally:
+            guard.release()
+
+    async def _adrive(self, steps: Steps[_T], guard: threading.Lock, what: str) -> _T:
+        """Run ``steps`` on the running loop in non-blocking mode, holding ``guard``.
+
+        The first async operation switches the channel to non-blocking mode;
+        the last one to end restores the mode it found.
+        """
+        if not guard.acquire(False):
+            steps.close()
+            raise self._busy(what)
+        try:
+            if self._async_ops == 0:
+                self._async_restore = self._blocking
+                if self._blocking:
+                    self.set_blocking(False)
+            self._async_ops += 1
+            try:
+                return await arun_steps(self, steps)
+            finally:
+                self._async_ops -= 1
+                if self._async_ops == 0 and self._async_restore and not self._closed:
+                    self.set_blocking(True)
+        finally:
+            guard.release()
 
     def readv_full_all_eof(
         self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS
@@ -471,7 +596,7 @@ class QIOChannel(abc.ABC):
             ChannelError: EOF after some but not all data, or a read error.
         """
         want = Feature.FD_PASS in self._features
-        return self._drive(self._readv_all_steps(iov, want, flags))
+        return self._drive(self._readv_all_steps(iov, want, flags), self._read_guard, "read")
 
     def readv_full_all(self, iov: Iterable[Buffer]) -> list[int]:
         """Read until ``iov`` is full; return the fds received.
@@ -486,7 +611,7 @@ class QIOChannel(abc.ABC):
 
     def readv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Read until ``iov`` is full; False at EOF before any byte (see readv_full_all_eof)."""
-        return self._drive(self._readv_all_steps(iov, False, flags))[0]
+        return self._drive(self._readv_all_steps(iov, False, flags), self._read_guard, "read")[0]
 
     def readv_all(self, iov: Iterable[Buffer]) -> None:
         """Read until ``iov`` is full.
@@ -513,15 +638,17 @@ class QIOChannel(abc.ABC):
         With ``ZERO_COPY`` it returns once the data is queued: keep the buffers
         unchanged until :meth:`flush` returns.
         """
-        self._drive(self._writev_all_steps(iov, fds, flags))
+        self._drive(self._writev_all_steps(iov, fds, flags), self._write_guard, "write")
 
     def writev_all(self, iov: Iterable[Buffer]) -> None:
         """Write all of ``iov``."""
-        self._drive(self._writev_all_steps(iov, (), _NO_WRITE_FLAGS))
+        self._drive(self._writev_all_steps(iov, (), _NO_WRITE_FLAGS), self._write_guard, "write")
 
     def write_all(self, data: Buffer) -> None:
         """Write all of ``data``."""
-        self._drive(self._writev_all_steps((data,), (), _NO_WRITE_FLAGS))
+        self._drive(
+            self._writev_all_steps((data,), (), _NO_WRITE_FLAGS), self._write_guard, "write"
+        )
 
     # -- async twins ----------------------------------------------------------
 
@@ -530,7 +657,7 @@ class QIOChannel(abc.ABC):
     ) -> tuple[bool, list[int]]:
         """Async :meth:`readv_full_all_eof`: non-blocking mode, awaiting readiness."""
         want = Feature.FD_PASS in self._features
-        return await self._adrive(self._readv_all_steps(iov, want, flags))
+        return await self._adrive(self._readv_all_steps(iov, want, flags), self._read_guard, "read")
 
     async def areadv_full_all(self, iov: Iterable[Buffer]) -> list[int]:
         """Async :meth:`readv_full_all`."""
@@ -541,7 +668,9 @@ class QIOChannel(abc.ABC):
 
     async def areadv_all_eof(self, iov: Iterable[Buffer], flags: ReadFlag = _NO_READ_FLAGS) -> bool:
         """Async :meth:`readv_all_eof`."""
-        return (await self._adrive(self._readv_all_steps(iov, False, flags)))[0]
+        return (
+            await self._adrive(self._readv_all_steps(iov, False, flags), self._read_guard, "read")
+        )[0]
 
     async def areadv_all(self, iov: Iterable[Buffer]) -> None:
         """Async :meth:`readv_all`."""
@@ -560,15 +689,19 @@ class QIOChannel(abc.ABC):
         self, iov: Iterable[Buffer], fds: Sequence[int] = (), flags: WriteFlag = _NO_WRITE_FLAGS
     ) -> None:
         """Async :meth:`writev_full_all`."""
-        await self._adrive(self._writev_all_steps(iov, fds, flags))
+        await self._adrive(self._writev_all_steps(iov, fds, flags), self._write_guard, "write")
 
     async def awritev_all(self, iov: Iterable[Buffer]) -> None:
         """Async :meth:`writev_all`."""
-        await self._adrive(self._writev_all_steps(iov, (), _NO_WRITE_FLAGS))
+        await self._adrive(
+            self._writev_all_steps(iov, (), _NO_WRITE_FLAGS), self._write_guard, "write"
+        )
 
     async def awrite_all(self, data: Buffer) -> None:
         """Async :meth:`write_all`."""
-        await self._adrive(self._writev_all_steps((data,), (), _NO_WRITE_FLAGS))
+        await self._adrive(
+            self._writev_all_steps((data,), (), _NO_WRITE_FLAGS), self._write_guard, "write"
+        )
 
     # -- control ------------------------------------------------------------
 

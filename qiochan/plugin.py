@@ -83,7 +83,9 @@ class ConnectFunc(Protocol):
     ``address`` is what the backend's ``parse`` returned (the built-in
     address object, or the :class:`~qiochan.address.SchemeAddress` when the
     backend has no parser).  A backend with ``own_layers`` also receives
-    ``layers=``.
+    ``layers=``, and from :mod:`qiochan.aio` ``handshake=False``: then it
+    returns the chain with the layers built but no handshake run (the caller
+    runs them on its loop, :func:`qiochan.layer.acomplete_handshakes`).
     """
 
     def __call__(self, address: Any, /) -> QIOChannel: ...
@@ -153,7 +155,9 @@ class Backend:
         connect: ``connect(address, **options) -> QIOChannel``.
         listen: ``listen(address, **options) -> Listener``.
         open: ``open(address, mode, **options) -> QIOChannel``.
-        wrap: ``wrap(channel, role, **options) -> QIOChannel`` with the handshake done.
+        wrap: ``wrap(channel, role, **options) -> QIOChannel``; a
+            :class:`~qiochan.layer.QIOChannelLayer` may come back with its handshake
+            not run: the caller runs it under its deadline (sync or async).
         check: ``check(role, **options) -> None`` for a layer: raise the error
             ``wrap`` would raise for these options in this role (an unknown
             option, one for the other role, unusable credentials) without

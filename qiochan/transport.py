@@ -8,17 +8,26 @@ connect or listen.  Every backend is reached through the registry.
 
 from __future__ import annotations
 
+import errno
 import logging
+import threading
 from collections.abc import Iterable, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _hooks
 from .channel import QIOChannel
 from .config import lookup_transport
-from .errors import AddressError, HandshakeError, PluginError
+from .errors import AddressError, ChannelError, HandshakeError, PluginError
+from .layer import apply_layers, deadline_after
+from .layer import layer_specs as _layer_specs
 from .options import LayerSpec, parse_layer
 from .plugin import Listener, Role
 from .registry import find_backend, resolve_address
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .aio import LayerAcceptor
 
 __all__ = [
     "LayerSpec",
@@ -37,23 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("qiochan.transport")
-
-
-def _layer_specs(layers: Iterable[Any]) -> list[Any]:
-    if isinstance(layers, (str, LayerSpec)):
-        layers = (layers,)
-    specs: list[Any] = []
-    for layer in layers:
-        if isinstance(layer, str):
-            specs.append(parse_layer(layer))
-        elif isinstance(layer, LayerSpec) or callable(layer):
-            specs.append(layer)
-        else:
-            raise TypeError(
-                f"a layer must be a spec string, a LayerSpec or a callable, "
-                f"not {type(layer).__name__}"
-            )
-    return specs
 
 
 def check_layers(layers: Iterable[Any], role: Role) -> None:
@@ -75,32 +67,6 @@ def check_layers(layers: Iterable[Any], role: Role) -> None:
             backend = find_backend(spec.name, kind="layer")
             if backend.check is not None:
                 backend.check(role, **spec.options)
-
-
-def apply_layers(channel: QIOChannel, layers: Iterable[Any], role: Role) -> QIOChannel:
-    """Wrap ``channel`` in ``layers`` (innermost first) for ``role``; return the outermost.
-
-    Each layer's handshake is complete when this returns.  On failure every
-    channel made so far, ``channel`` included, is closed.
-
-    Raises:
-        HandshakeError: a layer's handshake failed.
-        PluginError: a layer has no available backend.
-    """
-    current = channel
-    try:
-        for spec in _layer_specs(layers):
-            if isinstance(spec, LayerSpec):
-                wrap = find_backend(spec.name, kind="layer").require("wrap")
-                current = wrap(current, role, **spec.options)
-            else:
-                current = spec(current, role)
-    except BaseException:
-        current.close()
-        if current is not channel:
-            channel.close()
-        raise
-    return current
 
 
 def _configured(
@@ -129,6 +95,9 @@ def connect(
     ``address`` may name a configured transport (:mod:`qiochan.config`): its
     layers come first, then ``layers``.
 
+    ``timeout`` bounds the connect and every layer's handshake together
+    (each layer's own ``handshake-timeout`` applies too).
+
     Returns:
         The outermost channel, blocking, with every handshake done.
     Raises:
@@ -141,6 +110,7 @@ def connect(
     address, layers, options, configured_timeout = _configured(address, layers, options)
     if timeout is None:
         timeout = configured_timeout
+    deadline = deadline_after(timeout)
     backend, parsed = resolve_address(address)
     func = backend.require("connect")
     layers = _layer_specs(layers)
@@ -151,7 +121,7 @@ def connect(
         options["layers"] = _layer_specs(layers)
         channel = func(parsed, **options)
     else:
-        channel = apply_layers(func(parsed, **options), layers, "client")
+        channel = apply_layers(func(parsed, **options), layers, "client", deadline=deadline)
     _hooks.channel_opened(channel, parsed)
     return channel
 
@@ -159,13 +129,25 @@ def connect(
 class LayeredListener:
     """A listener whose accepted channels are wrapped in server-side layers.
 
-    A client whose handshake fails makes :meth:`accept` raise that
-    :class:`HandshakeError`; the listener stays open for the next client.
+    :meth:`accept` is never held by one slow client: when the inner listener
+    offers its listening channels (``sioc``, as a socket listener does),
+    clients are accepted and handshaken concurrently, in non-blocking mode on
+    a private event loop run by :meth:`accept` itself (no threads), and
+    :meth:`accept` returns the first client whose handshakes completed while
+    the others go on handshaking, each bounded by its layers'
+    ``handshake-timeout`` (10 s for a server by default).  A client whose
+    handshake fails makes :meth:`accept` raise that :class:`HandshakeError`;
+    the listener stays open for the next client.  The private loop exists
+    only while clients are in progress between two :meth:`accept` calls.
     """
 
     def __init__(self, inner: Listener, layers: Sequence[Any]) -> None:
         self.inner = inner
         self.layers = list(layers)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acceptor: LayerAcceptor | None = None
+        self._closed = False
 
     @property
     def address(self) -> Any:
@@ -173,7 +155,26 @@ class LayeredListener:
         return self.inner.address
 
     def accept(self) -> QIOChannel:
-        """Accept a peer and run the server side of every layer; return the outer channel."""
+        """Return the next client whose server-side layer handshakes completed.
+
+        Raises:
+            HandshakeError: the next client to finish failed its handshake (or timed out).
+            ChannelError: the listener is closed or accepting failed.
+        """
+        if not getattr(self.inner, "sioc", None):
+            return self._accept_one()
+        with self._lock:
+            acceptor = self._start()
+            assert self._loop is not None
+            try:
+                channel = self._loop.run_until_complete(acceptor.accept())
+            finally:
+                if self._closed or acceptor.idle:
+                    self._shut_loop()  # no fds or loop kept while no client is in progress
+            return channel
+
+    def _accept_one(self) -> QIOChannel:
+        """Accept from a listener that offers no listening channels: one client at a time."""
         channel = self.inner.accept()
         try:
             return apply_layers(channel, self.layers, "server")
@@ -181,9 +182,46 @@ class LayeredListener:
             log.info("client handshake failed on %s: %s", self.address, exc)
             raise
 
+    def _start(self) -> LayerAcceptor:
+        if self._closed:
+            raise ChannelError("Listener is closed", errno.EBADF)
+        if self._acceptor is None:
+            import asyncio
+
+            from .aio import LayerAcceptor
+
+            self._loop = asyncio.new_event_loop()
+            self._acceptor = LayerAcceptor(self.inner, self.layers, loop=self._loop)
+            self._acceptor.start()
+        return self._acceptor
+
+    def _shut_loop(self) -> None:
+        loop, acceptor = self._loop, self._acceptor
+        self._loop = self._acceptor = None
+        if loop is None or acceptor is None:
+            return
+        try:
+            loop.run_until_complete(acceptor.aclose())
+        finally:
+            loop.close()
+
     def close(self) -> None:
-        """Close the inner listener."""
-        self.inner.close()
+        """Close the inner listener and every client still handshaking; idempotent.
+
+        A thread blocked in :meth:`accept` wakes with :class:`ChannelError`.
+        """
+        self._closed = True
+        try:
+            self.inner.close()
+        finally:
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._shut_loop()
+                finally:
+                    self._lock.release()
+            elif self._loop is not None and self._acceptor is not None:
+                # accept() runs the loop in another thread: it cleans up on its way out
+                self._loop.call_soon_threadsafe(self._acceptor.close)
 
     def __enter__(self) -> Self:
         return self

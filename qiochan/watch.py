@@ -380,8 +380,10 @@ class _LoopWatches:
                 pass  # fd already closed: the loop forgot it
 
     def _fire(self, table: dict[int, set[Watch]], fd: int) -> None:
+        # the loop just said the fd is ready: no need to poll it again
+        hint = Condition.IN if table is self.readers else Condition.OUT
         for watch in list(table.get(fd, ())):
-            watch.dispatch()
+            watch.dispatch(hint)
 
 
 _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatches] = (
@@ -408,6 +410,7 @@ class Watch:
         self.channel = channel
         self.source = source
         self.condition = source.condition
+        self._wanted = int(source.condition)  # plain int: IntFlag operators are slow
         self.tag = 0
         self.attached = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -417,6 +420,7 @@ class Watch:
         self._notify: Callable[..., object] | None = None
         self._removed = False
         self._scheduled = False
+        self._paused = False
         self._fds: Sequence[tuple[int, Condition]] = ()
 
     def __repr__(self) -> str:
@@ -473,11 +477,38 @@ class Watch:
         self._scheduled = False
         self.dispatch()
 
-    def dispatch(self) -> None:
-        """Check the source and run the callback if a watched condition is ready."""
-        if self._removed or self._func is None:
+    def pause(self) -> None:
+        """Stop dispatching until :meth:`resume`: the loop forgets the fds (flow control).
+
+        Cheaper than removing the watch and making a new one; call it on the
+        loop's thread, on an attached watch.
+        """
+        if self._paused or not self.attached or self.loop is None:
             return
-        ready = self.source.check()
+        self._paused = True
+        _loop_watches(self.loop).discard(self, self._fds)
+
+    def resume(self) -> None:
+        """Dispatch again after :meth:`pause` (the source is checked again at once)."""
+        if not self._paused or self._removed or self.loop is None:
+            return
+        self._paused = False
+        _loop_watches(self.loop).add(self, self._fds)
+        self._schedule()
+
+    def dispatch(self, hint: Condition = _NONE) -> None:
+        """Check the source and run the callback if a watched condition is ready.
+
+        ``hint``: a condition the loop has just reported for the watch's fd
+        (the source is then not polled again for it).
+        """
+        if self._removed or self._paused or self._func is None:
+            return
+        if self._wanted & int(hint) and len(self._fds) == 1:
+            pending = self.source.pending()
+            ready = (pending | hint) & self.source._mask() if pending else hint
+        else:
+            ready = self.source.check()
         if self.fd_always_ready:
             ready |= self.condition
         if not ready:

@@ -1,8 +1,10 @@
 """The ``tls`` layer of :func:`qiochan.connect`/:func:`qiochan.listen`.
 
 Spec: ``tls:creds=DIR[,hostname=H][,verify-peer=on|off][,priority=...]
-[,authz=GLOB][,allow-unclean-eof=on|off][,sanity-check=on|off]``; the role
-(client or server) picks the endpoint's files in ``DIR``.
+[,authz=GLOB][,allow-unclean-eof=on|off][,sanity-check=on|off]
+[,handshake-timeout=SECONDS]``; the role (client or server) picks the
+endpoint's files in ``DIR``.  ``handshake-timeout`` bounds the handshake
+(a server's default is 10 s, a client's none: ``connect(timeout=)`` bounds it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from qiochan.channel import QIOChannel
 from qiochan.errors import AddressError
+from qiochan.layer import DEFAULT_SERVER_HANDSHAKE_TIMEOUT, parse_seconds
 from qiochan.options import parse_bool
 
 from .authz import Authz, AuthzList
@@ -35,6 +38,7 @@ OPTIONS = (
     "authz",
     "allow_unclean_eof",
     "sanity_check",
+    "handshake_timeout",
 )
 _CACHE_SIZE = 16
 _cache: OrderedDict[tuple[Any, ...], TLSCredsX509] = OrderedDict()
@@ -120,6 +124,7 @@ class _Settings:
     hostname: str | None
     authz: Authz | None
     allow_unclean_eof: bool
+    handshake_timeout: float | None
 
 
 def _settings(role: Endpoint, options: dict[str, Any]) -> _Settings:
@@ -139,7 +144,11 @@ def _settings(role: Endpoint, options: dict[str, Any]) -> _Settings:
     creds = _creds(options.get("creds"), role, options)
     if authz is not None and not creds.verify_peer:
         raise AddressError(f"{_CONTEXT}: authz= needs verify-peer=on (clients send no certificate)")
-    return _Settings(creds, hostname, authz, unclean)
+    default = DEFAULT_SERVER_HANDSHAKE_TIMEOUT if role == "server" else None
+    timeout = parse_seconds(
+        options.get("handshake_timeout", default), "handshake-timeout", _CONTEXT
+    )
+    return _Settings(creds, hostname, authz, unclean, timeout)
 
 
 def check(role: Endpoint, **options: Any) -> None:
@@ -156,34 +165,34 @@ def check(role: Endpoint, **options: Any) -> None:
 
 
 def wrap(channel: QIOChannel, role: Endpoint, **options: Any) -> QIOChannelTLS:
-    """Wrap ``channel`` in TLS for ``role`` and complete the handshake.
+    """Wrap ``channel`` in TLS for ``role``; the handshake is left to the caller.
 
-    A client without ``hostname=`` verifies the server against the host of the
-    channel's ``remote_address`` (a TCP peer's address), if it has one.
+    :func:`qiochan.layer.apply_layers` (behind ``connect``/``listen``) runs it,
+    sync or async, under its deadline.  A client without ``hostname=``
+    verifies the server against the host of the channel's ``remote_address``
+    (a TCP peer's address), if it has one.
 
     Returns:
-        The TLS channel, handshake done (the caller owns it).
+        The TLS channel, handshake not run (the caller owns it).
     Raises:
         AddressError: as :func:`check`, or a client that verifies its peer
             with no hostname to check.
-        TLSError: bad credentials.  TLSHandshakeError: the handshake failed.
+        TLSError: bad credentials.
     """
     settings = _settings(role, options)
     creds, hostname, unclean = settings.creds, settings.hostname, settings.allow_unclean_eof
+    timeout = settings.handshake_timeout
     if role == "server":
-        tls = QIOChannelTLS.new_server(channel, creds, settings.authz, allow_unclean_eof=unclean)
-    else:
-        if hostname is None and creds.verify_peer:
-            hostname = _remote_host(channel)
-            if hostname is None:
-                raise AddressError(
-                    f"{_CONTEXT}: hostname= is needed to verify the server "
-                    "(the channel has no remote host to use)"
-                )
-        tls = QIOChannelTLS.new_client(channel, creds, hostname, allow_unclean_eof=unclean)
-    try:
-        tls.handshake()
-    except BaseException:
-        tls.close()
-        raise
-    return tls
+        return QIOChannelTLS.new_server(
+            channel, creds, settings.authz, allow_unclean_eof=unclean, handshake_timeout=timeout
+        )
+    if hostname is None and creds.verify_peer:
+        hostname = _remote_host(channel)
+        if hostname is None:
+            raise AddressError(
+                f"{_CONTEXT}: hostname= is needed to verify the server "
+                "(the channel has no remote host to use)"
+            )
+    return QIOChannelTLS.new_client(
+        channel, creds, hostname, allow_unclean_eof=unclean, handshake_timeout=timeout
+    )

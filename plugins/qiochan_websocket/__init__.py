@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from qiochan.channel import Feature, QIOChannel
+from qiochan.channel import QIOChannel
 from qiochan.errors import PluginError
 from qiochan.plugin import Backend, hookimpl
 
@@ -110,7 +110,7 @@ def qiochan_backends() -> list[Backend]:
             name="websocket",
             schemes=("websocket",),
             kind="layer",
-            features=frozenset({Feature.SHUTDOWN}),
+            features=frozenset(),
             available=available,
             missing=missing,
             wrap=_wrap,
@@ -121,7 +121,7 @@ def qiochan_backends() -> list[Backend]:
             name="ws",
             schemes=("ws", "wss"),
             kind="transport",
-            features=frozenset({Feature.SHUTDOWN}),
+            features=frozenset(),
             available=available,
             missing=missing,
             connect=_connect,

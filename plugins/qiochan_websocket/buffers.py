@@ -1,7 +1,6 @@
-"""The two queues of a websocket channel: decoded payload in, encoded frames out.
+"""The outgoing queue of a websocket channel: encoded frames out.
 
-:class:`ByteQueue` holds payload bytes decoded from frames until the user
-reads them, as views (one copy: into the reader's buffer).  :class:`Outbox`
+(Decoded payload waits in a :class:`qiochan.iov.ByteQueue`.)  :class:`Outbox`
 carries encoded frames to the master channel in order, from any thread,
 without ever interleaving two frames and without a reader blocking behind a
 writer (a reader queueing a pong lets an active writer carry it).
@@ -18,61 +17,12 @@ from contextlib import contextmanager
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
 from qiochan.errors import ChannelError
 
-__all__ = ["ByteQueue", "Outbox"]
+__all__ = ["Outbox"]
 
 log = logging.getLogger("qiochan.websocket")
 
 # at most this many queued chunks go into one vectored write to the master
 _MAX_IOV = 64
-
-
-class ByteQueue:
-    """A FIFO of byte chunks read out in order into caller buffers.
-
-    Only the reading thread appends and consumes; ``len()`` may be read from
-    any thread (watch sources use it).
-    """
-
-    def __init__(self) -> None:
-        self._chunks: deque[memoryview] = deque()
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` (kept by reference: the caller must not modify it)."""
-        view = memoryview(data)
-        if view.nbytes:
-            self._chunks.append(view)
-            self._size += view.nbytes
-
-    def copy_into(self, iov: list[memoryview]) -> int:
-        """Move queued bytes into the buffers of ``iov`` in order; return the count."""
-        done = 0
-        chunks = self._chunks
-        for target in iov:
-            filled = 0
-            room = target.nbytes
-            while filled < room and chunks:
-                head = chunks[0]
-                take = min(room - filled, head.nbytes)
-                target[filled : filled + take] = head[:take]
-                filled += take
-                if take == head.nbytes:
-                    chunks.popleft()
-                else:
-                    chunks[0] = head[take:]
-            done += filled
-            if not chunks:
-                break
-        self._size -= done
-        return done
-
-    def clear(self) -> None:
-        """Drop everything queued."""
-        self._chunks.clear()
-        self._size = 0
 
 
 class Outbox:

@@ -13,8 +13,11 @@ contract, as QEMU's ``io/channel-websock.c`` does for VNC, in both roles:
 * a ping is answered while reading; a peer's close frame is EOF (an error
   when its code is not a normal one), and so is the master's EOF at a frame
   boundary;
-* :meth:`QIOChannelWebsock.close` sends a close frame with a status code;
-  ``shutdown(WRITE)`` sends it and keeps reading;
+* :meth:`QIOChannelWebsock.close` sends a close frame with a status code
+  (it does not wait for the peer's, as QEMU never blocks on a peer); there is no
+  ``SHUTDOWN`` feature: a close frame ends both directions (RFC 6455 section
+  5.5.1), so the protocol offers no half-close (:meth:`~QIOChannelWebsock.send_close`
+  starts the close handshake and keeps reading);
 * ``max_size`` bounds a received message: beyond it the connection is
   closed with 1009 and reads raise :class:`~qiochan.WebsocketError`.
 
@@ -23,7 +26,6 @@ A reader and a writer may run in two threads at once.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import threading
@@ -38,13 +40,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
+from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Steps, WriteFlag
 from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
-from qiochan.task import QIOTask, TaskFunc
-from qiochan.watch import ChildWatchSource, Condition, WatchSource, resolve_context
+from qiochan.iov import ByteQueue
+from qiochan.layer import QIOChannelLayer
+from qiochan.watch import ChildWatchSource, Condition, WatchSource
 
-from . import handshake, steps
-from .buffers import ByteQueue, Outbox
+from . import handshake
+from .buffers import Outbox
 from .handshake import Origins
 
 __all__ = [
@@ -74,6 +77,7 @@ CLOSE_FLUSH_TIMEOUT = 5.0
 _FIRST_READ_SIZE = 16 << 10
 _MAX_READ_SIZE = 256 << 10
 _SERVER_HANDSHAKE_READ = 4096
+_WRITE_BATCH = 256 << 10
 _HEAD_KEPT = 256
 _CLOSE_MEANINGS: dict[int, int] = {
     CloseCode.PROTOCOL_ERROR: errno.EPROTO,
@@ -116,11 +120,13 @@ def _payloads(iov: list[memoryview], frame_size: int, budget: int) -> Iterator[A
         yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-class QIOChannelWebsock(QIOChannel):
+class QIOChannelWebsock(QIOChannelLayer):
     """A websocket session over ``master``, as a byte-stream channel.
 
     Make one with :meth:`new_server` or :meth:`new_client`, then run
-    :meth:`handshake` (or :meth:`ahandshake`) before any I/O.  Closing it
+    :meth:`handshake` (or :meth:`ahandshake`) before any I/O: the handshake
+    driver is :class:`~qiochan.layer.QIOChannelLayer`'s, bounded by
+    ``handshake_timeout`` (a server answers 408 when it passes).  Closing it
     closes the master.
 
     Attributes:
@@ -145,16 +151,13 @@ class QIOChannelWebsock(QIOChannel):
         max_request: int = DEFAULT_MAX_REQUEST,
     ) -> None:
         """Use :meth:`new_server` or :meth:`new_client`."""
-        super().__init__()
-        if not isinstance(master, QIOChannel):
-            raise TypeError(f"master must be a QIOChannel, not {type(master).__name__}")
-        if frame_size <= 0:
-            raise ValueError(f"frame_size must be > 0, got {frame_size}")
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        super().__init__(master, handshake_timeout=timeout)
+        if frame_size <= 0:
+            raise ValueError(f"frame_size must be > 0, got {frame_size}")
         if max_request <= 0:
             raise ValueError(f"max_request must be > 0, got {max_request}")
-        self.master = master
         self.role: Role = role
         self.subprotocol: str | None = None
         self.origin: str | None = None
@@ -163,7 +166,6 @@ class QIOChannelWebsock(QIOChannel):
         self._protocol = protocol
         self._host = host
         self._frame_size = frame_size
-        self._timeout = timeout
         self._max_request = max_request
         self._proto_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -172,21 +174,21 @@ class QIOChannelWebsock(QIOChannel):
         self._outbox = Outbox(master)
         # payload bytes already framed by a non-blocking write that returned ERR_BLOCK
         self._unacked = 0
-        # session state
-        self._handshaking = False
+        # session state (the handshake's outcome as the protocol saw it)
         self._hs_done = False
         self._hs_error: WebsocketHandshakeError | None = None
         self._hs_fed = 0
         self._hs_head = bytearray()  # the first bytes the peer sent, for error messages
         self._eof = False
-        self._read_shut = False
         self._read_error: ChannelError | None = None
         self._write_error: ChannelError | None = None
         self._close_code: int = CloseCode.NORMAL_CLOSURE
         self._close_reason = ""
         #: the close frame the peer sent, once received
         self.peer_close: Close | None = None
-        self.set_feature(Feature.SHUTDOWN)
+        # no SHUTDOWN: a close frame ends both directions (RFC 6455 5.5.1), so the
+        # protocol has no half-close to offer, whatever the master can do
+        self._features.discard(Feature.SHUTDOWN)
         self.set_name(f"websocket-{role}")
 
     # -- construction ------------------------------------------------------------
@@ -297,92 +299,37 @@ class QIOChannelWebsock(QIOChannel):
 
     # -- handshake --------------------------------------------------------------
 
-    @property
-    def handshake_done(self) -> bool:
-        """True once the opening handshake succeeded."""
-        return self._hs_done
+    handshake_error = WebsocketHandshakeError
 
-    def handshake(
-        self,
-        complete: TaskFunc | None = None,
-        *data: Any,
-        context: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        """Run the opening handshake.
+    def handshake_label(self) -> str:
+        return f"websocket {self.role}"
 
-        Without ``complete`` it blocks until done.  With it, it returns at once
-        and the handshake runs with watches on ``context`` (default: the
-        attached aio context, else the running loop); ``complete(task, *data)``
-        then runs on that loop with a :class:`~qiochan.QIOTask` whose
-        ``error`` is None or the :class:`~qiochan.WebsocketHandshakeError`.
+    def handshake_steps(self) -> Steps[None]:
+        """The opening handshake: one pump reading the master into the protocol.
 
-        Raises:
-            WebsocketHandshakeError: (blocking form) the peer refused or broke
-                the upgrade, timed out, or the master failed; a server has sent
-                its 4xx answer by then.
-            ChannelError: the channel is closed.
+        A server answers a refused or malformed request (4xx) and a stalled
+        one (408, when the deadline passes) before failing.
         """
-        self._check_open()
-        if complete is None:
-            steps.run_blocking(self.master, self._handshake_steps(), self._timeout)
-            return
-        loop = resolve_context(context, self.aio_context)
-        task = QIOTask(self, complete, *data)
-
-        def finish(error: BaseException | None) -> None:
-            if error is not None:
-                task.set_error(error)
-            task.complete()
-
-        steps.run_on_loop(self.master, self._handshake_steps(), loop, self._timeout, finish)
-
-    async def ahandshake(self) -> None:
-        """Run the opening handshake on the running loop without blocking it.
-
-        Raises:
-            WebsocketHandshakeError: as :meth:`handshake`.
-        """
-        self._check_open()
-        await steps.run_async(self.master, self._handshake_steps(), self._timeout)
-
-    def _handshake_steps(self) -> steps.Steps:
-        if self._hs_done:
-            return
         if self._hs_error is not None:
             raise _fresh(self._hs_error)
-        if self._handshaking:
-            raise ChannelError("Websocket handshake is already running", errno.EALREADY)
-        log.debug("websocket %s handshake start on %r", self.role, self.master)
-        self._handshaking = True
-        master = self.master
-        master.set_blocking(False)
-        try:
-            if isinstance(self._protocol, ClientProtocol):
-                self._send_request(self._protocol)
-            while True:
-                try:
-                    if self._outbox.pending and not self._outbox.flush(wait=False):
-                        yield Condition.OUT
-                        continue
-                    if self._hs_done or self._hs_error is not None:
-                        break
-                    if self._handshake_receive() == ERR_BLOCK:
-                        yield Condition.IN
-                except TimeoutError:
-                    self._handshake_timed_out()
+        if isinstance(self._protocol, ClientProtocol):
+            self._send_request(self._protocol)
+        while True:
+            try:
+                if self._outbox.pending and not self._outbox.flush(wait=False):
+                    yield Condition.OUT
+                    continue
+                if self._hs_done or self._hs_error is not None:
                     break
-                except ChannelError as exc:
-                    self._hs_error = _as_handshake_error(exc)
-                    break
-        except GeneratorExit:
-            self._hs_error = WebsocketHandshakeError("Websocket handshake was cancelled")
-            raise
-        finally:
-            self._handshaking = False
-            if not master.closed:
-                master.set_blocking(self._blocking)
+                if self._handshake_receive() == ERR_BLOCK:
+                    yield Condition.IN
+            except TimeoutError:
+                self._handshake_timed_out()
+                break
+            except ChannelError as exc:
+                self._hs_error = _as_handshake_error(exc)
+                break
         if self._hs_error is not None:
-            log.info("websocket %s handshake failed: %s", self.role, self._hs_error)
             self._outbox.clear()
             raise _fresh(self._hs_error)
         log.debug("websocket %s handshake complete (subprotocol %s)", self.role, self.subprotocol)
@@ -394,29 +341,44 @@ class QIOChannelWebsock(QIOChannel):
             protocol.send_request(request)
             self._outbox.push(protocol.data_to_send())
 
+    def _pump(self, size: int) -> tuple[int, memoryview, list[Any], list[bytes]]:
+        """The one inbound pump: read the master once (at most ``size`` bytes, non-blocking)
+        and feed the protocol, for the handshake and for frames alike.
+
+        Returns:
+            ``(n, view, events, data to send)``: ``n`` is bytes read into
+            ``view``, 0 at the master's EOF, or ERR_BLOCK (then nothing was fed).
+        """
+        view = self._in_view
+        n = self.master.read(view[:size] if size < view.nbytes else view)
+        if n == ERR_BLOCK:
+            return n, view, [], []
+        if n == view.nbytes and n < _MAX_READ_SIZE:
+            self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
+        protocol = self._protocol
+        with self._proto_lock:
+            if n:
+                protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
+            else:
+                protocol.receive_eof()
+            return n, view, protocol.events_received(), protocol.data_to_send()
+
     def _handshake_receive(self) -> int:
-        """Read once from the master (non-blocking) and advance the handshake."""
-        if isinstance(self._protocol, ServerProtocol):
+        """Pump once and advance the handshake; return what the pump read."""
+        protocol = self._protocol
+        if isinstance(protocol, ServerProtocol):
             # never read past the bound: a request larger than it cannot complete
             size = max(1, min(_SERVER_HANDSHAKE_READ, self._max_request - self._hs_fed))
         else:
             size = _FIRST_READ_SIZE
-        n = self.master.read(self._in_view[:size])
+        n, view, events, out = self._pump(size)
         if n == ERR_BLOCK:
             return n
-        protocol = self._protocol
-        with self._proto_lock:
-            if n == 0:
-                protocol.receive_eof()
-            else:
-                if len(self._hs_head) < _HEAD_KEPT:
-                    self._hs_head += self._in_view[: min(n, _HEAD_KEPT - len(self._hs_head))]
-                self._hs_fed += n
-                protocol.receive_data(self._in_view[:n])  # type: ignore[arg-type]  # copied in
-            events = protocol.events_received()
-            out = protocol.data_to_send()
+        if n and len(self._hs_head) < _HEAD_KEPT:
+            self._hs_head += view[: min(n, _HEAD_KEPT - len(self._hs_head))]
+        self._hs_fed += max(n, 0)
         if isinstance(protocol, ServerProtocol):
-            self._server_progress(protocol, events, out)
+            self._server_progress(protocol, events, out, client_left=n == 0)
         else:
             self._client_progress(protocol, events, out)
         if n == 0 and not (self._hs_done or self._hs_error):
@@ -426,7 +388,7 @@ class QIOChannelWebsock(QIOChannel):
         return n
 
     def _server_progress(
-        self, protocol: ServerProtocol, events: list[Any], out: list[bytes]
+        self, protocol: ServerProtocol, events: list[Any], out: list[bytes], client_left: bool
     ) -> None:
         request = events[0] if events and isinstance(events[0], Request) else None
         if request is not None:
@@ -444,8 +406,8 @@ class QIOChannelWebsock(QIOChannel):
                 self._refused(response, why)
         elif protocol.handshake_exc is not None:
             # websockets could not parse the request: answer it our way, then close
-            why = handshake.server_failure(protocol)
-            status = handshake.unparsable_request_status(protocol)
+            why = handshake.server_failure(protocol, client_left)
+            status = handshake.unparsable_request_status(protocol, client_left)
             if status is None:
                 self._hs_error = WebsocketHandshakeError(f"Websocket handshake failed: {why}")
                 self._outbox.push(out)
@@ -493,7 +455,7 @@ class QIOChannelWebsock(QIOChannel):
     def _handshake_timed_out(self) -> None:
         protocol = self._protocol
         if self._hs_error is None:
-            why = f"the upgrade did not complete within {self._timeout} s"
+            why = f"the upgrade did not complete within {self.handshake_timeout} s"
             if isinstance(protocol, ServerProtocol) and not protocol.eof_sent:
                 self._server_refuses(protocol, 408, why)
             else:
@@ -509,11 +471,7 @@ class QIOChannelWebsock(QIOChannel):
 
     def _require_session(self) -> None:
         if not self._hs_done:
-            if self._hs_error is not None:
-                raise _fresh(self._hs_error)
-            raise ChannelError(
-                "Websocket handshake has not completed: call handshake() first", errno.EINVAL
-            )
+            self._require_handshake()
 
     # -- receiving ------------------------------------------------------------------
 
@@ -527,7 +485,7 @@ class QIOChannelWebsock(QIOChannel):
                     return self._rx.copy_into(iov), []
                 if self._read_error is not None:
                     raise _fresh(self._read_error)
-                if self._eof or self._read_shut:
+                if self._eof:
                     return 0, []
                 if self._outbox.pending:
                     self._flush_quietly()
@@ -535,23 +493,13 @@ class QIOChannelWebsock(QIOChannel):
                     return ERR_BLOCK, []
 
     def _receive(self) -> int:
-        """Read once from the master and decode; return bytes read, 0 at EOF, or ERR_BLOCK."""
-        view = self._in_view
-        n = self.master.read(view)
+        """Pump once and deliver the frames; return bytes read, 0 at EOF, or ERR_BLOCK."""
+        n, _view, events, out = self._pump(_MAX_READ_SIZE)
         if n == ERR_BLOCK:
             return n
-        if n == view.nbytes and n < _MAX_READ_SIZE:
-            self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
-        protocol = self._protocol
-        with self._proto_lock:
-            if n:
-                protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
-            else:
-                protocol.receive_eof()
-            events = protocol.events_received()
-            out = protocol.data_to_send()
         if out:
             self._outbox.push(out)
+        protocol = self._protocol
         self._deliver(events, protocol)
         if n == 0 and not (self._eof or self._read_error):
             self._transport_eof(_truncated(protocol.parser_exc))
@@ -649,9 +597,16 @@ class QIOChannelWebsock(QIOChannel):
                 raise
 
     def _write_blocking(self, iov: list[memoryview], total: int) -> int:
+        # frames go out in batches of about _WRITE_BATCH bytes, one vectored write each
+        # (256 KiB measured best: 1 MiB batches leave the cache-warm framing behind)
+        queued = 0
         for payload in _payloads(iov, self._frame_size, total):
             self._encode(payload)
-            self._flush_blocking()
+            queued += len(payload)
+            if queued >= _WRITE_BATCH:
+                self._flush_blocking()
+                queued = 0
+        self._flush_blocking()
         return total
 
     def _flush_blocking(self) -> None:
@@ -732,20 +687,38 @@ class QIOChannelWebsock(QIOChannel):
             self._close_code, self._close_reason = code, reason
         super().close()
 
-    def io_close(self) -> None:
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the close handshake: send a close frame now and keep reading.
+
+        Reads go on until the peer's answering close frame, which ends the
+        stream (EOF); writes fail with ``EPIPE`` from now on.  (A websocket has
+        no half-close: the peer stops sending once it sees the close frame.)
+
+        Raises:
+            ChannelError: the handshake is not done, or the master failed.
+        """
+        self._check_open()
+        self._require_session()
+        self._send_close(code, reason)
+        self._write_error = self._write_error or ChannelError(
+            "Unable to write to websocket: the close handshake has started", errno.EPIPE
+        )
+        self._flush_quietly()
+
+    def io_close_layer(self) -> None:
         try:
             if self._hs_done:
                 self._send_close(self._close_code, self._close_reason)
-                self._flush_before_close()
+                deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
+                self._flush_before_close(deadline)
         except ChannelError as exc:
             log.debug("websocket %s: close handshake not sent: %s", self.role, exc)
         finally:
             self._outbox.clear()
             self._rx.clear()
-            self.master.close()
 
-    def io_abort(self) -> None:
-        """Send close code 1011 if it goes out without waiting, then abort the master."""
+    def io_abort_layer(self) -> None:
+        """Send close code 1011 if it goes out without waiting (the base then aborts the master)."""
         try:
             if self._hs_done:
                 self._send_close(CloseCode.INTERNAL_ERROR, "aborted")
@@ -757,7 +730,6 @@ class QIOChannelWebsock(QIOChannel):
         finally:
             self._outbox.clear()
             self._rx.clear()
-            self.master.abort()
 
     def _send_close(self, code: int, reason: str) -> None:
         with self._proto_lock:
@@ -767,11 +739,10 @@ class QIOChannelWebsock(QIOChannel):
             self._outbox.push(self._protocol.data_to_send())
         log.debug("websocket %s: close frame sent (%d)", self.role, code)
 
-    def _flush_before_close(self) -> None:
+    def _flush_before_close(self, deadline: float) -> None:
         outbox = self._outbox
         if not outbox.pending:
             return
-        deadline = time.monotonic() + CLOSE_FLUSH_TIMEOUT
         self.master.set_blocking(False)
         while not outbox.flush(wait=True):
             try:
@@ -784,20 +755,11 @@ class QIOChannelWebsock(QIOChannel):
                 )
                 return
 
-    def io_shutdown(self, how: Shutdown) -> None:
-        if how & Shutdown.READ:
-            self._read_shut = True
-            if self.master.has_feature(Feature.SHUTDOWN):
-                self.master.shutdown(Shutdown.READ)
-        if how & Shutdown.WRITE and self._hs_done:
-            self._send_close(CloseCode.NORMAL_CLOSURE, "")
-            self._flush_quietly()
-
     # -- the rest of the contract ------------------------------------------------------
 
     def _ready_now(self) -> Condition:
         ready = Condition(0)
-        if self._rx or self._eof or self._read_error is not None or self._read_shut:
+        if self._rx or self._eof or self._read_error is not None:
             ready |= Condition.IN
         if self._write_error is not None:
             ready |= Condition.OUT
@@ -813,23 +775,13 @@ class QIOChannelWebsock(QIOChannel):
         )
 
     def io_set_blocking(self, enabled: bool) -> None:
-        if not self._handshaking:
-            self.master.set_blocking(enabled)
+        super().io_set_blocking(enabled)
         self._blocking = enabled
         if enabled and self._hs_done and self._outbox.pending:
             try:
                 self._flush_blocking()
             except ChannelError as exc:
                 self._write_error = self._write_error or exc
-
-    def io_set_cork(self, enabled: bool) -> None:
-        self.master.set_cork(enabled)
-
-    def io_set_delay(self, enabled: bool) -> None:
-        self.master.set_delay(enabled)
-
-    def io_peerpid(self) -> int:
-        return self.master.peerpid()
 
 
 def _truncated(failure: Exception | None) -> bool:

@@ -179,19 +179,25 @@ def answer_request(
     return refusal(protocol, status, why), why
 
 
-def unparsable_request_status(protocol: ServerProtocol) -> int | None:
-    """The status for a request websockets could not parse; None when the client left."""
+def unparsable_request_status(protocol: ServerProtocol, client_left: bool) -> int | None:
+    """The status for a request websockets could not parse; None when the client left.
+
+    Args:
+        client_left: the transport reached EOF.  (websockets also reports a
+            line ending in a bare LF as an EOFError: that is a malformed
+            request, answered 400, not a client that left.)
+    """
     exc = protocol.handshake_exc
     if isinstance(exc, RequestLineTooLong):
         return http.HTTPStatus.REQUEST_URI_TOO_LONG
     if isinstance(exc, (HeaderLineTooLong, TooManyHeaders)):
         return http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-    if exc is None or isinstance(exc.__cause__, EOFError):
+    if exc is None or (client_left and isinstance(exc.__cause__, EOFError)):
         return None
     return http.HTTPStatus.BAD_REQUEST
 
 
-def server_failure(protocol: ServerProtocol) -> str:
+def server_failure(protocol: ServerProtocol, client_left: bool = False) -> str:
     """Describe why the server side of the handshake failed (from the protocol's error)."""
     exc = protocol.handshake_exc
     if exc is None:
@@ -199,9 +205,11 @@ def server_failure(protocol: ServerProtocol) -> str:
     text = str(exc)
     cause = exc.__cause__
     if isinstance(exc, InvalidMessage) and cause is not None:
-        if isinstance(cause, EOFError):
+        if client_left and isinstance(cause, EOFError):
             return f"the client closed the connection before completing its request ({cause})"
-        text = f"invalid HTTP request: {cause}"
+        # a bare LF shows as EOFError("... while reading ...") caused by "line without CRLF"
+        root = cause.__cause__ if isinstance(cause, EOFError) and cause.__cause__ else cause
+        text = f"invalid HTTP request: {root}"
     elif cause is not None and str(cause):
         text = f"{text} ({cause})"
     return text

@@ -1,11 +1,13 @@
 """The registry callables: the ``websocket`` layer and the ``ws://``/``wss://`` transport.
 
-Layer spec: ``websocket:path=/p[,host=H][,origin=O][,max-size=N][,timeout=S]
-[,frame-size=N]``.  For a client, ``host`` is the ``Host`` header (default:
-the master's remote address) and ``origin`` the ``Origin`` header; for a
-server, ``origin`` is the one origin admitted (403 for others).  A server's
+Layer spec: ``websocket:path=/p[,host=H][,origin=O][,max-size=N]
+[,handshake-timeout=S][,frame-size=N]``.  For a client, ``host`` is the
+``Host`` header (default: the master's remote address) and ``origin`` the
+``Origin`` header; for a server, ``origin`` is the one origin admitted (403
+for others).  ``handshake-timeout`` (``timeout`` is the older name) bounds the
+upgrade: 10 s by default; a server answers 408 when it passes.  A server's
 ``route`` option (a :data:`~qiochan_websocket.handshake.Route` callable, given
-in a :class:`~qiochan.options.LayerSpec` by a program, not in spec text)
+as a keyword argument to the layer's ``wrap`` by a program, not in spec text)
 replaces the fixed path: it decides on each request target, 404 when it says no.
 
 ``ws://HOST:PORT/PATH`` is TCP + websocket, ``wss://`` TCP + TLS + websocket.
@@ -28,9 +30,10 @@ from websockets.headers import build_host
 
 from qiochan.channel import QIOChannel
 from qiochan.errors import AddressError
+from qiochan.layer import apply_layers, deadline_after, parse_seconds
 from qiochan.options import LayerSpec, parse_int, parse_layer
 from qiochan.registry import find_backend
-from qiochan.transport import LayeredListener, Role, apply_layers
+from qiochan.transport import LayeredListener, Role
 
 from .channel import QIOChannelWebsock
 from .system_ca import system_ca_options
@@ -39,24 +42,18 @@ __all__ = ["OPTIONS", "WebsocketListener", "check", "connect_url", "listen_url",
 
 _CONTEXT = "layer 'websocket'"
 #: The options of the ``websocket`` layer (dashes written as underscores).
-OPTIONS = ("path", "host", "origin", "max_size", "timeout", "frame_size", "route")
+OPTIONS = (
+    "path",
+    "host",
+    "origin",
+    "max_size",
+    "handshake_timeout",
+    "timeout",
+    "frame_size",
+    "route",
+)
 
 Layer = Callable[[QIOChannel, Role], QIOChannel]
-
-
-def _timeout(value: Any) -> float | None:
-    if value is None or isinstance(value, (int, float)):
-        return value
-    text = str(value).strip().lower()
-    if text in ("none", "off", "never"):
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise AddressError(f"{_CONTEXT}: timeout={value!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise AddressError(f"{_CONTEXT}: timeout={value!r} must not be negative")
-    return seconds
 
 
 def _size(options: dict[str, Any], key: str) -> dict[str, int | None]:
@@ -96,8 +93,9 @@ def _arguments(role: Role, options: dict[str, Any]) -> dict[str, Any]:
         **_size(options, "max_size"),
         **_size(options, "frame_size"),
     }
-    if "timeout" in options:
-        arguments["timeout"] = _timeout(options["timeout"])
+    for key in ("timeout", "handshake_timeout"):  # the later, documented name wins
+        if key in options:
+            arguments["timeout"] = parse_seconds(options[key], key.replace("_", "-"), _CONTEXT)
     origin = options.get("origin") or None
     if role == "server":
         if options.get("host"):
@@ -126,8 +124,11 @@ def check(role: Role, **options: Any) -> None:
     _arguments(role, options)
 
 
-def make_websock(channel: QIOChannel, role: Role, **options: Any) -> QIOChannelWebsock:
-    """Return a websocket channel over ``channel`` for ``role`` from layer options (no handshake).
+def wrap(channel: QIOChannel, role: Role, **options: Any) -> QIOChannelWebsock:
+    """Return a websocket channel over ``channel`` for ``role`` from layer options.
+
+    The handshake is left to the caller: :func:`qiochan.layer.apply_layers`
+    (behind ``connect``/``listen``) runs it, sync or async, under its deadline.
 
     Raises:
         AddressError: an unknown option, a malformed value, or a client-only
@@ -141,25 +142,6 @@ def make_websock(channel: QIOChannel, role: Role, **options: Any) -> QIOChannelW
         return QIOChannelWebsock.new_client(channel, host, **arguments)
     except ValueError as exc:
         raise AddressError(f"{_CONTEXT}: {exc}") from None
-
-
-def wrap(channel: QIOChannel, role: Role, **options: Any) -> QIOChannelWebsock:
-    """Wrap ``channel`` in a websocket session for ``role`` and complete the handshake.
-
-    Returns:
-        The websocket channel, handshake done (the caller owns it).
-    Raises:
-        AddressError: as :func:`make_websock`.
-        WebsocketHandshakeError: the handshake failed (the websocket channel,
-            and with it ``channel``, is closed).
-    """
-    websock = make_websock(channel, role, **options)
-    try:
-        websock.handshake()
-    except BaseException:
-        websock.close()
-        raise
-    return websock
 
 
 def _url(address: Any) -> Any:
@@ -215,24 +197,31 @@ def _websocket_layer(options: dict[str, Any]) -> Layer:
 
 
 def connect_url(
-    address: Any, *, layers: Iterable[Any] = (), timeout: float | None = None, **options: Any
+    address: Any,
+    *,
+    layers: Iterable[Any] = (),
+    timeout: float | None = None,
+    handshake: bool = True,
+    **options: Any,
 ) -> QIOChannel:
-    """Connect to a ``ws://`` or ``wss://`` URL; return the outermost channel, handshakes done.
+    """Connect to a ``ws://`` or ``wss://`` URL; return the outermost channel.
 
-    ``timeout`` bounds the TCP connect and, unless the websocket layer says
-    otherwise, the websocket handshake.  Other options go to the ``tcp`` backend.
+    ``timeout`` bounds the TCP connect and every handshake together.  Other
+    options go to the ``tcp`` backend.
 
+    Args:
+        handshake: False builds the layer chain without running any handshake
+            (:mod:`qiochan.aio` then runs them on its loop).
     Raises:
         AddressError: a malformed URL or layer option.
         PluginError: the tcp or tls backend is unavailable.
         ChannelError: the connection failed.
         HandshakeError: the TLS or websocket handshake failed.
     """
+    deadline = deadline_after(timeout)
     url = _url(address)
     tls, websocket, rest = _split_layers(layers, url)
     websocket.setdefault("host", build_host(url.host, url.port, url.secure))
-    if timeout is not None:
-        websocket.setdefault("timeout", timeout)
     _arguments("client", websocket)  # refuse bad options before connecting
     inner: list[Any] = []
     if url.secure:
@@ -240,8 +229,10 @@ def connect_url(
         inner.append(_tls_layer(given or system_ca_options(url.host)))
     inner.append(_websocket_layer(websocket))
     tcp_connect = find_backend("tcp").require("connect")
-    channel = tcp_connect(url.inet, **{"timeout": timeout, **options})
-    return apply_layers(channel, [*inner, *rest], "client")
+    channel: QIOChannel = tcp_connect(url.inet, **{"timeout": timeout, **options})
+    if not handshake:
+        return apply_layers(channel, [*inner, *rest], "client", handshake=False)
+    return apply_layers(channel, [*inner, *rest], "client", deadline=deadline)
 
 
 class WebsocketListener(LayeredListener):

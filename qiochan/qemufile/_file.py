@@ -30,34 +30,12 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 from ..channel import Feature, QIOChannel, Shutdown
 from ..errors import ChannelError
-from ._base import IO_BUF_SIZE, MAX_IOV_SIZE
-from ._control import (
-    RAM_CONTROL_BLOCK_REG,
-    RAM_CONTROL_FINISH,
-    RAM_CONTROL_HOOK,
-    RAM_CONTROL_ROUND,
-    RAM_CONTROL_SETUP,
-    RAM_SAVE_CONTROL_DELAYED,
-    RAM_SAVE_CONTROL_NOT_SUPP,
-    ControlMixin,
-)
+from ._control import ControlMixin
 from ._core import QEMUFileCore
 from ._input import InputMixin
-from ._output import OutputMixin, compress_bound
+from ._output import OutputMixin
 
-__all__ = [
-    "IO_BUF_SIZE",
-    "MAX_IOV_SIZE",
-    "RAM_CONTROL_BLOCK_REG",
-    "RAM_CONTROL_FINISH",
-    "RAM_CONTROL_HOOK",
-    "RAM_CONTROL_ROUND",
-    "RAM_CONTROL_SETUP",
-    "RAM_SAVE_CONTROL_DELAYED",
-    "RAM_SAVE_CONTROL_NOT_SUPP",
-    "QEMUFile",
-    "compress_bound",
-]
+__all__ = ["QEMUFile", "qemufile_on"]
 
 log = logging.getLogger("qiochan.qemufile")
 

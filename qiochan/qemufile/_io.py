@@ -13,8 +13,9 @@ those of ``qio_channel_writev_all``/``qio_channel_read``.
 
 from __future__ import annotations
 
-from ..channel import ERR_BLOCK, QIOChannel, ReadFlag, WriteFlag, _advance
+from ..channel import ERR_BLOCK, QIOChannel, ReadFlag, WriteFlag
 from ..errors import ChannelError, from_oserror
+from ..iov import advance
 from ..watch import Condition
 
 __all__ = ["read_once", "write_all"]
@@ -46,7 +47,7 @@ def write_all(
         except OSError as exc:
             raise from_oserror("Unable to write to channel", exc) from exc
     if written != total:
-        ioc.writev_all(_advance(iov, written) if written > 0 else iov)
+        ioc.writev_all(advance(iov, written) if written > 0 else iov)
 
 
 def read_once(ioc: QIOChannel, target: memoryview) -> int:

@@ -520,6 +520,94 @@ def check_reverse_direction(factory: PairFactory) -> None:
     check_transfer_blocking(_reversed(factory))
 
 
+_CLOG_LIMIT = 64 << 20  # a writer that never blocks within this much buffers without bound
+
+
+_CLOG_CHUNK = bytes(64 << 10)
+_CLOG_ROUNDS = 40
+
+
+def _clog(writer: QIOChannel) -> int:
+    """Write in non-blocking mode until the writer returns ERR_BLOCK; return the bytes written.
+
+    The chunk that met ERR_BLOCK is still due (a layer may have taken it in
+    already and must be retried with the same data).
+
+    Raises:
+        CheckSkipped: the channel took :data:`_CLOG_LIMIT` bytes without blocking.
+    """
+    written = 0
+    while written < _CLOG_LIMIT:
+        n = writer.write(_CLOG_CHUNK)
+        if n == ERR_BLOCK:
+            return written
+        assert 0 < n <= len(_CLOG_CHUNK), f"write returned {n} for {len(_CLOG_CHUNK)} bytes"
+        written += n
+    raise CheckSkipped(f"the writer buffers without bound (took {_CLOG_LIMIT} bytes)")
+
+
+def check_clogged(factory: PairFactory) -> None:
+    """A clogged writer returns ERR_BLOCK and is not ready for OUT until the reader drains it.
+
+    Nobody reads while the writer fills up; ``wait(OUT)`` must then time out
+    (no false readiness).  Then the writer retries the chunk that blocked
+    while the reader drains everything: all of it arrives intact.
+    """
+    with _pair(factory) as (writer, reader):
+        writer.set_blocking(False)
+        reader.set_blocking(False)
+        written = 0
+        refused = 0
+        for _ in range(_CLOG_ROUNDS):
+            written += _clog(writer)
+            try:
+                writer.wait(Condition.OUT, timeout=0.05)
+            except TimeoutError:
+                break  # clogged, and it says so
+            # readiness is fine when something between the ends (a relay process)
+            # drained some; a framing layer may still need more room for its frame,
+            # but a writer that reports OUT and never takes anything is lying
+            n = writer.write(_CLOG_CHUNK)
+            refused = refused + 1 if n == ERR_BLOCK else 0
+            assert refused < _CLOG_ROUNDS // 2, "the writer keeps reporting OUT, refusing writes"
+            written += max(n, 0)
+        else:
+            raise CheckSkipped("the pair keeps draining the writer (a relay in between)")
+        result: dict[str, bytes] = {}
+
+        def read() -> None:
+            result["data"] = _read_exactly_nonblocking(reader, written + len(_CLOG_CHUNK))
+
+        _run_threads(lambda: _write_all_nonblocking(writer, _CLOG_CHUNK), read, what="unclogging")
+        assert result["data"] == bytes(written + len(_CLOG_CHUNK)), "clogged bytes were damaged"
+
+
+def check_concurrent_readers(factory: PairFactory) -> None:
+    """A second concurrent reader gets ChannelError(EBUSY) at once instead of tearing records."""
+    with _pair(factory) as (writer, reader):
+
+        async def scenario() -> None:
+            first = asyncio.ensure_future(reader.aread_all(bytearray(4)))
+            await asyncio.sleep(0)  # the first read starts and waits for data
+            assert not first.done(), "aread_all returned before any data was written"
+            try:
+                await reader.aread_all(bytearray(1))
+            except ChannelError as exc:
+                assert exc.errno == errno.EBUSY, f"a second reader raised errno {exc.errno}"
+            else:
+                raise AssertionError("a second concurrent reader was not refused (EBUSY)")
+            try:
+                reader.read(bytearray(1))
+            except ChannelError as exc:
+                assert exc.errno == errno.EBUSY, f"a concurrent sync read raised {exc.errno}"
+            else:
+                raise AssertionError("a sync read during an async read was not refused (EBUSY)")
+            writer.write_all(b"data")
+            await asyncio.wait_for(first, TIMEOUT)
+
+        _run_loop(scenario)
+
+
 Check = Callable[[PairFactory], None]
 
 #: Checks for a pair ``(writer, reader)``, by name.
@@ -539,6 +627,8 @@ ONE_WAY_CHECKS: dict[str, Check] = {
     "async_transfer": check_async_transfer,
     "write_fd": check_write_fd,
     "fd_passing": check_fd_passing,
+    "clogged": check_clogged,
+    "concurrent_readers": check_concurrent_readers,
 }
 
 #: Checks for a two-way pair ``(a, b)``: the one-way ones plus these.

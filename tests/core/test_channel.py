@@ -291,7 +291,7 @@ def test_async_twins(use_uvloop: bool) -> None:
         with left, right:
             received, at_eof = loop.run_until_complete(asyncio.wait_for(scenario(), 10))
             assert received == data and at_eof is False
-            assert not left.blocking, "async calls put the channel in non-blocking mode"
+            assert left.blocking and right.blocking, "async twins restore the mode they found"
     finally:
         loop.close()
 

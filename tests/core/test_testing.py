@@ -13,8 +13,11 @@ from qiochan.testing import (
     ONE_WAY_CHECKS,
     TWO_WAY_CHECKS,
     _checks,
+    check_layer,
     check_one_way_channel,
     check_two_way_channel,
+    layered_pairs,
+    loopback_pair,
     run_check,
 )
 from qiochan.watch import FdWatchSource, WatchSource
@@ -134,6 +137,55 @@ def test_kit_catches_false_eof(short_timeout: None, no_fd_leak: None) -> None:
             lambda: broken_pair(EagerEofPipe, broken_writer=False),
             two_way=False,
         )
+
+
+class BlockingPipe(PipeChannel):
+    """Ignores set_blocking(False): its reads and writes always block."""
+
+    def io_set_blocking(self, enabled: bool) -> None:
+        pass
+
+
+class GreedyPipe(PipeChannel):
+    """Overrides a public read method and so loses the one-reader guard (no EBUSY)."""
+
+    def read(self, buf: object) -> int:
+        return self._io_read([memoryview(buf)], False, ReadFlag(0))[0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "broken_writer"), [("read_would_block", False), ("clogged", True)]
+)
+def test_kit_fails_a_backend_that_ignores_non_blocking_mode_without_hanging(
+    name: str, broken_writer: bool, short_timeout: None, no_fd_leak: None
+) -> None:
+    """The kit's own deadline: no pytest-timeout is needed to end a hung call."""
+    with pytest.raises(AssertionError, match="did not finish within"):
+        run_check(
+            name, lambda: broken_pair(BlockingPipe, broken_writer=broken_writer), two_way=False
+        )
+
+
+def test_kit_catches_a_missing_ebusy_guard(short_timeout: None, no_fd_leak: None) -> None:
+    with pytest.raises(AssertionError, match="EBUSY"):
+        run_check(
+            "concurrent_readers",
+            lambda: broken_pair(GreedyPipe, broken_writer=False),
+            two_way=False,
+        )
+
+
+def test_check_layer_and_layered_pairs_for_layer_authors(no_fd_leak: None) -> None:
+    pytest.importorskip("websockets")
+    results = check_layer(["websocket:path=/"])
+    assert results["transfer_blocking"] is None and results["clogged"] is None
+    make = layered_pairs(loopback_pair, ["websocket:path=/"])
+    client, server = make()
+    with client, server:
+        client.write_all(b"ping")
+        buf = bytearray(4)
+        server.read_all(buf)
+        assert buf == b"ping"
 
 
 def test_kit_rejects_a_bad_factory() -> None:

@@ -184,7 +184,7 @@ def test_ahandshake(creds: Creds, no_fd_leak: None) -> None:
 
     with server, client:
         assert asyncio.run(scenario()) == b"async hello"
-        assert not server.blocking  # like the async twins, it leaves non-blocking mode
+        assert server.blocking  # like the async twins, it restores the mode it found
 
 
 def test_io_before_handshake_is_a_usage_error(creds: Creds, no_fd_leak: None) -> None:

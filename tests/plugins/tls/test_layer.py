@@ -219,13 +219,17 @@ def test_layer_spec_objects(
 
     def serve() -> None:
         try:
-            results.append(wrap(server_end, "server", creds=server_creds))
+            server = wrap(server_end, "server", creds=server_creds)
+            server.handshake()
+            results.append(server)
         except Exception as exc:
             results.append(exc)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     client = wrap(client_end, "client", creds=str(tls_creds_dir), hostname="localhost")
+    assert not client.handshake_complete  # wrap leaves the handshake to its caller
+    client.handshake()
     thread.join(TIMEOUT)
     server = results[0]
     assert isinstance(server, QIOChannelTLS) and server.creds is server_creds

@@ -383,11 +383,11 @@ def test_garbage_after_the_handshake_is_a_protocol_error(
     assert Close.parse(closes[0].data).code == 1002
 
 
-def test_shutdown_write_sends_close_and_reading_goes_on() -> None:
+def test_send_close_starts_the_close_handshake_and_reading_goes_on() -> None:
     client, peer = _client_with_peer()
     with client, peer.channel:
         peer.send(lambda p: p.send_binary(b"queued before"))
-        client.shutdown(Shutdown.WRITE)
+        client.send_close()
         with pytest.raises(ChannelError) as info:
             client.write(b"late")
         assert info.value.errno == errno.EPIPE
@@ -540,7 +540,11 @@ def test_features_and_hints_pass_through_to_the_master() -> None:
     client = QIOChannelWebsock.new_client(theirs, "localhost")
     with server, client:
         handshake_pair(server, client)
-        assert server.has_feature(Feature.SHUTDOWN)
+        # no half-close in websocket: a close frame ends both directions
+        assert not server.has_feature(Feature.SHUTDOWN)
+        with pytest.raises(ChannelError) as info:
+            server.shutdown(Shutdown.WRITE)
+        assert info.value.errno == errno.ENOTSUP
         assert not server.has_feature(Feature.FD_PASS)
         server.set_delay(False)
         server.set_cork(True)

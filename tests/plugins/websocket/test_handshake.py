@@ -9,6 +9,7 @@ client's request with scripted responses.
 from __future__ import annotations
 
 import errno
+import logging
 import re
 import socket
 import threading
@@ -186,6 +187,7 @@ REFUSED = [
         id="too-many-headers",
     ),
     pytest.param(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", {}, 400, "invalid HTTP", id="garbage"),
+    pytest.param(request().replace(b"\r\n", b"\n"), {}, 400, "line without CRLF", id="bare-lf"),
 ]
 
 
@@ -202,6 +204,16 @@ def test_bad_request_is_refused_with_a_short_answer(
     assert answer.headers.get("connection") == "close"
     if "Sec-WebSocket-Version" in why:
         assert answer.headers["sec-websocket-version"] == "13"  # RFC 6455 4.4
+
+
+def test_bare_lf_request_is_logged_as_malformed(caplog: pytest.LogCaptureFixture) -> None:
+    """The log says what happened: a malformed request, not a client that left."""
+    with caplog.at_level(logging.DEBUG, logger="qiochan"):
+        answer = serve(request().replace(b"\r\n", b"\n"))
+    assert answer.status == 400
+    text = caplog.text
+    assert "line without CRLF" in text
+    assert "closed the connection" not in text
 
 
 def test_request_bound_is_exact() -> None:

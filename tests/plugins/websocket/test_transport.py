@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import qiochan
-from qiochan import AddressError, QIOChannel, Shutdown, TLSError, WebsocketHandshakeError
+from qiochan import AddressError, QIOChannel, TLSError, WebsocketHandshakeError
 from qiochan.transport import apply_layers
 from qiochan_command import QIOChannelCommand
 from qiochan_socket import socket_pair
@@ -133,13 +133,14 @@ def test_websocket_layer_over_a_command_pipe(tmp_path: Path) -> None:
         with serving(listener, echo_until_closed) as failures:
             command = QIOChannelCommand.new_spawn([socat, "-t", "0", "-", f"UNIX-CONNECT:{path}"])
             with apply_layers(command, ["websocket:host=relay"], "client") as client:
+                assert isinstance(client, QIOChannelWebsock)
                 client.write_all(b"hello")
                 buf = bytearray(5)
                 client.read_all(buf)
                 assert buf == b"hello"
                 # a full close handshake: our close frame, then the peer's, then EOF,
                 # so socat is not left writing the answer into a closed pipe
-                client.shutdown(Shutdown.WRITE)
+                client.send_close()
                 assert client.read(bytearray(1)) == 0
         assert not failures
 

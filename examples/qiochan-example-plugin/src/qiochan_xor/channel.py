@@ -1,8 +1,11 @@
 """QIOChannelXor: a layer that XORs the byte stream with a repeating key.
 
-A layer is a :class:`~qiochan.QIOChannel` wrapping a *master* channel and
-using only the master's public methods, so it works over every transport and
-under every other layer.  XOR maps each byte to one byte, so this layer never
+A layer subclasses :class:`qiochan.layer.QIOChannelLayer`: it wraps a
+*master* channel and uses only the master's public methods, so it works over
+every transport and under every other layer.  The base forwards what the
+layer does not change (blocking mode, shutdown, cork/delay hints, watches,
+closing the master); this layer has no handshake, so it only implements
+``io_readv`` and ``io_writev``.  XOR maps each byte to one byte, so this layer never
 buffers: a write sends exactly the bytes the master accepts and a read decodes
 exactly the bytes the master returned.  The key position is kept per
 direction, so partial writes and reads stay in step with the peer.
@@ -12,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
-from qiochan.watch import ChildWatchSource, Condition, WatchSource
+from qiochan.channel import ERR_BLOCK, QIOChannel, ReadFlag, WriteFlag
+from qiochan.layer import QIOChannelLayer
 
 __all__ = ["QIOChannelXor"]
 
@@ -42,7 +45,7 @@ class _KeyStream:
             self.position += size
 
 
-class QIOChannelXor(QIOChannel):
+class QIOChannelXor(QIOChannelLayer):
     """XOR every byte with a repeating ``key``, over ``master``.
 
     Declares ``SHUTDOWN`` when the master has it; closing closes the master.
@@ -53,14 +56,11 @@ class QIOChannelXor(QIOChannel):
     """
 
     def __init__(self, master: QIOChannel, key: bytes) -> None:
-        super().__init__()
         if not key:
             raise ValueError("the xor key must not be empty")
-        self.master = master
+        super().__init__(master)
         self._encoder = _KeyStream(key)
         self._decoder = _KeyStream(key)
-        if master.has_feature(Feature.SHUTDOWN):
-            self.set_feature(Feature.SHUTDOWN)
 
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
@@ -88,22 +88,3 @@ class QIOChannelXor(QIOChannel):
         if n != ERR_BLOCK:
             self._encoder.position += n
         return n
-
-    def io_close(self) -> None:
-        self.master.close()
-
-    def io_create_watch(self, condition: Condition) -> WatchSource:
-        # nothing is ever held back here: readiness is the master's
-        return ChildWatchSource(self.master, condition)
-
-    def io_set_blocking(self, enabled: bool) -> None:
-        self.master.set_blocking(enabled)
-
-    def io_shutdown(self, how: Shutdown) -> None:
-        self.master.shutdown(how)
-
-    def io_set_delay(self, enabled: bool) -> None:
-        self.master.set_delay(enabled)
-
-    def io_set_cork(self, enabled: bool) -> None:
-        self.master.set_cork(enabled)
