@@ -10,10 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from ..channel import QIOChannel
 
@@ -390,14 +390,22 @@ def plugin_object(kind: Literal["transport", "layer"], scheme: str, attribute: s
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
+_N = TypeVar("_N", int, float)
+
+
+def _ascii_number(text: str, convert: Callable[[str], _N], noun: str) -> _N:
+    """Convert ``text`` (ASCII only) with ``convert``; argparse's error names ``noun``."""
     try:
         if not text.isascii():
             raise ValueError(text)
-        value = float(text)
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
+    value = _ascii_number(text, float, "a number")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
@@ -407,12 +415,7 @@ def positive_float(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number above zero (ASCII digits)."""
-    try:
-        if not text.isascii():
-            raise ValueError(text)
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _ascii_number(text, int, "a whole number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
