@@ -245,6 +245,37 @@ def _specs(layers: Iterable[Any]) -> list[Any]:
     return [parse_layer(layer) if isinstance(layer, str) else layer for layer in layers]
 
 
+#: The server layers a gateway gives its handshake timeout to (their own option).
+_TIMED_LAYERS = ("tls", "websocket")
+
+
+def _timed_layers(address: Any, layers: Sequence[Any], timeout: float | None) -> list[Any]:
+    """Return ``layers`` with ``handshake-timeout`` set on TLS and websocket server layers.
+
+    Layers that name their own timeout keep it.  A ``ws://``/``wss://``
+    address gets a websocket spec carrying it, so a stalled upgrade is
+    answered 408 (and the logged reason names the right timeout).
+    """
+    specs = _specs(layers)
+    if timeout is None:
+        return specs
+    value = f"{timeout:g}"
+    timed: list[Any] = []
+    for spec in specs:
+        if (
+            isinstance(spec, LayerSpec)
+            and spec.name in _TIMED_LAYERS
+            and not {"handshake_timeout", "timeout"} & set(spec.options)
+        ):
+            timed.append(LayerSpec(spec.name, {**spec.options, "handshake_timeout": value}))
+        else:
+            timed.append(spec)
+    is_url = isinstance(address, WebsocketURL) or str(address).startswith(("ws://", "wss://"))
+    if is_url and not any(isinstance(s, LayerSpec) and s.name == "websocket" for s in timed):
+        timed.append(LayerSpec("websocket", {"handshake_timeout": value}))
+    return timed
+
+
 def _websocket_router(options: Mapping[str, Any], route: Callable[[str], bool]) -> Any:
     """A websocket server layer (a callable layer) that admits what ``route`` says."""
     # the callable goes to the websocket layer as a keyword, not as (text) spec option
@@ -273,16 +304,21 @@ def _routed(
         AddressError: the source has no websocket server to route with.
     """
     specs = _specs(layers)
-    for index, spec in enumerate(specs):
-        if isinstance(spec, LayerSpec) and spec.name == "websocket":
-            specs[index] = _websocket_router(spec.options, route)
-            return address, specs, None
+    websockets = [s for s in specs if isinstance(s, LayerSpec) and s.name == "websocket"]
     url = parse_address(address) if isinstance(address, str) else address
     if not isinstance(url, WebsocketURL):
-        raise AddressError(
-            f"token routing needs a websocket source (ws://, wss:// or a websocket: layer), "
-            f"not {address}"
-        )
+        if not websockets:
+            raise AddressError(
+                f"token routing needs a websocket source (ws://, wss:// or a websocket: layer), "
+                f"not {address}"
+            )
+        specs[specs.index(websockets[0])] = _websocket_router(websockets[0].options, route)
+        return address, specs, None
+    # the URL's own websocket layer routes (with the options of a websocket: spec given)
+    options: Mapping[str, Any] = {}
+    if websockets:
+        options = websockets[0].options
+        specs.remove(websockets[0])
     inner: list[Any] = []
     if url.secure:
         tls = [s for s in specs if isinstance(s, LayerSpec) and s.name == "tls"]
@@ -292,7 +328,7 @@ def _routed(
             )
         specs.remove(tls[0])
         inner.append(tls[0])
-    return url.inet, [*inner, _websocket_router({}, route), *specs], url
+    return url.inet, [*inner, _websocket_router(options, route), *specs], url
 
 
 def _listen(address: Any, layers: Sequence[Any]) -> Any:
@@ -472,7 +508,8 @@ class Gateway:
         self._started = True
         loop = self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
-        source, source_layers = self.source, self._source_layers
+        source = self.source
+        source_layers = _timed_layers(source, self._source_layers, self._handshake_timeout)
         if self._targets is not None:
             source, source_layers, self._source_url = _routed(source, source_layers, self._admits)
         try:

@@ -490,3 +490,25 @@ def test_a_destination_reset_is_passed_on_as_a_reset() -> None:
         assert info.outcome == "failed" and "reset" in info.error.lower(), info.error
 
     _run(main)
+
+
+def test_a_stalled_websocket_upgrade_is_answered_408_within_the_handshake_timeout() -> None:
+    async def main() -> None:
+        server, echo = await _echo_server()
+        hook = Ended()
+        async with (
+            server,
+            Gateway("ws://127.0.0.1:0/", echo, handshake_timeout=1, on_connection=hook) as gw,
+        ):
+            loop = asyncio.get_running_loop()
+
+            def stall() -> bytes:
+                with _slowloris(gw.source_address.port) as sock:
+                    sock.settimeout(20)
+                    return sock.makefile("rb").readline()
+
+            assert (await loop.run_in_executor(None, stall)).startswith(b"HTTP/1.1 408")
+            (info,) = await hook.wait(1)
+            assert info.outcome == "rejected" and "408" in info.error
+
+    _run(main)
