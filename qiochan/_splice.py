@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -33,28 +34,39 @@ Counter = Callable[[int], None]
 
 
 class Tap(Protocol):
-    """Where a copy of one direction goes: it lends the buffers that direction reads into."""
-
-    def buffer(self) -> memoryview:
-        """Return a buffer to read into."""
+    """Where a copy of one direction goes."""
 
     def write(self, data: memoryview, /) -> object:
-        """Take ``data``, a filled slice of a buffer :meth:`buffer` returned."""
-
-    def release(self, buffer: memoryview, /) -> object:
-        """Take back a buffer :meth:`buffer` returned that was not filled."""
+        """Take a copy of ``data`` (its buffer is read into again afterwards)."""
 
 
-#: Bytes read from a side at once, into one buffer reused for every read.
-_READ_SIZE = 256 * 1024
+#: Bytes read from a side at once.  Larger reads mean fewer reads and sends
+#: per byte (each send on loopback also runs the receiver's TCP work): 1 MiB
+#: costs the relay about a fifth less CPU per GiB than 256 KiB with 16 streams.
+READ_SIZE = 1024 * 1024
+
+
+class _ReadBuffer(threading.local):
+    """The buffer every side reads into: one per thread, so one per loop.
+
+    A side hands each chunk on before any side of its loop reads again (the
+    peer's transport copies what it cannot send at once), so all of them can
+    share one (warm) buffer instead of holding one each; a tap copies.
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_SIZE))
+
+
+_shared = _ReadBuffer()
 
 
 class _Side(asyncio.BufferedProtocol):
     """One side: what it reads goes to the other side's transport (and to its tap).
 
-    Reads land in a buffer of its own, passed on without a copy when the
-    other side's channel takes it at once (the transport copies only what
-    it must keep).
+    Reads land in the loop's shared buffer, passed on without a copy when
+    the other side's channel takes it at once (the transport copies only
+    what it must keep).
     """
 
     def __init__(self, splice: Splice, label: str, count: Counter, tap: Tap | None) -> None:
@@ -68,10 +80,6 @@ class _Side(asyncio.BufferedProtocol):
         self.input_ended = False
         self.output_ended = False
         self.lost = False
-        # without a tap one buffer serves every read; a tap lends a fresh one per read
-        self._buffer: memoryview | None = (
-            None if tap is not None else memoryview(bytearray(_READ_SIZE))
-        )
 
     def _peer_transport(self) -> ChannelTransport:
         assert self.peer is not None and self.peer.transport is not None
@@ -82,20 +90,15 @@ class _Side(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._buffer is None:
-            assert self.tap is not None
-            self._buffer = self.tap.buffer()
-        return self._buffer
+        return _shared.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._buffer is not None
-        data = self._buffer[:nbytes]
+        data = _shared.view[:nbytes]
         self.read_bytes += nbytes
         self.count(nbytes)
         self._peer_transport().write(data)  # keeps a copy of what it cannot send now
         if self.tap is not None:
-            self.tap.write(data)  # the tap owns this buffer now: read into another
-            self._buffer = None
+            self.tap.write(data)  # takes a copy too
 
     def eof_received(self) -> bool:
         self.input_ended = True
@@ -129,9 +132,6 @@ class _Side(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.tap is not None and self._buffer is not None:
-            self.tap.release(self._buffer)
-            self._buffer = None
         cut = not self.input_ended and exc is not None
         if not self.input_ended:
             self.input_ended = True

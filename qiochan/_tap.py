@@ -1,12 +1,13 @@
 """Tap files: copies of what a gateway relays, written off the event loop.
 
-A tapped direction reads into buffers lent by the tap's pool and hands each
-filled buffer to the queue without copying it (the relay's transport copies
-what it cannot send at once, so it keeps no reference); one writer thread per
-gateway (not per connection) writes the queue to the files in order and
-returns the buffers to the pool.  When the pool is exhausted
-(:data:`MAX_PENDING` bytes waiting), the loop waits for the writer, so a slow
-disk slows the relay down instead of filling memory.
+A tapped direction reads into the loop's shared read buffer like an untapped
+one; the tap queues a copy of each chunk, and one writer thread per gateway
+(not per connection) writes the queue to the files in order.  Large chunks
+are copied into a few recycled buffers (warm memory: fresh pages for every
+chunk cost more than the copy).  When :data:`MAX_PENDING` bytes wait, the
+loop waits for the writer, so a slow disk slows the relay down instead of
+filling memory.  An idle connection holds no buffer: only queued chunks take
+memory.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ import threading
 from collections import deque
 from pathlib import Path
 
+from ._splice import READ_SIZE
+
 __all__ = ["MAX_PENDING", "TapFile", "TapWriter"]
 
 log = logging.getLogger("qiochan.relay")
 
 #: Bytes queued for the tap files before the loop waits for the writer.
 MAX_PENDING = 64 * 1024 * 1024
-#: The size of one pooled read buffer.
-BUFFER_SIZE = 256 * 1024
+#: Chunks larger than this (up to :data:`_BUFFER`) are copied into recycled buffers.
+_SMALL = 64 * 1024
+#: The size of a recycled buffer: a relay's largest read.
+_BUFFER = READ_SIZE
+#: Recycled buffers kept for reuse.
+_SPARES = 8
 
 
 class TapFile:
@@ -36,17 +43,9 @@ class TapFile:
         self._writer = writer
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
-    def buffer(self) -> memoryview:
-        """Lend a buffer to read into; give it back filled through :meth:`write`."""
-        return self._writer.lend()
-
     def write(self, data: memoryview) -> None:
-        """Queue ``data``, a slice of a buffer :meth:`buffer` lent; the tap owns it now."""
+        """Queue a copy of ``data`` (the caller may reuse its buffer at once)."""
         self._writer.put(self, data)
-
-    def release(self, buffer: memoryview) -> None:
-        """Give back a buffer :meth:`buffer` lent that will not be filled."""
-        self._writer.give_back(buffer)
 
 
 class TapWriter:
@@ -55,8 +54,8 @@ class TapWriter:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._queue: deque[tuple[TapFile, memoryview | None, asyncio.Future[None] | None]] = deque()
-        self._free: list[memoryview] = []
-        self._lent = 0
+        self._pending = 0
+        self._spare: list[memoryview] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._error: OSError | None = None
@@ -69,30 +68,22 @@ class TapWriter:
         """
         return TapFile(self, self.directory / name)
 
-    def lend(self) -> memoryview:
-        """Return a free pooled buffer; wait for the writer while all are in use."""
-        with self._cond:
-            while not self._free and self._lent * BUFFER_SIZE >= MAX_PENDING:
-                self._cond.wait()
-            self._lent += 1
-            if self._free:
-                return self._free.pop()
-        return memoryview(bytearray(BUFFER_SIZE))
-
-    def give_back(self, buffer: memoryview) -> None:
-        """Return a lent buffer that was never filled."""
-        with self._cond:
-            self._release(buffer)
-
-    def _release(self, buffer: memoryview) -> None:
-        self._free.append(buffer)
-        self._lent -= 1
-        self._cond.notify_all()
-
     def put(self, tap: TapFile, data: memoryview) -> None:
-        """Queue ``data`` (a slice of a lent buffer) for ``tap``."""
+        """Queue a copy of ``data`` for ``tap``; wait while :data:`MAX_PENDING` bytes wait."""
+        size = len(data)
+        recycled = _SMALL < size <= _BUFFER
         with self._cond:
-            self._queue.append((tap, data, None))
+            while self._pending >= MAX_PENDING:
+                self._cond.wait()
+            self._pending += size
+            spare = self._spare.pop() if recycled and self._spare else None
+        if recycled:
+            copy = (spare or memoryview(bytearray(_BUFFER)))[:size]
+            copy[:] = data
+        else:
+            copy = memoryview(bytes(data))
+        with self._cond:
+            self._queue.append((tap, copy, None))
             self._start()
             self._cond.notify_all()
 
@@ -122,8 +113,12 @@ class TapWriter:
                 tap, data, done = self._queue.popleft()
             if data is not None:
                 self._write(tap, data)
-                with self._cond:  # the buffer is free again
-                    self._release(memoryview(data.obj))
+                with self._cond:
+                    self._pending -= len(data)
+                    buffer = data.obj
+                    if isinstance(buffer, bytearray) and len(self._spare) < _SPARES:
+                        self._spare.append(memoryview(buffer))
+                    self._cond.notify_all()
             else:
                 os.close(tap.fd)
                 assert done is not None
