@@ -246,6 +246,29 @@ def _parse_transport(name: str, table: Any, path: Path | None) -> TransportConfi
     )
 
 
+def toml_table(text: str, path: Path | None, key: str, expected: str) -> Any:
+    """Parse TOML ``text`` whose one top-level key may be ``key``; return its value.
+
+    Args:
+        path: the file it came from, named in errors.
+        expected: how errors describe the key (``"[transports.NAME]"``).
+    Returns:
+        The value of ``key``, or None when the document lacks it.
+    Raises:
+        ConfigError: invalid TOML or another top-level key.
+    """
+    import tomllib
+
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+    unknown = sorted(set(document) - {key})
+    if unknown:
+        raise ConfigError(path, unknown[0], f"unknown top-level key (expected {expected})")
+    return document.get(key)
+
+
 def parse_config(text: str, path: Path | None = None) -> dict[str, TransportConfig]:
     """Parse and check the TOML ``text`` of a transports file.
 
@@ -256,16 +279,9 @@ def parse_config(text: str, path: Path | None = None) -> dict[str, TransportConf
     Raises:
         ConfigError: invalid TOML or an invalid entry (the message names file, key, reason).
     """
-    import tomllib
-
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
-    unknown = sorted(set(document) - {"transports"})
-    if unknown:
-        raise ConfigError(path, unknown[0], "unknown top-level key (expected [transports.NAME])")
-    transports = document.get("transports", {})
+    transports = toml_table(text, path, "transports", "[transports.NAME]")
+    if transports is None:
+        transports = {}
     if not isinstance(transports, dict):
         raise ConfigError(path, "transports", "must be a table of [transports.NAME] tables")
     return {name: _parse_transport(name, table, path) for name, table in transports.items()}

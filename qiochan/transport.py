@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from . import _hooks
 from .channel import QIOChannel
 from .config import lookup_transport
-from .errors import ChannelError, HandshakeError
+from .errors import AddressError, ChannelError, HandshakeError, PluginError
 from .layer import apply_layers, deadline_after
 from .layer import layer_specs as _layer_specs
 from .options import LayerSpec, parse_layer
@@ -39,6 +39,8 @@ __all__ = [
     "connect",
     "listen",
     "open_channel",
+    "open_only",
+    "opens_only",
     "parse_layer",
     "resolve_address",
 ]
@@ -276,3 +278,36 @@ def open_channel(address: Any, mode: str = "r", **options: Any) -> QIOChannel:
     channel: QIOChannel = backend.require("open")(parsed, mode, **options)
     _hooks.channel_opened(channel, parsed)
     return channel
+
+
+def opens_only(address: Any) -> bool:
+    """Return True when ``address`` can only be opened (``file:``, ``exec:``), not connected to.
+
+    A configured transport name counts by the address it stands for; an
+    address that does not resolve gives False (connect/listen report it).
+    """
+    address, _layers, _options, _timeout = _configured(address, (), {})
+    try:
+        backend, _parsed = resolve_address(address)
+    except (AddressError, PluginError):
+        return False
+    return backend.open is not None and backend.connect is None and backend.listen is None
+
+
+def open_only(
+    address: Any, *, layers: Iterable[Any] = (), role: Role = "client", mode: str = "rw"
+) -> QIOChannel | None:
+    """Open ``address`` when it can only be opened (:func:`opens_only`); else return None.
+
+    The channel is opened in ``mode`` whatever the role, and ``layers``
+    (after a configured transport's own) applied in ``role``.
+
+    Returns:
+        The channel with every handshake done, or None for a connect/listen address.
+    Raises:
+        ChannelError, HandshakeError: opening or a layer failed.
+    """
+    if not opens_only(address):
+        return None
+    address, layers, options, _timeout = _configured(address, layers, {})
+    return apply_layers(open_channel(address, mode, **options), layers, role)

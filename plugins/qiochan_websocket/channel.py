@@ -144,7 +144,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         protocol: _Protocol,
         role: Role,
         *,
-        path: str,
+        path: str | handshake.Route,
         host: str | None = None,
         frame_size: int = DEFAULT_FRAME_SIZE,
         timeout: float | None = DEFAULT_TIMEOUT,
@@ -161,7 +161,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         self.role: Role = role
         self.subprotocol: str | None = None
         self.origin: str | None = None
-        self.request_path = path
+        self.request_path = path if isinstance(path, str) else ""
         self._path = path
         self._protocol = protocol
         self._host = host
@@ -200,7 +200,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         *,
         origins: Origins | None = None,
         max_size: int | None = DEFAULT_MAX_SIZE,
-        path: str = "/",
+        path: str | handshake.Route = "/",
         timeout: float | None = DEFAULT_TIMEOUT,
         max_request: int = DEFAULT_MAX_REQUEST,
         frame_size: int = DEFAULT_FRAME_SIZE,
@@ -212,14 +212,20 @@ class QIOChannelWebsock(QIOChannelLayer):
                 in the list admits a request without one); None checks nothing.
                 A refused origin gets 403.
             max_size: largest message payload accepted; None for no limit.
-            path: the path clients must ask for (404 otherwise).
+            path: the path clients must ask for (404 otherwise), or a
+                :data:`~qiochan_websocket.handshake.Route` callable given each
+                request target (``/vm1?token=x``): False refuses it with 404.
+                :attr:`request_path` tells which target was admitted.
             timeout: seconds the handshake may take (408 after); None waits forever.
             max_request: largest upgrade request in bytes (431 beyond it).
             frame_size: largest payload of a frame we send.
         Raises:
             TypeError: ``master`` is not a QIOChannel. ValueError: a bad limit or path.
         """
-        _check_path(path)
+        if isinstance(path, str):
+            _check_path(path)
+        elif not callable(path):
+            raise TypeError(f"path must be a string or a callable, not {type(path).__name__}")
         protocol = handshake.make_server(origins, _check_max_size(max_size))
         return cls(
             master,

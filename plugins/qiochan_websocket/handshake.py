@@ -16,7 +16,7 @@ from __future__ import annotations
 import http
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import (
@@ -35,6 +35,7 @@ from websockets.uri import WebSocketURI
 __all__ = [
     "BINARY",
     "Origins",
+    "Route",
     "answer_request",
     "client_failure",
     "make_client",
@@ -53,6 +54,10 @@ BINARY = Subprotocol("binary")
 #: An allow-list of ``Origin`` values: exact strings, compiled patterns, or None
 #: meaning "a request without an Origin header is acceptable".
 Origins = Sequence[str | re.Pattern[str] | None]
+
+#: Decides on a request target (path and query, e.g. ``/vm1?x=1``): True admits
+#: the upgrade, False refuses it with 404.  A server given one checks no fixed path.
+Route = Callable[[str], bool]
 
 # websockets' own status for these failures, turned into QEMU's 400
 _AS_BAD_REQUEST = frozenset(
@@ -134,8 +139,16 @@ def _request_path(target: str) -> str:
     return target.partition("?")[0]
 
 
-def answer_request(protocol: ServerProtocol, request: Request, path: str) -> tuple[Response, str]:
-    """Decide on an upgrade request.
+def _path_admitted(target: str, path: str | Route) -> bool:
+    if isinstance(path, str):
+        return _request_path(target) == path
+    return bool(path(target))
+
+
+def answer_request(
+    protocol: ServerProtocol, request: Request, path: str | Route
+) -> tuple[Response, str]:
+    """Decide on an upgrade request for ``path``, or for the targets ``path(target)`` admits.
 
     Returns:
         ``(response, why)``: a 101 response and ``""``, or a 4xx refusal and
@@ -153,7 +166,7 @@ def answer_request(protocol: ServerProtocol, request: Request, path: str) -> tup
         why = "missing Host header"
     if not host:
         return refusal(protocol, http.HTTPStatus.BAD_REQUEST, why), why
-    if _request_path(request.path) != path:
+    if not _path_admitted(request.path, path):
         why = f"no websocket at path {_request_path(request.path)!r}"
         return refusal(protocol, http.HTTPStatus.NOT_FOUND, why), why
     response = protocol.accept(request)

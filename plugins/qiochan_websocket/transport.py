@@ -5,7 +5,10 @@ Layer spec: ``websocket:path=/p[,host=H][,origin=O][,max-size=N]
 ``Host`` header (default: the master's remote address) and ``origin`` the
 ``Origin`` header; for a server, ``origin`` is the one origin admitted (403
 for others).  ``handshake-timeout`` (``timeout`` is the older name) bounds the
-upgrade: 10 s by default; a server answers 408 when it passes.
+upgrade: 10 s by default; a server answers 408 when it passes.  A server's
+``route`` option (a :data:`~qiochan_websocket.handshake.Route` callable, given
+as a keyword argument to the layer's ``wrap`` by a program, not in spec text)
+replaces the fixed path: it decides on each request target, 404 when it says no.
 
 ``ws://HOST:PORT/PATH`` is TCP + websocket, ``wss://`` TCP + TLS + websocket.
 The TCP part comes from the ``tcp`` transport backend and the TLS part from
@@ -39,7 +42,16 @@ __all__ = ["OPTIONS", "WebsocketListener", "check", "connect_url", "listen_url",
 
 _CONTEXT = "layer 'websocket'"
 #: The options of the ``websocket`` layer (dashes written as underscores).
-OPTIONS = ("path", "host", "origin", "max_size", "handshake_timeout", "timeout", "frame_size")
+OPTIONS = (
+    "path",
+    "host",
+    "origin",
+    "max_size",
+    "handshake_timeout",
+    "timeout",
+    "frame_size",
+    "route",
+)
 
 Layer = Callable[[QIOChannel, Role], QIOChannel]
 
@@ -88,8 +100,15 @@ def _arguments(role: Role, options: dict[str, Any]) -> dict[str, Any]:
     if role == "server":
         if options.get("host"):
             raise AddressError(f"{_CONTEXT}: host= applies to a client only")
+        route = options.get("route")
+        if route is not None:
+            if not callable(route):
+                raise AddressError(f"{_CONTEXT}: route= must be a callable, not {route!r}")
+            arguments["path"] = route
         arguments["origins"] = None if origin is None else [origin]
     else:
+        if options.get("route") is not None:
+            raise AddressError(f"{_CONTEXT}: route= applies to a server only")
         arguments["origin"] = origin
         arguments["host"] = options.get("host") or None
     return arguments

@@ -10,10 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from ..channel import QIOChannel
 
@@ -312,28 +312,10 @@ class Endpoint:
 
 
 def _open_only(endpoint: Endpoint, mode: str) -> QIOChannel | None:
-    """Open ``endpoint`` when its address can only be opened (``file:``); else return None.
+    """Open ``endpoint`` when its address can only be opened (``file:``); else return None."""
+    from ..transport import open_only
 
-    A configured transport name counts by the address it stands for.
-    """
-    from ..config import lookup_transport
-    from ..errors import AddressError, PluginError
-    from ..registry import resolve_address
-    from ..transport import apply_layers, open_channel
-
-    address, layers = endpoint.address, list(endpoint.layers)
-    if ":" not in address:
-        configured = lookup_transport(address)
-        if configured is None:
-            return None  # connect/listen will report it
-        address, layers = configured.address, [*configured.layers, *layers]
-    try:
-        backend, _parsed = resolve_address(address)
-    except (AddressError, PluginError):
-        return None  # an error connect/listen will report
-    if backend.open is None or backend.connect is not None or backend.listen is not None:
-        return None
-    return apply_layers(open_channel(address, mode), layers, endpoint.role)
+    return open_only(endpoint.address, layers=endpoint.layers, role=endpoint.role, mode=mode)
 
 
 def open_endpoint(endpoint: Endpoint, mode: str = "rw") -> QIOChannel:
@@ -408,18 +390,34 @@ def plugin_object(kind: Literal["transport", "layer"], scheme: str, attribute: s
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
+_N = TypeVar("_N", int, float)
+
+
+def _ascii_number(text: str, convert: Callable[[str], _N], noun: str) -> _N:
+    """Convert ``text`` (ASCII only) with ``convert``; argparse's error names ``noun``."""
     try:
         if not text.isascii():
             raise ValueError(text)
-        value = float(text)
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above zero (ASCII digits, finite)."""
+    value = _ascii_number(text, float, "a number")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero (ASCII digits)."""
+    value = _ascii_number(text, int, "a whole number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
 
 

@@ -4,7 +4,7 @@ Subcommands::
 
     qiochan backends                      every discovered backend, available or why not
     qiochan demo [--size 64M]             a checksummed QEMUFile stream through every chain
-    qiochan relay SRC DST                 copy both directions between two transports
+    qiochan relay SRC [DST]               a gateway: every SRC peer gets its own DST connection
     qiochan send FILE DST                 stream a file to DST
     qiochan recv SRC FILE                 receive a stream from SRC into FILE
     qiochan certs DIR [--hostname H]      TLS credentials in QEMU's layout (also
@@ -40,6 +40,7 @@ from ._common import (
     parse_rate,
     parse_size,
     positive_float,
+    positive_int,
 )
 
 __all__ = ["build_parser", "main"]
@@ -154,14 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         "._relay",
         "run_relay",
-        help="relay both directions between two transports until EOF",
-        description="Accept one peer on SRC (or connect to it), then connect to DST (or "
-        "accept one peer on it) and copy both directions until each ends; an end of "
-        "stream is passed on as a half-close.  Exit 0 when both directions ended cleanly "
-        "or by a peer close after the data passed.",
+        help="a gateway: relay every connection on SRC to its own connection to DST",
+        description="Listen on SRC (or connect to it) and, for every peer, connect to DST "
+        "(or take the next peer accepted on it) and copy both directions until each ends; "
+        "an end of stream is passed on as a half-close.  Serves until SIGTERM/SIGINT "
+        "(then drains), or until --connections N have ended.  Exit 0 when every "
+        "connection ended cleanly or by a peer close after the data passed.",
     )
     relay.add_argument("src", metavar="SRC", help="source address or transport name")
-    relay.add_argument("dst", metavar="DST", help="destination address or transport name")
+    relay.add_argument(
+        "dst",
+        metavar="DST",
+        nargs="?",
+        help="destination address or transport name (omitted with --targets)",
+    )
     relay.add_argument(
         "--connect-src", action="store_true", help="connect to SRC instead of listening on it"
     )
@@ -170,6 +177,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_argument(relay, "--src-layer", "src_layers", "the source side")
     add_layer_argument(relay, "--dst-layer", "dst_layers", "the destination side")
+    count = relay.add_mutually_exclusive_group()
+    count.add_argument(
+        "--connections",
+        type=positive_int,
+        metavar="N",
+        help="exit once N connections have ended (a multifd(4) migration is 5)",
+    )
+    count.add_argument("--once", action="store_true", help="the same as --connections 1")
+    relay.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="route by token: TOML [targets] token = address (DST omitted); the token is "
+        "the last path segment or the token query parameter of the websocket request",
+    )
+    relay.add_argument(
+        "--drain-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, seconds active connections get to finish (default 30)",
+    )
+    relay.add_argument(
+        "--handshake-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds a client's TLS/websocket handshakes may take (default 10)",
+    )
+    relay.add_argument(
+        "--max-active",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="connections handled at once; more wait in the listen backlog (default 1024)",
+    )
+    relay.add_argument(
+        "--json", action="store_true", help="print one JSON object per connection on stdout"
+    )
+    relay.add_argument(
+        "--tap",
+        metavar="DIR",
+        help="write a copy of each direction to DIR/<n>-src-to-dst.bin and <n>-dst-to-src.bin",
+    )
 
     send = add(
         "send",

@@ -53,7 +53,7 @@ def _blob_of(vm: VM, path: Path) -> bytes:
 
 @contextlib.contextmanager
 def _relay(env: dict[str, str], *args: str) -> Iterator[Background]:
-    relay = Background("relay", *args, env=env, stdout=subprocess.DEVNULL)
+    relay = Background("relay", "--once", *args, env=env, stdout=subprocess.DEVNULL)
     try:
         yield relay
     finally:
