@@ -251,7 +251,7 @@ class QIOChannelLayer(QIOChannel):
             self._failed(self.handshake_error(f"{self.handshake_label()}: {exc!r}"))
             raise
         finally:
-            if not master.closed:
+            if nonblocking and not master.closed:
                 try:
                     master.set_blocking(self._blocking)
                 except ChannelError as exc:
