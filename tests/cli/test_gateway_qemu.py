@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import Background, cli_env, port_of
+from tests.helpers.cli import Background, cli_env, inspect_file, port_of
 from tests.helpers.qemu import VM, qemu_vm
 
 pytestmark = pytest.mark.timeout(300)
@@ -244,6 +244,50 @@ def test_multifd_migration_through_gateway(
         _finish(src, dst, relays, random_ram, dest_ram)
         for relay in relays:
             assert f"{1 + MULTIFD_CHANNELS} connections" in relay.stderr, relay.stderr
+
+
+def test_multifd_migration_through_a_tapped_relay_inspected(
+    qemu: str, tmp_path: Path, random_ram: Path
+) -> None:
+    """``relay --tap DIR`` leaves the main channel and each multifd channel on disk.
+
+    ``qiochan inspect`` then reads the main channel as a complete QEVM stream
+    and each other one as a multifd channel of the same source, with every
+    random page carried by the multifd channels.
+    """
+    env = cli_env(tmp_path)
+    dest_ram = tmp_path / "dest.ram"
+    taps = tmp_path / "taps"
+    connections = 1 + MULTIFD_CHANNELS
+    with (
+        _guests(qemu, tmp_path, random_ram, dest_ram, ("multifd",)) as (src, dst),
+        contextlib.ExitStack() as stack,
+    ):
+        _set_multifd(src)
+        _set_multifd(dst)
+        incoming = incoming_tcp(dst)
+        relay = stack.enter_context(
+            _relay(
+                env, "tcp:127.0.0.1:0", incoming, "--connections", str(connections),
+                "--tap", str(taps),
+            )
+        )  # fmt: skip
+        src.qmp.command("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
+        src.qmp.command("migrate", uri=relay.listening("source"))
+        _finish(src, dst, [relay], random_ram, dest_ram)
+    forward = sorted(taps.glob("*-src-to-dst.bin"))
+    assert len(forward) == connections and len(list(taps.glob("*-dst-to-src.bin"))) == connections
+    reports = [inspect_file(path, env) for path in forward]
+    main = [r for r in reports if r["kind"] == "savevm"]
+    multifd = [r for r in reports if r["kind"] == "multifd"]
+    assert len(main) == 1 and len(multifd) == MULTIFD_CHANNELS, reports
+    assert main[0]["complete"] is True and main[0]["error"] is None
+    assert main[0]["ram"]["blocks"]["ram0"] == RAM_SIZE
+    assert sorted(r["multifd"]["channel"] for r in multifd) == list(range(MULTIFD_CHANNELS))
+    assert len({r["multifd"]["uuid"] for r in multifd}) == 1
+    carried = sum(r["multifd"]["blocks"].get("ram0", 0) for r in multifd)
+    assert carried >= RAM_SIZE // 4096  # random pages: none is sent as a zero page
+    assert sum(path.stat().st_size for path in forward) > RAM_SIZE
 
 
 def test_postcopy_preempt_through_a_websocket_chain(

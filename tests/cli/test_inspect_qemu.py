@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.cli import Background, cli_env, port_of, run_cli
+from tests.helpers.cli import Background, cli_env, inspect_file, port_of
 from tests.helpers.qemu import VM, qemu_vm
 
 PAGE = 4096
@@ -125,13 +125,6 @@ def forwarder(target: tuple[str, int], directory: Path) -> Iterator[TapForwarder
         yield tap
     finally:
         tap.close()
-
-
-def inspect_file(path: Path, env: dict[str, str]) -> dict[str, Any]:
-    result = run_cli("inspect", "--json", str(path), env=env)
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
 
 
 @contextlib.contextmanager

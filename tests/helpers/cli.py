@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 QIOCHAN = [sys.executable, "-m", "qiochan"]
 #: Upper bound for any one command in these tests (the CLI itself never sleeps).
@@ -177,3 +179,11 @@ def feeding(*args: str, env: Mapping[str, str]) -> Iterator[subprocess.Popen[byt
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def inspect_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """Run ``qiochan inspect --json PATH``; check it exits 0 and return its report."""
+    result = run_cli("inspect", "--json", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
