@@ -633,12 +633,18 @@ class QIOChannelWebsock(QIOChannelLayer):
         return ERR_BLOCK
 
     def _acknowledge(self, total: int) -> int:
-        """Report the frame of an earlier ERR_BLOCK write once it is fully out."""
+        """Report the frame of an earlier ERR_BLOCK write once it is fully out.
+
+        A retry shorter than that frame is told only its own length; the rest
+        of the frame is reported to the calls that follow with the rest of the
+        same data (as TLS does), so no byte is ever framed twice.
+        """
         if self._blocking:
             self._flush_blocking()
         elif not self._outbox.flush(wait=False):
             return ERR_BLOCK
-        done, self._unacked = min(self._unacked, total), 0
+        done = min(self._unacked, total)
+        self._unacked -= done
         return done
 
     def _encode(self, payload: Any) -> None:

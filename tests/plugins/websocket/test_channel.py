@@ -423,6 +423,48 @@ def test_close_gives_up_on_a_peer_that_never_reads(monkeypatch: pytest.MonkeyPat
     theirs.close()
 
 
+def test_a_retry_shorter_than_the_blocked_frame_never_sends_a_byte_twice() -> None:
+    """A write that returned ERR_BLOCK after framing its data, retried piece by piece.
+
+    The frame went out once; each retry is told only its own length, and the
+    pieces that follow are acknowledged from the same frame instead of being
+    framed again (the conformance kit's irregular chunks once duplicated 64 KiB).
+    """
+    ours, theirs = memory_pipe(capacity=4096)
+    client = QIOChannelWebsock.new_client(ours, "localhost")
+    server = QIOChannelWebsock.new_server(theirs)
+    with client, server:
+        handshake_pair(server, client)
+        client.set_blocking(False)
+        data = os.urandom(20_000)
+        assert client.write(data) == ERR_BLOCK  # framed, only partly out
+        received = bytearray()
+
+        def read_all() -> None:
+            buf = bytearray(len(data))
+            server.read_all(buf)
+            received.extend(buf)
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        sent = 0
+        for size in (1, 7, 4096, 15_896):  # the first three retries are shorter than the frame
+            end = sent + size
+            while sent < end:
+                n = client.write(memoryview(data)[sent:end])
+                if n == ERR_BLOCK:
+                    client.wait(Condition.OUT, timeout=10)
+                    continue
+                assert 0 < n <= end - sent
+                sent += n
+        reader.join(10)
+        assert not reader.is_alive()
+        assert bytes(received) == data
+        # nothing more was framed: the server has no further byte to deliver
+        server.set_blocking(False)
+        assert server.read(bytearray(1)) == ERR_BLOCK
+
+
 # -- non-blocking mode and watches --------------------------------------------------------------
 
 
