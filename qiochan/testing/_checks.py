@@ -523,12 +523,12 @@ def check_reverse_direction(factory: PairFactory) -> None:
 _CLOG_LIMIT = 64 << 20  # a writer that never blocks within this much buffers without bound
 
 
-_CLOG_CHUNK = bytes(64 << 10)
+_CLOG_CHUNK = bytes(range(256)) * 256  # 64 KiB; a pattern shows duplicated or lost bytes
 _CLOG_ROUNDS = 40
 
 
-def _clog(writer: QIOChannel) -> int:
-    """Write in non-blocking mode until the writer returns ERR_BLOCK; return the bytes written.
+def _clog(writer: QIOChannel) -> bytearray:
+    """Write in non-blocking mode until the writer returns ERR_BLOCK; return the bytes it took.
 
     The chunk that met ERR_BLOCK is still due (a layer may have taken it in
     already and must be retried with the same data).
@@ -536,13 +536,13 @@ def _clog(writer: QIOChannel) -> int:
     Raises:
         CheckSkipped: the channel took :data:`_CLOG_LIMIT` bytes without blocking.
     """
-    written = 0
-    while written < _CLOG_LIMIT:
+    taken = bytearray()
+    while len(taken) < _CLOG_LIMIT:
         n = writer.write(_CLOG_CHUNK)
         if n == ERR_BLOCK:
-            return written
+            return taken
         assert 0 < n <= len(_CLOG_CHUNK), f"write returned {n} for {len(_CLOG_CHUNK)} bytes"
-        written += n
+        taken += _CLOG_CHUNK[:n]
     raise CheckSkipped(f"the writer buffers without bound (took {_CLOG_LIMIT} bytes)")
 
 
@@ -551,15 +551,16 @@ def check_clogged(factory: PairFactory) -> None:
 
     Nobody reads while the writer fills up; ``wait(OUT)`` must then time out
     (no false readiness).  Then the writer retries the chunk that blocked
-    while the reader drains everything: all of it arrives intact.
+    while the reader drains everything: all of it arrives intact, each byte
+    once (the chunk is a pattern, so a byte sent twice or lost shows).
     """
     with _pair(factory) as (writer, reader):
         writer.set_blocking(False)
         reader.set_blocking(False)
-        written = 0
+        taken = bytearray()
         refused = 0
         for _ in range(_CLOG_ROUNDS):
-            written += _clog(writer)
+            taken += _clog(writer)
             try:
                 writer.wait(Condition.OUT, timeout=0.05)
             except TimeoutError:
@@ -570,16 +571,17 @@ def check_clogged(factory: PairFactory) -> None:
             n = writer.write(_CLOG_CHUNK)
             refused = refused + 1 if n == ERR_BLOCK else 0
             assert refused < _CLOG_ROUNDS // 2, "the writer keeps reporting OUT, refusing writes"
-            written += max(n, 0)
+            taken += _CLOG_CHUNK[: max(n, 0)]
         else:
             raise CheckSkipped("the pair keeps draining the writer (a relay in between)")
+        expected = bytes(taken + _CLOG_CHUNK)
         result: dict[str, bytes] = {}
 
         def read() -> None:
-            result["data"] = _read_exactly_nonblocking(reader, written + len(_CLOG_CHUNK))
+            result["data"] = _read_exactly_nonblocking(reader, len(expected))
 
         _run_threads(lambda: _write_all_nonblocking(writer, _CLOG_CHUNK), read, what="unclogging")
-        assert result["data"] == bytes(written + len(_CLOG_CHUNK)), "clogged bytes were damaged"
+        assert result["data"] == expected, "clogged bytes were damaged (lost, reordered or doubled)"
 
 
 def check_concurrent_readers(factory: PairFactory) -> None:
