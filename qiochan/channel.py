@@ -143,7 +143,6 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
     Raises:
         Whatever the generator raises.
     """
-    import asyncio
 
     try:
         condition = next(steps)
@@ -153,8 +152,7 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
                 condition = steps.send(None)
         while True:
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await waiter.yield_(condition)
+                await _yield_before(waiter, condition, deadline)
             except Exception as exc:  # a timeout or a failed waiter: the steps decide
                 condition = steps.throw(exc)
             else:
@@ -164,6 +162,41 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
         return result
     finally:
         steps.close()
+
+
+async def _yield_before(waiter: QIOChannel, condition: Condition, deadline: float) -> None:
+    """Await ``waiter.yield_(condition)``; raise TimeoutError once ``deadline`` passes.
+
+    Like ``asyncio.timeout``, but the timer is only cancelled while its loop
+    is open: a coroutine abandoned on a loop that was closed since (then
+    finalised by the garbage collector) must not touch that loop's timers,
+    which crashes uvloop.
+
+    Raises:
+        TimeoutError: the deadline passed first.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
+    try:
+        await waiter.yield_(condition)
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError(f"no {condition!r} before the deadline") from None
+        raise
+    finally:
+        if not loop.is_closed():
+            timer.cancel()
 
 
 class Feature(IntEnum):
