@@ -432,6 +432,7 @@ class Watch:
         self._removed = False
         self._scheduled = False
         self._paused = False
+        self._parked = False  # paused, and the loop no longer watches the fds
         self._fds: Sequence[tuple[int, Condition]] = ()
 
     def __repr__(self) -> str:
@@ -489,23 +490,35 @@ class Watch:
         self.dispatch()
 
     def pause(self) -> None:
-        """Stop dispatching until :meth:`resume`: the loop forgets the fds (flow control).
+        """Stop dispatching until :meth:`resume` (flow control); call it on the loop's thread.
 
-        Cheaper than removing the watch and making a new one; call it on the
-        loop's thread, on an attached watch.
+        Cheaper than removing the watch and making a new one.  The loop keeps
+        watching the fds until they first report ready while paused (then it
+        forgets them, so a readable fd cannot make it spin): a pause that a
+        :meth:`resume` ends before the fds are ready again costs no
+        ``remove_reader``/``add_reader`` pair.
         """
         if self._paused or not self.attached or self.loop is None:
             return
         self._paused = True
-        _loop_watches(self.loop).discard(self, self._fds)
 
     def resume(self) -> None:
-        """Dispatch again after :meth:`pause` (the source is checked again at once)."""
+        """Dispatch again after :meth:`pause` (a ready source is dispatched at once)."""
         if not self._paused or self._removed or self.loop is None:
             return
         self._paused = False
-        _loop_watches(self.loop).add(self, self._fds)
-        self._schedule()
+        if self._parked:
+            self._parked = False
+            _loop_watches(self.loop).add(self, self._fds)
+            self._schedule()
+        elif self.fd_always_ready or not self._fds or self.source.pending():
+            self._schedule()  # readiness the still watched fds will not report
+
+    def _park(self) -> None:
+        """Paused and the loop reported the fds ready: make it forget them until resume()."""
+        if not self._parked and self.loop is not None:
+            self._parked = True
+            _loop_watches(self.loop).discard(self, self._fds)
 
     def dispatch(self, hint: Condition = _NONE) -> None:
         """Check the source and run the callback if a watched condition is ready.
@@ -513,7 +526,11 @@ class Watch:
         ``hint``: a condition the loop has just reported for the watch's fd
         (the source is then not polled again for it).
         """
-        if self._removed or self._paused or self._func is None:
+        if self._removed or self._func is None:
+            return
+        if self._paused:
+            if hint:
+                self._park()
             return
         if self._wanted & int(hint) and len(self._fds) == 1:
             pending = self.source.pending()

@@ -15,6 +15,7 @@ from qiochan.watch import (
     FdPairWatchSource,
     FdWatchSource,
     Watch,
+    _loop_watches,
     resolve_context,
 )
 from qiochan_memory import QIOChannelBuffer, memory_pipe
@@ -133,6 +134,41 @@ def test_removing_one_watch_keeps_the_other(any_loop: asyncio.AbstractEventLoop)
         writer.write(b"x")
         _run(any_loop, done)
         assert fired == ["keeper"]
+
+
+async def _spin(rounds: int = 20) -> None:
+    """Let the loop run every ready callback a number of times (no timing involved)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def test_paused_watch_keeps_its_fd_until_ready_then_parks_it(
+    any_loop: asyncio.AbstractEventLoop,
+) -> None:
+    writer, reader = pipe_pair()
+    fired: list[Condition] = []
+    done: asyncio.Future[object] = any_loop.create_future()
+
+    def on_in(_channel: QIOChannel, condition: Condition) -> bool:
+        fired.append(condition)
+        done.set_result(None)
+        return False
+
+    readers = _loop_watches(any_loop).readers
+    with writer, reader:
+        watch = reader.add_watch_source(Condition.IN, on_in, context=any_loop)
+        watch.pause()
+        watch.resume()  # nothing was ready: the loop watched the fd all along
+        assert watch in readers[reader.fd]
+        watch.pause()
+        assert watch in readers[reader.fd]  # no remove_reader until the fd is ready
+        writer.write(b"x")
+        any_loop.run_until_complete(_spin())
+        # ready while paused: not dispatched, and the loop forgot the fd (no spinning)
+        assert fired == [] and reader.fd not in readers
+        watch.resume()
+        _run(any_loop, done)
+        assert fired == [Condition.IN] and reader.fd not in readers
 
 
 def test_watch_added_from_another_thread(any_loop: asyncio.AbstractEventLoop) -> None:
