@@ -470,18 +470,13 @@ class QIOChannelTLS(QIOChannelLayer):
         finally:
             self._send_lock.release()
 
-    def _queued(self) -> bool:
-        with self._ssl_lock:
-            return self._send_off < len(self._send_buf) or self._session.output_pending > 0
-
     def _flush_if_writable(self, deadline: float) -> bool:
-        while self._queued():
+        # try first: the master is nearly always writable, and a wait costs a poll
+        while not self._flush(blocking=False):
             try:
                 self.master.wait(Condition.OUT, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 return False
-            if self._flush(blocking=False):
-                return True
         return True
 
     def io_shutdown(self, how: Shutdown) -> None:

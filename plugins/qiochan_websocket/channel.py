@@ -49,6 +49,7 @@ from qiochan.watch import ChildWatchSource, Condition, WatchSource
 from . import handshake
 from .buffers import Outbox
 from .handshake import Origins
+from .reader import LendingReader
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
@@ -93,6 +94,19 @@ _Protocol = ServerProtocol | ClientProtocol
 def _fresh(exc: ChannelError) -> ChannelError:
     """A new exception like ``exc`` (raising one instance twice grows its traceback)."""
     return type(exc)(exc.message, exc.errno)
+
+
+def _lending_reader(protocol: _Protocol) -> LendingReader:
+    """Give a protocol nothing has been fed yet a :class:`LendingReader`; return it.
+
+    The parser coroutine holds its reader's methods from its first step, so
+    it is started again over the new reader (nothing was parsed yet).
+    """
+    reader = LendingReader()
+    protocol.reader = reader
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+    return reader
 
 
 def _payloads(iov: list[memoryview], frame_size: int, budget: int) -> Iterator[Any]:
@@ -164,6 +178,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         self.request_path = path if isinstance(path, str) else ""
         self._path = path
         self._protocol = protocol
+        self._reader = _lending_reader(protocol)
         self._host = host
         self._frame_size = frame_size
         self._max_request = max_request
@@ -349,19 +364,36 @@ class QIOChannelWebsock(QIOChannelLayer):
             ``(n, view, events, data to send)``: ``n`` is bytes read into
             ``view``, 0 at the master's EOF, or ERR_BLOCK (then nothing was fed).
         """
+        reader = self._reader
+        space = reader.space()
+        if space is not None:  # the rest of a payload: straight into its own buffer
+            n = self.master.read(space)
+            if n == ERR_BLOCK:
+                return n, space, [], []
+            reader.commit(max(n, 0))
+            return n, space, *self._parse(b"" if n else None)
         view = self._in_view
         n = self.master.read(view[:size] if size < view.nbytes else view)
         if n == ERR_BLOCK:
             return n, view, [], []
         if n == view.nbytes and n < _MAX_READ_SIZE:
             self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
+        return n, view, *self._parse(view[:n] if n else None)
+
+    def _parse(self, data: memoryview | bytes | None) -> tuple[list[Any], list[bytes]]:
+        """Feed ``data`` (None: the master's EOF) to the protocol; return its events and output.
+
+        A lent chunk is settled before returning: the pump may read into its
+        buffer again once the events' payloads are consumed.
+        """
         protocol = self._protocol
         with self._proto_lock:
-            if n:
-                protocol.receive_data(view[:n])  # type: ignore[arg-type]  # copied in
-            else:
+            if data is None:
                 protocol.receive_eof()
-            return n, view, protocol.events_received(), protocol.data_to_send()
+            else:
+                protocol.receive_data(data)  # type: ignore[arg-type]  # lent, see LendingReader
+                self._reader.settle()
+            return protocol.events_received(), protocol.data_to_send()
 
     def _handshake_receive(self) -> int:
         """Pump once and advance the handshake; return what the pump read."""
@@ -450,6 +482,7 @@ class QIOChannelWebsock(QIOChannelLayer):
 
     def _opened(self, subprotocol: str | None) -> None:
         self._hs_done = True
+        self._reader.lending = True  # only frames from here on
         self.subprotocol = subprotocol
 
     def _handshake_timed_out(self) -> None:
