@@ -36,8 +36,8 @@ Counter = Callable[[int], None]
 class Tap(Protocol):
     """Where a copy of one direction goes."""
 
-    def write(self, data: memoryview, /) -> object:
-        """Take a copy of ``data`` (its buffer is read into again afterwards)."""
+    def take(self, buffer: memoryview, size: int, /) -> memoryview:
+        """Take ``buffer[:size]`` (the buffer itself or a copy); return the buffer to read into."""
 
 
 #: Bytes read from a side at once.  Larger reads mean fewer reads and sends
@@ -51,7 +51,8 @@ class _ReadBuffer(threading.local):
 
     A side hands each chunk on before any side of its loop reads again (the
     peer's transport copies what it cannot send at once), so all of them can
-    share one (warm) buffer instead of holding one each; a tap copies.
+    share one (warm) buffer instead of holding one each; a tap takes it with
+    a chunk and leaves another in its place.
     """
 
     def __init__(self) -> None:
@@ -98,7 +99,8 @@ class _Side(asyncio.BufferedProtocol):
         self.count(nbytes)
         self._peer_transport().write(data)  # keeps a copy of what it cannot send now
         if self.tap is not None:
-            self.tap.write(data)  # takes a copy too
+            # the tap may keep the buffer: the loop then reads into the one it gives back
+            _shared.view = self.tap.take(_shared.view, nbytes)
 
     def eof_received(self) -> bool:
         self.input_ended = True

@@ -1,13 +1,16 @@
 """Tap files: copies of what a gateway relays, written off the event loop.
 
 A tapped direction reads into the loop's shared read buffer like an untapped
-one; the tap queues a copy of each chunk, and one writer thread per gateway
-(not per connection) writes the queue to the files in order.  Large chunks
-are copied into a few recycled buffers (warm memory: fresh pages for every
-chunk cost more than the copy).  When :data:`MAX_PENDING` bytes wait, the
-loop waits for the writer, so a slow disk slows the relay down instead of
-filling memory.  An idle connection holds no buffer: only queued chunks take
-memory.
+one.  Once a large chunk is passed on, the tap takes the buffer itself, no
+copy made: :meth:`TapFile.take` queues the chunk for the writer thread (one
+per gateway, not per connection) and gives the loop another buffer to read
+into, a recycled one.  Small chunks are copied instead.  The buffers are
+kept once made (up to :data:`MAX_PENDING` bytes of them): making and freeing
+1 MiB buffers per chunk means fresh pages, and unmapping them from a
+many-threaded process costs every core a TLB flush (a VM exit each on a
+virtual machine).  When :data:`MAX_PENDING` bytes wait, the loop waits for
+the writer, so a slow disk slows the relay down instead of filling memory.
+An idle connection holds no buffer: only queued chunks take memory.
 """
 
 from __future__ import annotations
@@ -28,24 +31,29 @@ log = logging.getLogger("qiochan.relay")
 
 #: Bytes queued for the tap files before the loop waits for the writer.
 MAX_PENDING = 64 * 1024 * 1024
-#: Chunks larger than this (up to :data:`_BUFFER`) are copied into recycled buffers.
+#: Chunks up to this size are copied; the buffers of larger ones are taken.
 _SMALL = 64 * 1024
-#: The size of a recycled buffer: a relay's largest read.
+#: The size of a recycled buffer: a relay's read buffer.
 _BUFFER = READ_SIZE
-#: Recycled buffers kept for reuse.
-_SPARES = 8
+#: Recycled buffers kept for reuse: as many as can wait to be written.
+_SPARES = MAX_PENDING // _BUFFER
 
 
 class TapFile:
-    """One tap file; :meth:`write` queues a copy of each chunk."""
+    """One tap file; :meth:`take` queues each chunk for the writer thread."""
 
     def __init__(self, writer: TapWriter, path: Path) -> None:
         self._writer = writer
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
-    def write(self, data: memoryview) -> None:
-        """Queue a copy of ``data`` (the caller may reuse its buffer at once)."""
-        self._writer.put(self, data)
+    def take(self, buffer: memoryview, size: int, /) -> memoryview:
+        """Queue ``buffer[:size]`` for the file; return the buffer to read into next.
+
+        A large chunk's buffer is taken as it is (the caller must not touch it
+        again) and a recycled buffer of the same size comes back; a small
+        chunk is copied and ``buffer`` itself comes back.
+        """
+        return self._writer.take(self, buffer, size)
 
 
 class TapWriter:
@@ -68,24 +76,24 @@ class TapWriter:
         """
         return TapFile(self, self.directory / name)
 
-    def put(self, tap: TapFile, data: memoryview) -> None:
-        """Queue a copy of ``data`` for ``tap``; wait while :data:`MAX_PENDING` bytes wait."""
-        size = len(data)
-        recycled = _SMALL < size <= _BUFFER
+    def take(self, tap: TapFile, buffer: memoryview, size: int) -> memoryview:
+        """Queue ``buffer[:size]`` for ``tap`` (see :meth:`TapFile.take`); return the next buffer.
+
+        Waits while :data:`MAX_PENDING` bytes wait to be written.
+        """
+        taken = size > _SMALL and buffer.nbytes == _BUFFER
+        chunk = buffer[:size] if taken else memoryview(bytes(buffer[:size]))
         with self._cond:
             while self._pending >= MAX_PENDING:
                 self._cond.wait()
             self._pending += size
-            spare = self._spare.pop() if recycled and self._spare else None
-        if recycled:
-            copy = (spare or memoryview(bytearray(_BUFFER)))[:size]
-            copy[:] = data
-        else:
-            copy = memoryview(bytes(data))
-        with self._cond:
-            self._queue.append((tap, copy, None))
+            spare = self._spare.pop() if taken and self._spare else None
+            self._queue.append((tap, chunk, None))
             self._start()
             self._cond.notify_all()
+        if not taken:
+            return buffer
+        return spare if spare is not None else memoryview(bytearray(_BUFFER))
 
     async def close(self, *taps: TapFile) -> None:
         """Close ``taps`` once everything queued for them is written."""
@@ -116,7 +124,8 @@ class TapWriter:
                 with self._cond:
                     self._pending -= len(data)
                     buffer = data.obj
-                    if isinstance(buffer, bytearray) and len(self._spare) < _SPARES:
+                    recycle = isinstance(buffer, bytearray) and len(buffer) == _BUFFER
+                    if recycle and len(self._spare) < _SPARES:
                         self._spare.append(memoryview(buffer))
                     self._cond.notify_all()
             else:
