@@ -50,7 +50,7 @@ from typing import Any, Self, TypeVar
 from . import _hooks
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from .errors import ChannelError, Error, HandshakeError, unsupported
+from .errors import ChannelError, Error, HandshakeError, PluginError, unsupported
 from .layer import aapply_layers, acomplete_handshakes, deadline_after, layer_specs
 from .watch import Condition, Watch
 
@@ -524,12 +524,20 @@ class ChannelTransport(asyncio.Transport):
         self._connection_lost(exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
-        """Remove the watches, close the channel in a worker thread, then tell the protocol."""
+        """Remove the watches, close the channel, then tell the protocol (on a later turn).
+
+        A channel whose close may wait is closed in a worker thread.
+        """
         if self._lost:
             return
         self._lost = True
         self._stop_reading()
         self._stop_writing()
+        if not self._channel.close_may_block:
+            # a socket or a file: closing is one syscall, cheaper here than a
+            # thread (whose turns at the GIL the loop would wait for)
+            self._loop.call_soon(self._finish, exc, self._close_error())
+            return
         # watches are gone (on this thread), so the fds may now close anywhere:
         # in a worker, since closing may wait (a command's exit, a close handshake)
         try:
@@ -540,12 +548,15 @@ class ChannelTransport(asyncio.Transport):
         closing.add_done_callback(functools.partial(self._channel_closed, exc))
 
     def _close_now(self, exc: Exception | None) -> None:
-        close_error: Exception | None = None
+        self._finish(exc, self._close_error())
+
+    def _close_error(self) -> Exception | None:
+        """Close the channel here; return the error closing it raised, if any."""
         try:
             self._channel.close()
         except ChannelError as error:
-            close_error = error
-        self._finish(exc, close_error)
+            return error
+        return None
 
     def _channel_closed(self, exc: Exception | None, closing: asyncio.Future[None]) -> None:
         close_error = None if closing.cancelled() else closing.exception()
@@ -585,6 +596,14 @@ async def _in_thread(func: Callable[[], QIOChannel]) -> QIOChannel:
         raise
 
 
+async def _on_loop(connecting: Awaitable[QIOChannel]) -> QIOChannel:
+    """Await a backend's ``aconnect``; check that it kept the contract."""
+    channel = await connecting
+    if not isinstance(channel, QIOChannel):
+        raise PluginError(f"aconnect returned {type(channel).__name__}, not a QIOChannel")
+    return channel
+
+
 def _close_orphan(future: asyncio.Future[QIOChannel]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
@@ -595,10 +614,11 @@ async def aconnect(
 ) -> QIOChannel:
     """Connect to ``address`` and apply ``layers`` as a client, on the running loop.
 
-    The async twin of :func:`qiochan.connect`: the transport's connect (which
-    may resolve a host name) runs in the loop's executor, as
-    :meth:`asyncio.loop.getaddrinfo` does; every layer handshake then runs on
-    the loop in non-blocking mode, never in a thread.  ``timeout`` bounds the
+    The async twin of :func:`qiochan.connect`: a backend with ``aconnect``
+    (the socket backend: ``tcp:``, ``unix:``, ``vsock:``) connects on the
+    loop, with no thread unless a host name must be looked up; any other
+    transport's connect runs in the loop's executor.  Every layer handshake
+    then runs on the loop in non-blocking mode, never in a thread.  ``timeout`` bounds the
     connect and every handshake together (each layer's ``handshake-timeout``
     applies too).  Cancelling it closes whatever was opened.
 
@@ -628,7 +648,10 @@ async def aconnect(
             raise
         channel = raw
     else:
-        raw = await _in_thread(functools.partial(func, parsed, **options))
+        if backend.aconnect is not None:  # the backend connects on the loop: no thread
+            raw = await _on_loop(backend.aconnect(parsed, **options))
+        else:
+            raw = await _in_thread(functools.partial(func, parsed, **options))
         channel = await aapply_layers(raw, specs, "client", deadline=deadline)
     _hooks.channel_opened(channel, parsed)
     return channel

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from enum import IntEnum, IntFlag
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from . import _hooks
 from .errors import ChannelError, closed_error, from_oserror, unexpected_eof, unsupported
@@ -319,6 +319,12 @@ class QIOChannel(abc.ABC):
     TLS without close_notify, websocket close code 1011), for a transfer that
     stops before its end.
     """
+
+    #: False when :meth:`close` never waits (a socket, a file): :mod:`qiochan.aio`
+    #: then closes the channel on the loop instead of in a worker thread.  True
+    #: (the default) for a close that may wait: a command's exit, a closing
+    #: handshake.
+    close_may_block: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._features: set[Feature] = set()

@@ -26,6 +26,7 @@ The hooks themselves are specified in :mod:`qiochan.hookspecs`; discovery is
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload, runtime_checkable
 
@@ -36,6 +37,7 @@ from .errors import PluginError
 
 __all__ = [
     "PROJECT",
+    "AsyncConnectFunc",
     "Backend",
     "CheckFunc",
     "ConnectFunc",
@@ -89,6 +91,18 @@ class ConnectFunc(Protocol):
     """
 
     def __call__(self, address: Any, /) -> QIOChannel: ...
+
+
+class AsyncConnectFunc(Protocol):
+    """``aconnect(address, **options)``: :class:`ConnectFunc` as a coroutine on the running loop.
+
+    Optional: it connects without blocking the loop (a non-blocking
+    ``connect`` the loop waits on) and returns what ``connect`` returns.
+    Without it, :func:`qiochan.aio.aconnect` runs ``connect`` in the loop's
+    executor.
+    """
+
+    def __call__(self, address: Any, /) -> Awaitable[QIOChannel]: ...
 
 
 class ListenFunc(Protocol):
@@ -153,6 +167,8 @@ class Backend:
         available: False when it cannot work here (missing dependency...).
         missing: why it is unavailable and what to install.
         connect: ``connect(address, **options) -> QIOChannel``.
+        aconnect: optional ``async aconnect(address, **options) -> QIOChannel``, the
+            same connect driven by the running loop (:class:`AsyncConnectFunc`).
         listen: ``listen(address, **options) -> Listener``.
         open: ``open(address, mode, **options) -> QIOChannel``.
         wrap: ``wrap(channel, role, **options) -> QIOChannel``; a
@@ -179,6 +195,7 @@ class Backend:
     available: bool = True
     missing: str = ""
     connect: ConnectFunc | None = None
+    aconnect: AsyncConnectFunc | None = None
     listen: ListenFunc | None = None
     open: OpenFunc | None = None
     wrap: WrapFunc | None = None
@@ -199,7 +216,7 @@ class Backend:
             self.schemes = (self.schemes,)
         self.schemes = tuple(self.schemes)
         self.features = frozenset(Feature(f) for f in self.features)
-        for attr in ("connect", "listen", "open", "wrap", "check", "parse"):
+        for attr in ("connect", "aconnect", "listen", "open", "wrap", "check", "parse"):
             value = getattr(self, attr)
             if value is not None and not callable(value):
                 raise PluginError(

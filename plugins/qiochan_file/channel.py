@@ -31,6 +31,8 @@ class QIOChannelFile(QIOChannel):
     (True for a regular file).
     """
 
+    close_may_block = False  # closing never waits
+
     def __init__(self, fd: int) -> None:
         super().__init__()
         try:

@@ -146,6 +146,8 @@ class QIOChannelBuffer(QIOChannel):
 class QIOChannelNull(QIOChannel):
     """Discards writes, reads EOF, is always ready; every call after close fails."""
 
+    close_may_block = False  # closing never waits
+
     def io_readv(
         self, iov: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:

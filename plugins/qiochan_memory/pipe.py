@@ -174,6 +174,8 @@ class QIOChannelMemoryPipe(QIOChannel):
     Supports ``SHUTDOWN`` and ``READ_MSG_PEEK``; blocking and non-blocking modes.
     """
 
+    close_may_block = False  # closing never waits
+
     def __init__(self, inbound: Lane, outbound: Lane) -> None:
         super().__init__()
         self._inbound = inbound

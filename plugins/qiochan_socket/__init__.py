@@ -10,7 +10,7 @@ from __future__ import annotations
 from qiochan.channel import Feature
 from qiochan.plugin import Backend, hookimpl
 
-from .backend import connect, listen, open_fd, open_socket
+from .backend import aconnect, connect, listen, open_fd, open_socket
 from .channel import MAX_FDS, PeerCred, QIOChannelSocket, socket_pair
 from .listener import ClientFunc, QIONetListener
 from .sockaddr import Endpoint, resolve, to_address
@@ -22,6 +22,7 @@ __all__ = [
     "PeerCred",
     "QIOChannelSocket",
     "QIONetListener",
+    "aconnect",
     "connect",
     "listen",
     "open_fd",
@@ -50,6 +51,7 @@ def qiochan_backends() -> list[Backend]:
                 }
             ),
             connect=connect,
+            aconnect=aconnect,
             listen=listen,
             open=open_socket,
             description="TCP, unix, vsock and inherited-fd sockets (fd passing, zero copy)",

@@ -20,7 +20,7 @@ from qiochan.registry import find_backend
 from .channel import QIOChannelSocket
 from .listener import QIONetListener
 
-__all__ = ["connect", "listen", "open_fd", "open_socket"]
+__all__ = ["aconnect", "connect", "listen", "open_fd", "open_socket"]
 
 #: Backlog of listeners made by ``qiochan.listen()`` unless ``backlog=`` says otherwise.
 DEFAULT_BACKLOG = 16
@@ -58,6 +58,23 @@ def connect(address: Address, *, timeout: float | None = None) -> QIOChannel:
     channel = QIOChannelSocket()
     try:
         channel.connect_sync(address, timeout=timeout)
+    except BaseException:
+        channel.close()
+        raise
+    return channel
+
+
+async def aconnect(address: Address, *, timeout: float | None = None) -> QIOChannel:
+    """:func:`connect` on the running loop, without blocking it (no thread for a numeric address).
+
+    Raises:
+        ChannelError: the connection failed (``ECONNREFUSED``, ``ETIMEDOUT``...).
+    """
+    if isinstance(address, FdAddress):
+        return open_fd(address)
+    channel = QIOChannelSocket()
+    try:
+        await channel.aconnect(address, timeout=timeout)
     except BaseException:
         channel.close()
         raise

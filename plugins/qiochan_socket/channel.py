@@ -26,7 +26,7 @@ from qiochan.task import QIOTask
 from qiochan.watch import Condition, FdWatchSource, WatchSource
 
 from . import zerocopy
-from .sockaddr import Endpoint, resolve, to_address
+from .sockaddr import Endpoint, needs_lookup, resolve, to_address
 from .unixpath import BoundFile, bound_file, stat_file, unlink_if_same
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ class QIOChannelSocket(QIOChannel):
     sockets, ``LISTEN`` on listening sockets, ``WRITE_ZERO_COPY`` on connected
     TCP sockets where the kernel supports ``MSG_ZEROCOPY``.
     """
+
+    close_may_block = False  # closing never waits
 
     def __init__(self) -> None:
         super().__init__()
@@ -207,6 +209,63 @@ class QIOChannelSocket(QIOChannel):
                 if isinstance(exc, TimeoutError):
                     break
                 continue
+            self._attach(sock)
+            log.debug("socket connect %r to %s", self, endpoint)
+            return
+        assert last is not None
+        raise _connect_error(address, last) from last
+
+    async def aconnect(self, addr: Address | str, *, timeout: float | None = None) -> None:
+        """Connect to ``addr`` on the running loop without blocking it: :meth:`connect_sync`'s twin.
+
+        Each resolved address is tried with a non-blocking ``connect`` the
+        loop waits on; no thread is used unless a host name must be looked
+        up (then the lookup runs in the loop's executor, as
+        :meth:`asyncio.loop.getaddrinfo` does).  Cancelling it closes the
+        socket being connected; the channel stays unconnected.
+
+        Args:
+            timeout: give up after this many seconds (``ETIMEDOUT``).
+        Raises:
+            ChannelError: every attempt failed, or the channel is already connected.
+            AddressError: ``addr`` is malformed or not a socket address.
+        """
+        import asyncio
+
+        self._check_unused()
+        address = as_address(addr)
+        if isinstance(address, FdAddress):
+            self._attach_fd(address.fd)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if needs_lookup(address):
+            endpoints = await loop.run_in_executor(None, resolve, address)
+        else:
+            endpoints = resolve(address)
+        last: OSError | None = None
+        for endpoint in endpoints:
+            try:
+                sock = self._open_endpoint(endpoint, address)
+            except OSError as exc:
+                last = exc
+                continue
+            try:
+                sock.setblocking(False)
+                connecting = loop.sock_connect(sock, endpoint.sockaddr)
+                if deadline is None:
+                    await connecting
+                else:
+                    await asyncio.wait_for(connecting, max(deadline - time.monotonic(), 1e-3))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                if isinstance(exc, TimeoutError):
+                    break
+                continue
+            except BaseException:
+                sock.close()
+                raise
             self._attach(sock)
             log.debug("socket connect %r to %s", self, endpoint)
             return

@@ -11,6 +11,7 @@ only one of them.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from qiochan.address import Address, InetAddress, UnixAddress, VsockAddress
 from qiochan.errors import AddressError, ChannelError
 
-__all__ = ["Endpoint", "family_of", "resolve", "to_address", "unix_sockaddr"]
+__all__ = ["Endpoint", "family_of", "needs_lookup", "resolve", "to_address", "unix_sockaddr"]
 
 # sizeof(struct sockaddr_un.sun_path) on Linux
 _SUN_PATH_MAX = 108
@@ -84,6 +85,21 @@ def _resolve_inet(address: InetAddress, sock_type: int, passive: bool) -> list[E
     if not endpoints:
         raise ChannelError(f"Address '{address.host}:{address.port}' resolved to nothing")
     return endpoints
+
+
+def needs_lookup(address: Address) -> bool:
+    """Return True when :func:`resolve` may ask a name service about ``address``.
+
+    A numeric IP address, ``localhost``, a unix or vsock address resolves
+    without any lookup: only a host name may block on DNS.
+    """
+    if not isinstance(address, InetAddress) or not address.host or _is_localhost(address.host):
+        return False
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        return True
+    return False
 
 
 def _inet_endpoint(family: int, sock_type: int, host: str, port: int) -> Endpoint:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hashlib
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -585,5 +587,52 @@ def test_the_loop_forgets_the_channel_before_it_is_closed(run: Runner[None], how
         assert watched_at_close == [False]
         if how != "close-with-buffered-data":
             b.close()
+
+    run(main)
+
+
+class _NoThreads(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that fails the test if anything is handed to a thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.used: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.used.append(getattr(fn, "__qualname__", repr(fn)))
+        raise AssertionError(f"{fn!r} was sent to a worker thread")
+
+
+class _Ends(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost: list[Exception | None] = []
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+        self.ended.set_result(None)
+
+
+def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
+    """A socket connects on the loop and closes on it, its end reported on a later turn."""
+    _require("tcp")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        no_threads = _NoThreads()
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            loop.set_default_executor(no_threads)
+            channel = await qiochan.aio.aconnect(f"tcp:127.0.0.1:{port}")
+            assert channel.blocking  # as connect() returns it
+            peer, _ = server.accept()
+            with peer:
+                transport, protocol = await connect_channel(channel, _Ends)
+                transport.close()
+                assert not protocol.lost  # never from inside close()
+                await protocol.ended
+                assert channel.closed and protocol.lost == [None]
+                assert peer.recv(1) == b""
+        assert no_threads.used == []
 
     run(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import subprocess
@@ -15,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qiochan
-from qiochan import AddressError, Feature, PluginError
+import qiochan.aio
+from qiochan import AddressError, Feature, PluginError, QIOChannel
 from qiochan.address import SchemeAddress
 from qiochan.hookspecs import hookimpl
 from qiochan.registry import (
@@ -26,6 +28,7 @@ from qiochan.registry import (
     reload_plugins,
     resolve_address,
 )
+from qiochan_memory import QIOChannelNull
 from tests.helpers.plugins import RENDEZVOUS_PLUGIN, make_distribution
 
 
@@ -57,6 +60,40 @@ def test_runtime_registration_adds_backends(fresh_registry: pytest.MonkeyPatch) 
     runtime = backends()["runtime"]
     assert runtime.plugin == "runtime-plugin" and runtime.available
     assert find_backend("rt") is runtime
+
+
+def test_a_plugins_aconnect_runs_on_the_loop_and_is_checked(
+    fresh_registry: pytest.MonkeyPatch,
+) -> None:
+    made: list[QIOChannelNull] = []
+
+    def connect(address: object) -> QIOChannel:
+        raise AssertionError("aconnect is preferred on a loop")
+
+    async def aconnect(address: object) -> object:
+        await asyncio.sleep(0)
+        if str(address).endswith("bad"):
+            return "not a channel"
+        made.append(QIOChannelNull())
+        return made[-1]
+
+    class Looped:
+        @hookimpl
+        def qiochan_backends(self) -> list[Backend]:
+            # aconnect breaks its contract on purpose (lp:bad)
+            looped = Backend(name="looped", schemes=("lp",), connect=connect, aconnect=aconnect)  # type: ignore[arg-type]
+            return [looped]
+
+    plugin_manager().register(Looped(), name="looped-plugin")
+
+    async def main() -> None:
+        channel = await qiochan.aio.aconnect("lp:good")
+        assert made == [channel]
+        with pytest.raises(PluginError, match="aconnect returned str, not a QIOChannel"):
+            await qiochan.aio.aconnect("lp:bad")
+
+    asyncio.run(main())
+    made[0].close()
 
 
 def test_broken_plugin_is_reported_and_others_still_load(
@@ -202,6 +239,8 @@ def test_backend_validation() -> None:
         Backend(name="")
     with pytest.raises(PluginError, match="connect must be callable"):
         Backend(name="x", connect="nope")  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="'x': aconnect must be callable"):
+        Backend(name="x", aconnect="nope")  # type: ignore[arg-type]
     assert Backend(name="x", schemes="one").schemes == ("one",)  # type: ignore[arg-type]
     with pytest.raises(PluginError, match="does not support listen"):
         Backend(name="x").require("listen")

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import signal
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from qiochan.address import InetAddress, UnixAddress, VsockAddress
+from qiochan.address import InetAddress, UnixAddress, VsockAddress, as_address
 from qiochan.channel import ERR_BLOCK, Feature, ReadFlag, Shutdown
 from qiochan.errors import AddressError, ChannelError
 from qiochan.task import QIOTask
 from qiochan.watch import Condition
 from qiochan_socket import QIOChannelSocket, socket_pair
+from qiochan_socket.sockaddr import needs_lookup
 from tests.helpers.fds import open_fds
 from tests.helpers.pairs import socket_tcp_pair
 
@@ -495,3 +498,118 @@ def test_vsock_listen_reports_a_vsock_address(no_fd_leak: None) -> None:
         assert local.port != any_port, "the kernel picks a port"
         assert listener.has_feature(Feature.LISTEN)
         assert not listener.has_feature(Feature.FD_PASS)
+
+
+# -- connecting on the loop (aconnect) ------------------------------------------------------
+
+
+class _RecordingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor, noting what is sent to its threads."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.used: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.used.append(getattr(fn, "__name__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+def _on_loop(main: Callable[[_RecordingExecutor], Awaitable[None]]) -> list[str]:
+    """Run ``main`` on a fresh loop (bounded); return what went to worker threads."""
+    executor = _RecordingExecutor()
+
+    async def bounded() -> None:
+        asyncio.get_running_loop().set_default_executor(executor)
+        await asyncio.wait_for(main(executor), 30)
+
+    asyncio.run(bounded())
+    return executor.used
+
+
+def test_aconnect_tcp_and_unix_without_a_thread(tmp_path: Path, no_fd_leak: None) -> None:
+    async def main(_executor: _RecordingExecutor) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as tcp_server:
+            port = tcp_server.getsockname()[1]
+            for address in (f"tcp:127.0.0.1:{port}", f"tcp:localhost:{port}"):
+                with QIOChannelSocket() as channel:
+                    await channel.aconnect(address)
+                    assert channel.blocking
+                    peer, _ = tcp_server.accept()
+                    with peer:
+                        channel.write_all(b"ping")
+                        assert peer.recv(4) == b"ping"
+        path = str(tmp_path / "s")
+        with socket.socket(socket.AF_UNIX) as unix_server:
+            unix_server.bind(path)
+            unix_server.listen()
+            with QIOChannelSocket() as channel:
+                await channel.aconnect(f"unix:{path}")
+                assert channel.has_feature(Feature.FD_PASS)
+                unix_server.accept()[0].close()
+
+    assert _on_loop(main) == []
+
+
+def test_aconnect_fails_as_connect_sync_does(no_fd_leak: None) -> None:
+    probe, port = _refused_port()
+
+    async def main(executor: _RecordingExecutor) -> None:
+        with probe, QIOChannelSocket() as channel:
+            with pytest.raises(ChannelError) as refused:
+                await channel.aconnect(f"tcp:127.0.0.1:{port}")
+            assert refused.value.errno == errno.ECONNREFUSED
+            assert "Failed to connect to 'tcp:127.0.0.1:" in str(refused.value)
+        with QIOChannelSocket() as channel, pytest.raises(ChannelError, match="resolution failed"):
+            await channel.aconnect("tcp:no-such-host.invalid:1")
+        assert executor.used == ["resolve"]  # a name is looked up in a worker thread
+
+    _on_loop(main)
+
+
+def test_aconnect_timeout_and_cancel_close_the_socket(no_fd_leak: None) -> None:
+    async def main(_executor: _RecordingExecutor) -> None:
+        with socket.socket() as full:
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)
+            port = full.getsockname()[1]
+            with QIOChannelSocket() as first:
+                await first.aconnect(f"tcp:127.0.0.1:{port}")  # fills the accept queue
+                with QIOChannelSocket() as second:
+                    with pytest.raises(ChannelError) as info:
+                        await second.aconnect(f"tcp:127.0.0.1:{port}", timeout=0.2)
+                    assert info.value.errno == errno.ETIMEDOUT
+                    assert "timed out" in str(info.value)
+                    connecting = asyncio.ensure_future(second.aconnect(f"tcp:127.0.0.1:{port}"))
+                    await asyncio.sleep(0.05)
+                    connecting.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await connecting
+                    assert second.fd == -1  # nothing adopted: the socket was closed
+
+    _on_loop(main)
+
+
+def test_aconnect_twice_is_refused(tcp_pair: tuple[QIOChannelSocket, QIOChannelSocket]) -> None:
+    client, server = tcp_pair
+
+    async def main(_executor: _RecordingExecutor) -> None:
+        with pytest.raises(ChannelError) as info:
+            await client.aconnect(server.local_address)
+        assert info.value.errno == errno.EISCONN
+
+    _on_loop(main)
+
+
+@pytest.mark.parametrize(
+    ("address", "lookup"),
+    [
+        ("tcp:127.0.0.1:1", False),
+        ("tcp:[::1]:1", False),
+        ("tcp:localhost:1", False),
+        ("tcp:db.example:1", True),
+        ("unix:/run/x.sock", False),
+    ],
+)
+def test_needs_lookup_only_for_host_names(address: str, lookup: bool) -> None:
+    assert needs_lookup(as_address(address)) is lookup
