@@ -7,9 +7,11 @@ the ``file`` backend through the registry.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 from qiochan.address import Address, FdAddress
@@ -55,12 +57,8 @@ def connect(address: Address, *, timeout: float | None = None) -> QIOChannel:
     """
     if isinstance(address, FdAddress):
         return open_fd(address)
-    channel = QIOChannelSocket()
-    try:
+    with _closed_on_error(QIOChannelSocket()) as channel:
         channel.connect_sync(address, timeout=timeout)
-    except BaseException:
-        channel.close()
-        raise
     return channel
 
 
@@ -72,13 +70,19 @@ async def aconnect(address: Address, *, timeout: float | None = None) -> QIOChan
     """
     if isinstance(address, FdAddress):
         return open_fd(address)
-    channel = QIOChannelSocket()
-    try:
+    with _closed_on_error(QIOChannelSocket()) as channel:
         await channel.aconnect(address, timeout=timeout)
+    return channel
+
+
+@contextlib.contextmanager
+def _closed_on_error(channel: QIOChannelSocket) -> Iterator[QIOChannelSocket]:
+    """Close ``channel`` if the block raises (a failed or cancelled connect)."""
+    try:
+        yield channel
     except BaseException:
         channel.close()
         raise
-    return channel
 
 
 def listen(address: Address, *, backlog: int = DEFAULT_BACKLOG) -> QIONetListener:

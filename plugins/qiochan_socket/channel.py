@@ -16,7 +16,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from qiochan.address import Address, FdAddress, InetAddress, as_address
@@ -78,6 +78,67 @@ class PeerCred(NamedTuple):
     pid: int
     uid: int
     gid: int
+
+
+class _Attempts:
+    """The connection attempts of one connect: a socket per resolved endpoint, in order.
+
+    Iterating gives ``(socket, endpoint, seconds left or None)`` for the
+    caller to connect (blocking, or on a loop); it then reports
+    :meth:`connected` (the channel adopts the socket, iteration ends) or
+    :meth:`failed`.  A timeout ends the attempts; when none connected, the
+    iteration raises the last error as a :class:`ChannelError`.
+    """
+
+    def __init__(
+        self,
+        channel: QIOChannelSocket,
+        address: Address,
+        endpoints: Sequence[Endpoint],
+        timeout: float | None,
+    ) -> None:
+        self._channel = channel
+        self._address = address
+        self._endpoints = endpoints
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._current: tuple[_Socket, Endpoint] | None = None
+        self._done = False
+        self._last: OSError | None = None
+
+    def __iter__(self) -> Iterator[tuple[_Socket, Endpoint, float | None]]:
+        for endpoint in self._endpoints:
+            try:
+                sock = self._channel._open_endpoint(endpoint, self._address)
+            except OSError as exc:
+                self._last = exc
+                continue
+            self._current = (sock, endpoint)
+            yield sock, endpoint, self._remaining()
+            if self._done:
+                return
+            if isinstance(self._last, TimeoutError):
+                break
+        assert self._last is not None
+        raise _connect_error(self._address, self._last) from self._last
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.monotonic(), 1e-3)
+
+    def connected(self) -> None:
+        """The current socket connected: the channel adopts it."""
+        assert self._current is not None
+        sock, endpoint = self._current
+        self._channel._attach(sock)
+        self._done = True
+        log.debug("socket connect %r to %s", self._channel, endpoint)
+
+    def failed(self, exc: OSError) -> None:
+        """The current socket did not connect: close it, remember why."""
+        assert self._current is not None
+        self._current[0].close()
+        self._last = exc
 
 
 class QIOChannelSocket(QIOChannel):
@@ -186,34 +247,18 @@ class QIOChannelSocket(QIOChannel):
                 ``ECONNREFUSED``), or the channel is already connected.
             AddressError: ``addr`` is malformed or not a socket address.
         """
-        self._check_unused()
-        address = as_address(addr)
-        if isinstance(address, FdAddress):
-            self._attach_fd(address.fd)
+        address = self._target(addr)
+        if address is None:
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last: OSError | None = None
-        for endpoint in resolve(address):
+        attempts = _Attempts(self, address, resolve(address), timeout)
+        for sock, endpoint, remaining in attempts:
             try:
-                sock = self._open_endpoint(endpoint, address)
-            except OSError as exc:
-                last = exc
-                continue
-            try:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
                 sock.settimeout(remaining)
                 sock.connect(endpoint.sockaddr)
             except OSError as exc:
-                sock.close()
-                last = exc
-                if isinstance(exc, TimeoutError):
-                    break
-                continue
-            self._attach(sock)
-            log.debug("socket connect %r to %s", self, endpoint)
-            return
-        assert last is not None
-        raise _connect_error(address, last) from last
+                attempts.failed(exc)
+            else:
+                attempts.connected()
 
     async def aconnect(self, addr: Address | str, *, timeout: float | None = None) -> None:
         """Connect to ``addr`` on the running loop without blocking it: :meth:`connect_sync`'s twin.
@@ -232,45 +277,35 @@ class QIOChannelSocket(QIOChannel):
         """
         import asyncio
 
-        self._check_unused()
-        address = as_address(addr)
-        if isinstance(address, FdAddress):
-            self._attach_fd(address.fd)
+        address = self._target(addr)
+        if address is None:
             return
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.monotonic() + timeout
         if needs_lookup(address):
             endpoints = await loop.run_in_executor(None, resolve, address)
         else:
             endpoints = resolve(address)
-        last: OSError | None = None
-        for endpoint in endpoints:
-            try:
-                sock = self._open_endpoint(endpoint, address)
-            except OSError as exc:
-                last = exc
-                continue
+        attempts = _Attempts(self, address, endpoints, timeout)
+        for sock, endpoint, remaining in attempts:
             try:
                 sock.setblocking(False)
-                connecting = loop.sock_connect(sock, endpoint.sockaddr)
-                if deadline is None:
-                    await connecting
-                else:
-                    await asyncio.wait_for(connecting, max(deadline - time.monotonic(), 1e-3))
+                await asyncio.wait_for(loop.sock_connect(sock, endpoint.sockaddr), remaining)
             except OSError as exc:
-                sock.close()
-                last = exc
-                if isinstance(exc, TimeoutError):
-                    break
-                continue
+                attempts.failed(exc)
             except BaseException:
                 sock.close()
                 raise
-            self._attach(sock)
-            log.debug("socket connect %r to %s", self, endpoint)
-            return
-        assert last is not None
-        raise _connect_error(address, last) from last
+            else:
+                attempts.connected()
+
+    def _target(self, addr: Address | str) -> Address | None:
+        """The address to connect to, or None when it was an ``fd:`` one, now adopted."""
+        self._check_unused()
+        address = as_address(addr)
+        if isinstance(address, FdAddress):
+            self._attach_fd(address.fd)
+            return None
+        return address
 
     def _attach_fd(self, fd: int) -> None:
         try:

@@ -53,7 +53,7 @@ class Outbox:
         """How many queued bytes were not written yet."""
         return self._size
 
-    def push(self, chunks: Iterable[bytes]) -> None:
+    def push(self, chunks: Iterable[bytes | memoryview]) -> None:
         """Queue ``chunks`` in order; an empty chunk means "half-close the master"."""
         with self._queue_lock:
             for chunk in chunks:
@@ -62,6 +62,18 @@ class Outbox:
                     self._size += len(chunk)
                 else:
                     self._queue.append(None)
+
+    def own(self) -> None:
+        """Replace queued views of buffers that are not ``bytes`` by copies.
+
+        For a writer leaving early (an exception): the frames it queued point
+        into its caller's buffers, which may change once it returns.
+        """
+        with self._queue_lock:
+            self._queue = deque(
+                item if item is None or isinstance(item.obj, bytes) else memoryview(bytes(item))
+                for item in self._queue
+            )
 
     def clear(self) -> None:
         """Drop everything queued (the connection failed or is gone)."""

@@ -48,6 +48,7 @@ from qiochan.watch import ChildWatchSource, Condition, WatchSource
 
 from . import handshake
 from .buffers import Outbox
+from .framing import binary_frame
 from .handshake import Origins
 from .reader import LendingReader
 
@@ -632,14 +633,19 @@ class QIOChannelWebsock(QIOChannelLayer):
     def _write_blocking(self, iov: list[memoryview], total: int) -> int:
         # frames go out in batches of about _WRITE_BATCH bytes, one vectored write each
         # (256 KiB measured best: 1 MiB batches leave the cache-warm framing behind)
+        # frames point into the caller's buffers until they are written
         queued = 0
-        for payload in _payloads(iov, self._frame_size, total):
-            self._encode(payload)
-            queued += len(payload)
-            if queued >= _WRITE_BATCH:
-                self._flush_blocking()
-                queued = 0
-        self._flush_blocking()
+        try:
+            for payload in _payloads(iov, self._frame_size, total):
+                self._encode(payload, copy=False)
+                queued += len(payload)
+                if queued >= _WRITE_BATCH:
+                    self._flush_blocking()
+                    queued = 0
+            self._flush_blocking()
+        except BaseException:
+            self._outbox.own()  # what stays queued must not change with the caller's buffers
+            raise
         return total
 
     def _flush_blocking(self) -> None:
@@ -658,7 +664,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         if outbox.pending and not outbox.flush(wait=False):
             return ERR_BLOCK
         payload = next(_payloads(iov, self._frame_size, min(total, self._frame_size)))
-        self._encode(payload)
+        self._encode(payload, copy=True)  # the frame may stay queued after ERR_BLOCK
         size = len(payload)
         if outbox.flush(wait=False):
             return size
@@ -680,17 +686,22 @@ class QIOChannelWebsock(QIOChannelLayer):
         self._unacked -= done
         return done
 
-    def _encode(self, payload: Any) -> None:
+    def _encode(self, payload: Any, *, copy: bool) -> None:
+        """Queue ``payload`` as one binary frame (``copy``: see :func:`framing.binary_frame`)."""
         protocol = self._protocol
         with self._proto_lock:
-            try:
-                protocol.send_binary(payload)
-            except InvalidState:
-                state = protocol.state.name.lower()
-                raise ChannelError(
-                    f"Unable to write to websocket: the connection is {state}", errno.EPIPE
-                ) from None
-            self._outbox.push(protocol.data_to_send())
+            frame = binary_frame(protocol, payload, copy=copy)
+            if frame is None:  # not open: the protocol says why (or frames it anyway)
+                try:
+                    protocol.send_binary(payload)
+                except InvalidState:
+                    state = protocol.state.name.lower()
+                    raise ChannelError(
+                        f"Unable to write to websocket: the connection is {state}", errno.EPIPE
+                    ) from None
+                frame = []
+            # what the protocol queued (a pong) goes out before the new frame
+            self._outbox.push([*protocol.data_to_send(), *frame])
 
     def _flush_quietly(self) -> None:
         """Write control frames (pongs, close echoes) now; a failure only affects writers."""

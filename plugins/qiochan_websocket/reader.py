@@ -154,6 +154,7 @@ class LendingReader(StreamReader):
             yield
 
     def discard(self) -> None:
-        """Drop everything buffered or lent (the stream goes on)."""
+        """Drop everything buffered, lent or being assembled (the stream goes on)."""
         self._lent = None
+        self._target = None
         del self.buffer[:]
