@@ -536,7 +536,11 @@ class ChannelTransport(asyncio.Transport):
         if not self._channel.close_may_block:
             # a socket or a file: closing is one syscall, cheaper here than a
             # thread (whose turns at the GIL the loop would wait for)
-            self._loop.call_soon(self._finish, exc, self._close_error())
+            close_error = self._close_error()
+            try:
+                self._loop.call_soon(self._finish, exc, close_error)
+            except RuntimeError:  # the loop is closed: nothing else will run, tell it now
+                self._finish(exc, close_error)
             return
         # watches are gone (on this thread), so the fds may now close anywhere:
         # in a worker, since closing may wait (a command's exit, a close handshake)

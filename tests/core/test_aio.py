@@ -17,6 +17,7 @@ import qiochan.aio
 from qiochan import ChannelError, Shutdown
 from qiochan.aio import ChannelTransport, channel_streams, connect_channel
 from qiochan_memory import QIOChannelNull, memory_pipe
+from qiochan_socket import QIOChannelSocket
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[], Awaitable[T]]], T]
@@ -604,13 +605,14 @@ class _NoThreads(concurrent.futures.ThreadPoolExecutor):
 
 
 class _Ends(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.lost: list[Exception | None] = []
-        self.ended = asyncio.get_running_loop().create_future()
+        self.ended = (loop or asyncio.get_running_loop()).create_future()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.append(exc)
-        self.ended.set_result(None)
+        if not self.ended.get_loop().is_closed():
+            self.ended.set_result(None)
 
 
 def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
@@ -636,3 +638,15 @@ def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
         assert no_threads.used == []
 
     run(main)
+
+
+def test_a_socket_transport_aborted_after_its_loop_closed_still_ends(no_fd_leak: None) -> None:
+    _require("tcp")
+    mine, theirs = socket.socketpair()
+    with theirs:
+        channel = QIOChannelSocket.from_socket(mine)
+        loop = asyncio.new_event_loop()
+        transport, protocol = loop.run_until_complete(connect_channel(channel, lambda: _Ends(loop)))
+        loop.close()
+        transport.abort()  # nothing runs on a closed loop: the protocol is told at once
+        assert channel.closed and protocol.lost == [None]
