@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from enum import IntEnum, IntFlag
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
@@ -57,6 +57,7 @@ __all__ = [
     "Steps",
     "WriteFlag",
     "arun_steps",
+    "await_before",
     "read_views",
     "run_steps",
     "write_views",
@@ -165,15 +166,22 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
 
 
 async def _yield_before(waiter: QIOChannel, condition: Condition, deadline: float) -> None:
-    """Await ``waiter.yield_(condition)``; raise TimeoutError once ``deadline`` passes.
+    """Await ``waiter.yield_(condition)``; raise TimeoutError once ``deadline`` passes."""
+    await await_before(waiter.yield_(condition), deadline)
 
-    Like ``asyncio.timeout``, but the timer is only cancelled while its loop
-    is open: a coroutine abandoned on a loop that was closed since (then
-    finalised by the garbage collector) must not touch that loop's timers,
-    which crashes uvloop.
 
+async def await_before(awaitable: Awaitable[_T], deadline: float) -> _T:
+    """Await ``awaitable`` (in the current task); raise TimeoutError once ``deadline`` passes.
+
+    ``deadline`` is a :func:`time.monotonic` value.  Like ``asyncio.timeout``,
+    but the timer is only cancelled while its loop is open: a coroutine
+    abandoned on a loop that was closed since (then finalised by the garbage
+    collector) must not touch that loop's timers, which crashes uvloop.
+
+    Returns:
+        What ``awaitable`` returns.
     Raises:
-        TimeoutError: the deadline passed first.
+        TimeoutError: the deadline passed first (``awaitable`` was cancelled).
     """
     import asyncio
 
@@ -189,10 +197,10 @@ async def _yield_before(waiter: QIOChannel, condition: Condition, deadline: floa
 
     timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
     try:
-        await waiter.yield_(condition)
+        return await awaitable
     except asyncio.CancelledError:
         if expired and task.uncancel() == 0:
-            raise TimeoutError(f"no {condition!r} before the deadline") from None
+            raise TimeoutError("the deadline passed") from None
         raise
     finally:
         if not loop.is_closed():

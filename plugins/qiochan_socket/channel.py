@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from qiochan.address import Address, FdAddress, InetAddress, as_address
-from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Shutdown, WriteFlag
+from qiochan.channel import (
+    ERR_BLOCK,
+    Feature,
+    QIOChannel,
+    ReadFlag,
+    Shutdown,
+    WriteFlag,
+    await_before,
+)
 from qiochan.errors import ChannelError, from_oserror, unsupported
 from qiochan.task import QIOTask
 from qiochan.watch import Condition, FdWatchSource, WatchSource
@@ -289,7 +297,11 @@ class QIOChannelSocket(QIOChannel):
         for sock, endpoint, remaining in attempts:
             try:
                 sock.setblocking(False)
-                await asyncio.wait_for(loop.sock_connect(sock, endpoint.sockaddr), remaining)
+                connecting = loop.sock_connect(sock, endpoint.sockaddr)
+                if remaining is None:
+                    await connecting
+                else:
+                    await await_before(connecting, time.monotonic() + remaining)
             except OSError as exc:
                 attempts.failed(exc)
             except BaseException:
