@@ -478,7 +478,8 @@ class Watch:
         assert self.loop is not None
         self._fds = tuple(self.source.poll_fds())
         _loop_watches(self.loop).add(self, self._fds)
-        self._schedule()
+        if self.fd_always_ready or not self._fds or self.source.pending():
+            self._schedule()  # ready now in a way the loop's fd polling will not report
 
     def _schedule(self) -> None:
         if not self._scheduled and self.loop is not None:

@@ -302,3 +302,22 @@ def test_watch_repr_mentions_state() -> None:
     with QIOChannelBuffer() as buf:
         watch = Watch(buf, AlwaysReadySource(Condition.IN))
         assert "new" in repr(watch)
+
+
+@pytest.mark.parametrize("condition", [Condition.IN, Condition.OUT])
+def test_a_watch_on_an_fd_already_ready_fires(
+    any_loop: asyncio.AbstractEventLoop, condition: Condition
+) -> None:
+    """Readiness present before the watch exists comes from the loop's fd polling."""
+    writer, reader = pipe_pair()
+    with writer, reader:
+        writer.write_all(b"x")  # the reader is readable, the writer writable, before any watch
+        channel = reader if condition == Condition.IN else writer
+        fired: asyncio.Future[object] = any_loop.create_future()
+
+        def on_ready(_channel: QIOChannel, ready: Condition) -> bool:
+            fired.set_result(ready)
+            return False
+
+        channel.add_watch_source(condition, on_ready, context=any_loop)
+        assert _run(any_loop, fired) & condition
