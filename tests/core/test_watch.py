@@ -320,4 +320,5 @@ def test_a_watch_on_an_fd_already_ready_fires(
             return False
 
         channel.add_watch_source(condition, on_ready, context=any_loop)
-        assert _run(any_loop, fired) & condition
+        ready = _run(any_loop, fired)
+        assert isinstance(ready, Condition) and ready & condition
