@@ -153,7 +153,7 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
                 condition = steps.send(None)
         while True:
             try:
-                await _yield_before(waiter, condition, deadline)
+                await await_before(waiter.yield_(condition), deadline)
             except Exception as exc:  # a timeout or a failed waiter: the steps decide
                 condition = steps.throw(exc)
             else:
@@ -163,11 +163,6 @@ async def arun_steps(waiter: QIOChannel, steps: Steps[_T], deadline: float | Non
         return result
     finally:
         steps.close()
-
-
-async def _yield_before(waiter: QIOChannel, condition: Condition, deadline: float) -> None:
-    """Await ``waiter.yield_(condition)``; raise TimeoutError once ``deadline`` passes."""
-    await await_before(waiter.yield_(condition), deadline)
 
 
 async def await_before(awaitable: Awaitable[_T], deadline: float) -> _T:

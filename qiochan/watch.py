@@ -478,8 +478,17 @@ class Watch:
         assert self.loop is not None
         self._fds = tuple(self.source.poll_fds())
         _loop_watches(self.loop).add(self, self._fds)
+        self._schedule_unreported()
+
+    def _schedule_unreported(self) -> None:
+        """Dispatch on the next turn if the watch is ready in a way no fd event reports.
+
+        That is data the source already holds, a source with no fd to poll,
+        or an fd the loop cannot watch (a regular file); readiness of the
+        watched fds themselves comes from the loop's level-triggered polling.
+        """
         if self.fd_always_ready or not self._fds or self.source.pending():
-            self._schedule()  # ready now in a way the loop's fd polling will not report
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled and self.loop is not None:
@@ -512,8 +521,8 @@ class Watch:
             self._parked = False
             _loop_watches(self.loop).add(self, self._fds)
             self._schedule()
-        elif self.fd_always_ready or not self._fds or self.source.pending():
-            self._schedule()  # readiness the still watched fds will not report
+        else:
+            self._schedule_unreported()  # the fds are still watched
 
     def _park(self) -> None:
         """Paused and the loop reported the fds ready: make it forget them until resume()."""
@@ -549,8 +558,8 @@ class Watch:
             keep = False
         if not keep:
             self.remove()
-        elif self.fd_always_ready or not self._fds or self.source.pending():
-            self._schedule()  # level-triggered readiness no fd will report
+        else:
+            self._schedule_unreported()
 
     def remove(self) -> None:
         """Remove the watch; it never fires again and its ``notify`` runs once."""
