@@ -21,13 +21,16 @@ from typing import Any
 from . import transport as _transport
 from .aio import aconnect
 from .channel import QIOChannel
-from .errors import ChannelError
+from .errors import RESOURCE_ERRNOS, ChannelError
 from .layer import aapply_layers, deadline_after
 from .plugin import Role
 
 __all__ = ["Acceptor", "accept_layers", "open_destination"]
 
 log = logging.getLogger("qiochan.relay")
+
+#: Seconds the accepting thread waits after ``accept()`` ran out of fds or memory.
+ACCEPT_RETRY_DELAY = 1.0
 
 #: Called on the loop with each raw accepted channel.
 ClientFunc = Callable[[QIOChannel], None]
@@ -58,6 +61,7 @@ class Acceptor:
         self._func: ClientFunc | None = None
         self._thread: threading.Thread | None = None
         self._accepting = threading.Event()
+        self._closing = threading.Event()
         self.closed = False
 
     @property
@@ -106,8 +110,18 @@ class Acceptor:
             try:
                 channel = self._raw.accept()
             except Exception as exc:
-                if not self.closed:
-                    log.warning("accepting on %s failed, no more clients: %s", self.address, exc)
+                if self.closed:
+                    return
+                if getattr(exc, "errno", None) in RESOURCE_ERRNOS:
+                    log.warning(
+                        "accepting on %s failed: %s; accepting again in %g s",
+                        self.address,
+                        exc,
+                        ACCEPT_RETRY_DELAY,
+                    )
+                    self._closing.wait(ACCEPT_RETRY_DELAY)
+                    continue
+                log.warning("accepting on %s failed, no more clients: %s", self.address, exc)
                 return
             try:
                 self._loop.call_soon_threadsafe(self._client, None, channel)
@@ -120,6 +134,7 @@ class Acceptor:
         if self.closed:
             return
         self.closed = True
+        self._closing.set()
         self._accepting.set()  # an accepting thread wakes and sees it is closed
         if self._on_loop:
             with contextlib.suppress(ChannelError):

@@ -45,6 +45,7 @@ import errno as _errno
 import os
 
 __all__ = [
+    "RESOURCE_ERRNOS",
     "AddressError",
     "BrokenChannelError",
     "ChannelClosedError",
@@ -62,6 +63,12 @@ __all__ = [
     "unexpected_eof",
     "unsupported",
 ]
+
+
+#: errnos saying the process or the system ran out of a resource (fds,
+#: buffers, memory): trying again at once fails again, so a server that gets
+#: one from ``accept()`` backs off for a while (qiochan's listeners wait a second).
+RESOURCE_ERRNOS = frozenset({_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM})
 
 
 class Error(Exception):

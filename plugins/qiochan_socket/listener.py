@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from qiochan.address import Address, InetAddress, as_address
 from qiochan.channel import Feature
-from qiochan.errors import ChannelError, from_oserror
+from qiochan.errors import RESOURCE_ERRNOS, ChannelError, from_oserror
 from qiochan.watch import Condition, Watch
 
 from .channel import QIOChannelSocket
@@ -38,6 +38,10 @@ log = logging.getLogger("qiochan.socket")
 ClientFunc = Callable[..., object]
 
 _PORT_RETRIES = 10
+
+#: Seconds a listening channel stops accepting after ``accept()`` ran out of
+#: a resource (:data:`~qiochan.errors.RESOURCE_ERRNOS`), as asyncio does.
+ACCEPT_RETRY_DELAY = 1.0
 
 
 def _with_port(endpoint: Endpoint, port: int) -> Endpoint:
@@ -229,7 +233,10 @@ class QIONetListener:
         try:
             client = sioc.accept()
         except ChannelError as exc:
-            log.warning("listener %r: accept failed: %s", self, exc)
+            if exc.errno in RESOURCE_ERRNOS:
+                self._back_off(sioc, exc)
+            else:  # that client's failure (ECONNABORTED...): the next one may do
+                log.warning("listener %r: accept failed: %s", self, exc)
             return True
         if client is None:
             return True  # another thread took it
@@ -245,6 +252,25 @@ class QIONetListener:
             # one failing client must not stop the listener accepting the next ones
             log.exception("listener %r: client callback %r failed", self, func)
         return True
+
+    def _back_off(self, sioc: QIOChannelSocket, exc: ChannelError) -> None:
+        """Stop accepting on ``sioc`` for :data:`ACCEPT_RETRY_DELAY` seconds.
+
+        The client that could not be accepted is still queued, so the fd keeps
+        reporting readable: without a pause the loop would spin (and log) until
+        an fd is freed.  Called on the watch's loop.
+        """
+        for watch in self._watches:
+            if watch.channel is sioc and watch.loop is not None:
+                log.warning(
+                    "listener %r: accept failed: %s; accepting again in %g s",
+                    self,
+                    exc,
+                    ACCEPT_RETRY_DELAY,
+                )
+                watch.pause()
+                watch.loop.call_later(ACCEPT_RETRY_DELAY, watch.resume)
+                return
 
     def wait_client(self, timeout: float | None = None) -> QIOChannelSocket:
         """Block until a client connects on any listening channel; return its channel.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import threading
 from pathlib import Path
@@ -196,3 +197,67 @@ def test_failing_client_func_keeps_the_listener_accepting(
     listener.close()
     assert len(seen) == 2
     assert "buggy callback" in caplog.text
+
+
+def test_out_of_fds_pauses_accepting_instead_of_spinning(
+    loop: asyncio.AbstractEventLoop,
+    no_fd_leak: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """accept() failing with EMFILE leaves the client queued: back off, then take it."""
+    import resource
+
+    from qiochan_socket import listener as listener_module
+
+    monkeypatch.setattr(listener_module, "ACCEPT_RETRY_DELAY", 0.5)
+    listener = QIONetListener()
+    listener.open_sync("tcp:127.0.0.1:0")
+    (sioc,) = listener.sioc
+    attempts: list[float] = []
+    real_accept = sioc.accept
+
+    def counting_accept() -> QIOChannelSocket | None:
+        attempts.append(loop.time())
+        return real_accept()
+
+    monkeypatch.setattr(sioc, "accept", counting_accept)
+    accepted: list[QIOChannelSocket] = []
+    address = listener.address
+    assert isinstance(address, InetAddress)
+    client = socket.create_connection((address.host, address.port))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def scenario() -> None:
+        got = asyncio.Event()
+
+        def on_client(_listener: QIONetListener, channel: QIOChannelSocket) -> None:
+            accepted.append(channel)
+            got.set()
+
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # accept: EMFILE
+        try:
+            listener.set_client_func(on_client)
+            started = loop.time()
+            while not attempts:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            spent = loop.time() - started
+            # spinning would retry on every loop turn: thousands of attempts
+            assert len(attempts) <= 2 + spent / 0.5, attempts
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await asyncio.wait_for(got.wait(), 10)
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        client.close()
+        for channel in accepted:
+            channel.close()
+        listener.close()
+    assert len(accepted) == 1
+    assert attempts[-1] - attempts[0] >= 0.5, "accepting resumed only after the delay"
+    assert "accepting again in 0.5 s" in caplog.text
