@@ -526,17 +526,22 @@ class ChannelTransport(asyncio.Transport):
     def _connection_lost(self, exc: Exception | None) -> None:
         """Remove the watches, close the channel, then tell the protocol (on a later turn).
 
-        A channel whose close may wait is closed in a worker thread.
+        A channel whose close would wait (:meth:`QIOChannel.close_nowait`
+        says False) is closed in a worker thread.
         """
         if self._lost:
             return
         self._lost = True
         self._stop_reading()
         self._stop_writing()
-        if not self._channel.close_may_block:
-            # a socket or a file: closing is one syscall, cheaper here than a
-            # thread (whose turns at the GIL the loop would wait for)
-            close_error = self._close_error()
+        try:
+            # a socket or a file, a layer whose goodbye goes out at once: closing
+            # here is cheaper than in a thread (whose turns at the GIL the loop
+            # would wait for)
+            closed, close_error = self._channel.close_nowait(), None
+        except ChannelError as error:  # closed all the same
+            closed, close_error = True, error
+        if closed:
             try:
                 self._loop.call_soon(self._finish, exc, close_error)
             except RuntimeError:  # the loop is closed: nothing else will run, tell it now

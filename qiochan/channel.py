@@ -326,7 +326,7 @@ class QIOChannel(abc.ABC):
     #: False when :meth:`close` never waits (a socket, a file): :mod:`qiochan.aio`
     #: then closes the channel on the loop instead of in a worker thread.  True
     #: (the default) for a close that may wait: a command's exit, a closing
-    #: handshake.
+    #: handshake (layers decide at close time: :meth:`close_nowait`).
     close_may_block: ClassVar[bool] = True
 
     def __init__(self) -> None:
@@ -762,6 +762,27 @@ class QIOChannel(abc.ABC):
                 closed all the same.
         """
         self._release("close", self.io_close)
+
+    def close_nowait(self) -> bool:
+        """Close the channel if closing needs no waiting.
+
+        :mod:`qiochan.aio` calls it on the loop, and closes in a worker thread
+        only when it returns False.  The default closes a channel whose
+        :attr:`close_may_block` is False; a layer closes when its goodbye
+        (close_notify, a websocket close frame) goes out at once and its master
+        closes without waiting (:meth:`QIOChannelLayer.io_close_layer_nowait`).
+
+        Returns:
+            True when the channel is closed (now or before); False when closing
+            would wait: the channel is then still open (a layer may have sent
+            its goodbye) and :meth:`close` finishes the job.
+        Raises:
+            ChannelError: as :meth:`close`; the channel is closed all the same.
+        """
+        if not self._closed and self.close_may_block:
+            return False
+        self.close()
+        return True
 
     def abort(self) -> None:
         """Close the channel so that the peer cannot take the end for a clean one.

@@ -370,6 +370,39 @@ class QIOChannelLayer(QIOChannel):
     def io_close_layer(self) -> None:
         """Layer (optional): say goodbye to the peer before the master closes; never block long."""
 
+    def io_close_layer_nowait(self) -> bool:
+        """Layer (optional): say goodbye as :meth:`io_close_layer` does, if that needs no waiting.
+
+        Called by :meth:`close_nowait` on an event loop.  The default says
+        True for a layer with no goodbye (no :meth:`io_close_layer` of its
+        own), else False: such a layer is closed in a worker thread.
+
+        Returns:
+            True when the goodbye is out (or there is none): :meth:`io_close_layer`
+            then has nothing left to wait for.  False when it would wait: what
+            is not sent yet is left to :meth:`io_close_layer`.
+        """
+        return type(self).io_close_layer is QIOChannelLayer.io_close_layer
+
+    def close_nowait(self) -> bool:
+        """Close if this layer's goodbye goes out at once and the master closes without waiting.
+
+        Returns:
+            True when closed; False when closing would wait (a running
+            handshake, a full master): :meth:`close` then finishes, perhaps
+            after this layer's goodbye was already sent.
+        Raises:
+            ChannelError: as :meth:`close`.
+        """
+        if self.closed:
+            return True
+        if self._handshake_state is HandshakeState.RUNNING:
+            return False
+        if not self.io_close_layer_nowait() or not self.master.close_nowait():
+            return False
+        self.close()  # the goodbye is out and the master closed: nothing here waits
+        return True
+
     def io_abort_layer(self) -> None:
         """Layer (optional): an abnormal goodbye that never waits (websocket close 1011)
         before the master aborts; the default says nothing (TLS: no close_notify)."""

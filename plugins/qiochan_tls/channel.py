@@ -504,3 +504,9 @@ class QIOChannelTLS(QIOChannelLayer):
         if self.handshake_done and not self._session.close_notify_sent:
             # a blocking channel lingers a little for a full master, as a socket does
             self._close_notify_quietly(wait=False, linger=CLOSE_LINGER if self._blocking else 0.0)
+
+    def io_close_layer_nowait(self) -> bool:
+        if self._blocking:
+            return False  # close() may linger for a full master
+        self.io_close_layer()  # non-blocking: close_notify goes out now or not at all
+        return True

@@ -767,6 +767,24 @@ class QIOChannelWebsock(QIOChannelLayer):
             self._outbox.clear()
             self._rx.clear()
 
+    def io_close_layer_nowait(self) -> bool:
+        """Send the close frame, and what is queued before it, if that needs no waiting.
+
+        Returns:
+            True when all of it is out (or the master failed: nothing more
+            can go); False when the master would block (``close()`` then
+            flushes the rest, for at most :data:`CLOSE_FLUSH_TIMEOUT` seconds).
+        """
+        if not self._hs_done:
+            return True
+        try:
+            self._send_close(self._close_code, self._close_reason)
+            self.master.set_blocking(False)
+            return self._outbox.flush(wait=False)
+        except ChannelError as exc:
+            log.debug("websocket %s: close frame not sent: %s", self.role, exc)
+            return True
+
     def io_abort_layer(self) -> None:
         """Send close code 1011 if it goes out without waiting (the base then aborts the master)."""
         try:

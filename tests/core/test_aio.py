@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import hashlib
 import socket
@@ -18,6 +17,7 @@ from qiochan import ChannelError, Shutdown
 from qiochan.aio import ChannelTransport, channel_streams, connect_channel
 from qiochan_memory import QIOChannelNull, memory_pipe
 from qiochan_socket import QIOChannelSocket
+from tests.helpers.executors import NoThreads
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[], Awaitable[T]]], T]
@@ -592,18 +592,6 @@ def test_the_loop_forgets_the_channel_before_it_is_closed(run: Runner[None], how
     run(main)
 
 
-class _NoThreads(concurrent.futures.ThreadPoolExecutor):
-    """A default executor that fails the test if anything is handed to a thread."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.used: list[str] = []
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        self.used.append(getattr(fn, "__qualname__", repr(fn)))
-        raise AssertionError(f"{fn!r} was sent to a worker thread")
-
-
 class _Ends(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.lost: list[Exception | None] = []
@@ -621,7 +609,7 @@ def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        no_threads = _NoThreads()
+        no_threads = NoThreads()
         with socket.create_server(("127.0.0.1", 0)) as server:
             port = server.getsockname()[1]
             loop.set_default_executor(no_threads)

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import pytest
 
 import qiochan.aio
+from qiochan.aio import connect_channel
 from qiochan.errors import HandshakeError
+from tests.helpers.executors import NoThreads
 
 pytest.importorskip("websockets")
 
@@ -183,5 +185,48 @@ def test_aconnect_timeout_bounds_the_handshakes(
                 )
             assert info.value.errno == errno.ETIMEDOUT
             silent.accept()[0].close()
+
+    run(main)
+
+
+class _Ends(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended.set_result(exc)
+
+
+def test_a_layered_transport_says_goodbye_and_closes_on_the_loop(
+    run: Runner[None], chain: tuple[list[str], list[str]], no_fd_leak: None
+) -> None:
+    """close_notify and the websocket close frame go out from the loop: no worker thread."""
+    server_layers, client_layers = chain
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        acceptor = await qiochan.aio.alisten("tcp:127.0.0.1:0", layers=server_layers)
+        try:
+            port = acceptor.address.port
+            connecting = asyncio.create_task(
+                qiochan.aio.aconnect(f"tcp:127.0.0.1:{port}", layers=client_layers, timeout=30)
+            )
+            with await acceptor.accept() as served:
+                client = await connecting
+                no_threads = NoThreads()
+                loop.set_default_executor(no_threads)
+                transport, protocol = await connect_channel(client, _Ends)
+                transport.write(b"last words")
+                transport.close()
+                assert await protocol.ended is None
+                assert client.closed and no_threads.used == []
+                buf = bytearray(10)
+                await served.aread_all(buf)
+                assert buf == b"last words"
+                # the goodbye arrived: a clean end of stream, not a cut connection
+                assert await served.aread_all_eof(bytearray(1)) is False
+        finally:
+            await acceptor.aclose()
+            acceptor.listener.close()
 
     run(main)

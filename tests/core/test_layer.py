@@ -156,6 +156,47 @@ def test_closing_during_a_task_handshake_completes_it(loop: asyncio.AbstractEven
     assert seen[0].errno == errno.EBADF
 
 
+class ByeLayer(HelloLayer):
+    """A layer with a goodbye (BYE before the master closes) and no nowait form of it."""
+
+    def io_close_layer(self) -> None:
+        self.master.write_all(b"BYE")
+
+
+def test_close_nowait_of_a_layer_depends_on_its_goodbye_and_its_master(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # no goodbye of its own and a master that closes at once: closed at once
+    a, b = _pair()
+    assert a.close_nowait() is True and a.closed and a.master.closed
+    assert a.close_nowait() is True, "closed stays closed"
+    b.close()
+    # a goodbye with no nowait form: left to close() (a worker thread, on a loop)
+    left, right = memory_pipe()
+    bye, peer = ByeLayer(left), HelloLayer(right)
+    handshaking = threading.Thread(target=peer.handshake)
+    handshaking.start()
+    bye.handshake()
+    handshaking.join(TIMEOUT)
+    assert bye.close_nowait() is False and not bye.closed and not left.closed
+    bye.close()
+    buf = bytearray(3)
+    peer.master.read_all(buf)
+    assert buf == b"BYE"
+    peer.close()
+
+    # a running handshake is left to close() too
+    async def scenario() -> None:
+        c, d = _pair()
+        c.handshake(lambda _task: None)
+        await asyncio.sleep(0)
+        assert c.close_nowait() is False and not c.closed
+        c.close()
+        d.close()
+
+    loop.run_until_complete(scenario())
+
+
 def test_apply_layers_runs_a_callable_layers_handshake() -> None:
     left, right = memory_pipe()
     peer = HelloLayer(right)

@@ -237,6 +237,15 @@ def test_close_closes_the_master(pair: tuple[QIOChannelTLS, QIOChannelTLS]) -> N
     assert server.master.closed
 
 
+def test_close_nowait_only_in_non_blocking_mode(pair: tuple[QIOChannelTLS, QIOChannelTLS]) -> None:
+    """Blocking, close() may linger for a full master; non-blocking it never waits."""
+    server, client = pair
+    assert server.close_nowait() is False and not server.closed
+    server.set_blocking(False)
+    assert server.close_nowait() is True and server.closed and server.master.closed
+    assert client.read_all_eof(bytearray(1)) is False, "close_notify: a clean end of stream"
+
+
 def test_peerpid_from_the_master(pair: tuple[QIOChannelTLS, QIOChannelTLS]) -> None:
     server, _client = pair
     assert server.peerpid() == os.getpid()

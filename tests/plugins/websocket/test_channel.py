@@ -314,6 +314,50 @@ def test_close_sends_a_close_frame_with_the_status_code() -> None:
             assert Close.parse(closes[0].data) == Close(code, reason)
 
 
+def test_close_nowait_sends_the_close_frame_at_once() -> None:
+    """On an event loop a websocket closes without a worker thread when its goodbye fits."""
+    server, peer = _server_with_peer()
+    with peer.channel:
+        server.set_blocking(False)
+        assert server.close_nowait() is True
+        assert server.closed
+        closes = [f for f in peer.frames() if f.opcode is CLOSE]
+        assert Close.parse(closes[0].data) == Close(1000, "")
+
+
+def test_close_nowait_leaves_a_stalled_flush_to_close() -> None:
+    """A master too full for the close frame: close_nowait() says False, close() sends it all."""
+    ours, theirs = socket_pair()
+    server = QIOChannelWebsock.new_server(ours)
+    peer = ProtocolPeer.client(theirs)
+    server.handshake()
+    peer.receive(bool)
+    server.set_blocking(False)
+    data = os.urandom(1 << 16)
+    sent = 0
+    with theirs:
+        while (n := server.write(data)) != ERR_BLOCK:  # the peer does not read: fill it
+            sent += n
+        assert server.close_nowait() is False
+        assert not server.closed, "the channel stays open for close() to finish"
+        raw = bytearray()
+
+        def drain() -> None:  # without answering: an echo could meet a closed socket
+            buf = bytearray(1 << 16)
+            while n := theirs.read(buf):
+                raw.extend(buf[:n])
+
+        reading = threading.Thread(target=drain)
+        reading.start()
+        server.close()
+        reading.join(30)
+        assert not reading.is_alive()
+    peer.protocol.receive_data(bytes(raw))
+    frames = [event for event in peer.protocol.events_received() if isinstance(event, Frame)]
+    assert len(_data_frames(frames)) == sent + len(data)  # the blocked write was queued
+    assert Close.parse(frames[-1].data) == Close(1000, "")
+
+
 def test_invalid_close_code_is_refused_and_the_channel_stays_open(
     server_peer: tuple[QIOChannelWebsock, ProtocolPeer],
 ) -> None:
