@@ -7,7 +7,11 @@ Pairs compared (each relay a serving child process, the same clients and sink):
   same websocket client (the ``websockets`` library's sync client) in front of both;
 * tap: ``qiochan relay ... --tap DIR`` vs the same relay without, tcp -> tcp
   (DIR on tmpfs when ``/dev/shm`` exists: on a disk, the disk's write speed
-  bounds the relay).
+  bounds the relay);
+* the floor, as a reference: ``_bare_relay.py``, the least a Python tcp -> tcp
+  relay does (one ``selectors`` loop, no framework), without and with a tap
+  written in the same thread.  What it loses to 16 streams, or to its tap, is
+  what this machine (its cores, its memory) costs any relay.
 
 Each stream sends an 8-byte length then that many random bytes; the sink (a
 child process, one thread per connection) answers 8 bytes once it has them
@@ -206,6 +210,11 @@ def main() -> int:
                 _ws_stream,
             ),
         ]
+        bare = [sys.executable, str(Path(__file__).with_name("_bare_relay.py")), str(port)]
+        relays += [
+            ("bare tcp->tcp", [*bare, str(sink_port)], _tcp_stream),
+            ("bare tcp->tcp --tap", [*bare, str(sink_port), "--tap", tap], _tcp_stream),
+        ]
         if socat:
             relays.append(
                 (
@@ -242,15 +251,25 @@ def main() -> int:
         ("qiochan tcp->tcp", "socat tcp->tcp", 1.2),
         ("qiochan ws->tcp", "websockify ws->tcp", 1.3),
         ("qiochan tcp->tcp --tap", "qiochan tcp->tcp", 0.9),
+        # the floor on this machine, no target: the least a Python relay and a tap cost
+        ("qiochan tcp->tcp", "bare tcp->tcp", None),
+        ("bare tcp->tcp --tap", "bare tcp->tcp", None),
     ):
         if (theirs, 1) not in results:
             print(f"{ours} vs {theirs}: skipped ({theirs.split()[0]} not installed)")
             continue
         for streams in (1, 16):
             ratio = results[(ours, streams)] / results[(theirs, streams)]
-            verdict = "ok" if ratio >= target else "BELOW TARGET"
             what = f"{ours} / {theirs}, {streams:2} stream(s)"
-            print(f"{what}: {ratio:5.2f}x (target {target}x) {verdict}")
+            if target is None:
+                print(f"{what}: {ratio:5.2f}x (reference)")
+            else:
+                verdict = "ok" if ratio >= target else "BELOW TARGET"
+                print(f"{what}: {ratio:5.2f}x (target {target}x) {verdict}")
+    for name in ("qiochan tcp->tcp", "qiochan ws->tcp"):
+        scaling = results[(name, 16)] / results[(name, 1)]
+        verdict = "ok" if scaling >= 0.8 else "BELOW TARGET"
+        print(f"{name}, 16 streams / 1 stream: {scaling:5.2f}x (target 0.8x) {verdict}")
     return 0
 
 
