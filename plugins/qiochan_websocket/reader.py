@@ -24,6 +24,7 @@ so far has been consumed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 
 from websockets.streams import StreamReader
@@ -36,6 +37,10 @@ LEND_MIN = 1024
 #: Largest payload assembled in a buffer allocated up front; larger ones (rare,
 #: up to the channel's max_size) are buffered as they arrive, as websockets does.
 MAX_ASSEMBLED = 4 << 20
+#: The smallest assembly buffer made: payloads of a similar size then share one.
+_ASSEMBLY_MIN = 64 * 1024
+#: Assembly buffers kept for reuse.
+_SPARES = 2
 
 
 class LendingReader(StreamReader):
@@ -49,6 +54,7 @@ class LendingReader(StreamReader):
         self._pos = 0  # how much of it the parser consumed
         self._target: memoryview | None = None  # a payload being assembled in place
         self._filled = 0
+        self._spares: list[bytearray] = []  # recent assembly buffers, reused when free
 
     # -- the pump's side -----------------------------------------------------------
 
@@ -121,10 +127,28 @@ class LendingReader(StreamReader):
                 raise EOFError(f"stream ends after {len(self.buffer)} bytes, expected {n} bytes")
             yield
 
+    def _assembly_buffer(self, n: int) -> memoryview:
+        """``n`` bytes to assemble a payload in: a recent payload's buffer when it is free.
+
+        A masked payload is unmasked into new bytes, so its buffer is free
+        once the frame is parsed; an unmasked one is delivered as a view of
+        it, holding it until the reader consumed it (and the parser holds the
+        last frame until the next one is parsed: hence two buffers).  A buffer
+        nobody else refers to (no view left) is reused: a fresh one would be
+        zeroed, and its pages faulted in, for every large frame.
+        """
+        for spare in self._spares:
+            # unshared, it has three references: the list, spare, getrefcount's
+            # argument; each payload view still alive (its managed buffer) adds one
+            if len(spare) >= n and sys.getrefcount(spare) <= 3:
+                return memoryview(spare)[:n]
+        fresh = bytearray(max(n, _ASSEMBLY_MIN))
+        self._spares = [*self._spares[-(_SPARES - 1) :], fresh]
+        return memoryview(fresh)[:n]
+
     def _assemble(self, n: int) -> Generator[None, None, bytearray]:
         """Gather an ``n``-byte payload in its own buffer, the pump filling the rest."""
-        target = bytearray(n)
-        view = memoryview(target)
+        view = target = self._assembly_buffer(n)
         filled = len(self.buffer)
         view[:filled] = self.buffer
         del self.buffer[:]
@@ -142,7 +166,7 @@ class LendingReader(StreamReader):
                 yield
         finally:
             self._target = None
-        return target
+        return target  # type: ignore[return-value]  # a view passes for it (see read_exact)
 
     def at_eof(self) -> Generator[None, None, bool]:
         """Tell whether the stream ended with everything read (waits for data or EOF)."""

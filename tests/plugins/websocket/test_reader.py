@@ -118,6 +118,50 @@ def test_a_large_payload_is_read_into_its_own_buffer() -> None:
     assert bytes(frame.data) == payload
 
 
+def _assemble_one(receiver: Protocol, wire: bytes) -> Frame:
+    """Feed one frame as the pump does with a large payload: a first read, then space()."""
+    reader = receiver.reader
+    assert isinstance(reader, LendingReader)
+    receiver.receive_data(wire[:1000])
+    reader.settle()
+    space = reader.space()
+    assert space is not None
+    space[:] = wire[1000:]
+    reader.commit(space.nbytes)
+    receiver.receive_data(b"")
+    [frame] = _frames(receiver)
+    return frame
+
+
+def test_the_assembly_buffer_is_reused_once_nothing_refers_to_it() -> None:
+    payloads = [os.urandom(200_000) for _ in range(3)]
+    # masked: each payload is unmasked into new bytes, so one buffer serves every frame
+    receiver = _server()
+    reader = _receiver(receiver)
+    buffers = set()
+    for payload in payloads:
+        assert bytes(_assemble_one(receiver, _wire(_client(), [payload])).data) == payload
+        buffers |= {id(spare) for spare in reader._spares}
+    assert len(buffers) == 1
+    # unmasked: a payload is a view of the buffer (and the parser holds the last
+    # frame until the next is parsed); one still held is never overwritten
+    client = _client()
+    _receiver(client)
+    held = _assemble_one(client, _wire(_server(), [payloads[0]]))
+    second = _assemble_one(client, _wire(_server(), [payloads[1]]))
+    assert isinstance(held.data, memoryview) and isinstance(second.data, memoryview)
+    assert held.data.obj is not second.data.obj
+    assert bytes(held.data) == payloads[0] and bytes(second.data) == payloads[1]
+    reused = id(second.data.obj)  # (the object itself would be a reference)
+    del second  # consumed; the parser still holds it until the next frame is parsed
+    third = _assemble_one(client, _wire(_server(), [payloads[2]]))
+    assert isinstance(third.data, memoryview) and id(third.data.obj) != reused
+    fourth = _assemble_one(client, _wire(_server(), [payloads[0]]))
+    assert isinstance(fourth.data, memoryview) and id(fourth.data.obj) == reused
+    assert bytes(held.data) == payloads[0], "the held payload was never written over"
+    assert bytes(third.data) == payloads[2] and bytes(fourth.data) == payloads[0]
+
+
 def test_a_payload_inside_one_read_is_lent_not_copied() -> None:
     receiver = _client()
     _receiver(receiver)
