@@ -379,8 +379,9 @@ class QIOChannelLayer(QIOChannel):
 
         Returns:
             True when the goodbye is out (or there is none): :meth:`io_close_layer`
-            then has nothing left to wait for.  False when it would wait: what
-            is not sent yet is left to :meth:`io_close_layer`.
+            still runs, after the master closed, and must find nothing left to
+            send.  False when it would wait: what is not sent yet is left to
+            :meth:`io_close_layer`.
         """
         return type(self).io_close_layer is QIOChannelLayer.io_close_layer
 
