@@ -259,5 +259,5 @@ def test_out_of_fds_pauses_accepting_instead_of_spinning(
             channel.close()
         listener.close()
     assert len(accepted) == 1
-    assert attempts[-1] - attempts[0] >= 0.5, "accepting resumed only after the delay"
+    assert attempts[-1] - attempts[0] >= 0.4, "accepting resumed only after the delay (0.5 s)"
     assert "accepting again in 0.5 s" in caplog.text
