@@ -775,29 +775,36 @@ class QIOChannelWebsock(QIOChannelLayer):
             can go); False when the master would block (``close()`` then
             flushes the rest, for at most :data:`CLOSE_FLUSH_TIMEOUT` seconds).
         """
-        if not self._hs_done:
-            return True
-        try:
-            self._send_close(self._close_code, self._close_reason)
-            self.master.set_blocking(False)
-            return self._outbox.flush(wait=False)
-        except ChannelError as exc:
-            log.debug("websocket %s: close frame not sent: %s", self.role, exc)
-            return True
+        return self._close_frame_now(self._close_code, self._close_reason)
 
     def io_abort_layer(self) -> None:
         """Send close code 1011 if it goes out without waiting (the base then aborts the master)."""
         try:
-            if self._hs_done:
-                self._send_close(CloseCode.INTERNAL_ERROR, "aborted")
-                self.master.set_blocking(False)
-                self.master.set_delay(False)  # out now: a TCP reset drops what Nagle holds
-                self._outbox.flush(wait=False)
-        except ChannelError as exc:
-            log.debug("websocket %s: abort close frame not sent: %s", self.role, exc)
+            self._close_frame_now(CloseCode.INTERNAL_ERROR, "aborted", push=True)
         finally:
             self._outbox.clear()
             self._rx.clear()
+
+    def _close_frame_now(self, code: int, reason: str, *, push: bool = False) -> bool:
+        """Queue a close frame (once the handshake is done); write what the master takes now.
+
+        ``push`` turns Nagle off first, so the frame leaves before a TCP reset.
+
+        Returns:
+            True when everything queued is out, or nothing more can go (no
+            handshake, the master failed); False when the master would block.
+        """
+        if not self._hs_done:
+            return True
+        try:
+            self._send_close(code, reason)
+            self.master.set_blocking(False)
+            if push:
+                self.master.set_delay(False)
+            return self._outbox.flush(wait=False)
+        except ChannelError as exc:
+            log.debug("websocket %s: close frame %d not sent: %s", self.role, code, exc)
+            return True
 
     def _send_close(self, code: int, reason: str) -> None:
         with self._proto_lock:
