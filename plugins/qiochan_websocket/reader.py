@@ -148,7 +148,7 @@ class LendingReader(StreamReader):
 
     def _assemble(self, n: int) -> Generator[None, None, bytearray]:
         """Gather an ``n``-byte payload in its own buffer, the pump filling the rest."""
-        view = target = self._assembly_buffer(n)
+        view = self._assembly_buffer(n)
         filled = len(self.buffer)
         view[:filled] = self.buffer
         del self.buffer[:]
@@ -166,7 +166,7 @@ class LendingReader(StreamReader):
                 yield
         finally:
             self._target = None
-        return target  # type: ignore[return-value]  # a view passes for it (see read_exact)
+        return view  # type: ignore[return-value]  # a view passes for it (see read_exact)
 
     def at_eof(self) -> Generator[None, None, bool]:
         """Tell whether the stream ended with everything read (waits for data or EOF)."""
