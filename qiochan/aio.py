@@ -534,13 +534,10 @@ class ChannelTransport(asyncio.Transport):
         self._lost = True
         self._stop_reading()
         self._stop_writing()
-        try:
-            # a socket or a file, a layer whose goodbye goes out at once: closing
-            # here is cheaper than in a thread (whose turns at the GIL the loop
-            # would wait for)
-            closed, close_error = self._channel.close_nowait(), None
-        except ChannelError as error:  # closed all the same
-            closed, close_error = True, error
+        # a socket or a file, a layer whose goodbye goes out at once: closing
+        # here is cheaper than in a thread (whose turns at the GIL the loop
+        # would wait for)
+        closed, close_error = self._close_here(self._channel.close_nowait)
         if closed:
             try:
                 self._loop.call_soon(self._finish, exc, close_error)
@@ -552,20 +549,21 @@ class ChannelTransport(asyncio.Transport):
         try:
             closing = self._loop.run_in_executor(None, self._channel.close)
         except RuntimeError:  # the loop is shutting its executor down: close here
-            self._close_now(exc)
+            self._finish(exc, self._close_here(self._channel.close)[1])
             return
         closing.add_done_callback(functools.partial(self._channel_closed, exc))
 
-    def _close_now(self, exc: Exception | None) -> None:
-        self._finish(exc, self._close_error())
+    def _close_here(self, close: Callable[[], bool | None]) -> tuple[bool, Exception | None]:
+        """Run ``close`` (the channel's ``close`` or ``close_nowait``) on this thread.
 
-    def _close_error(self) -> Exception | None:
-        """Close the channel here; return the error closing it raised, if any."""
+        Returns:
+            Whether the channel is closed (only ``close_nowait`` may say False)
+            and the error closing it raised, if any (it is closed all the same).
+        """
         try:
-            self._channel.close()
+            return close() is not False, None
         except ChannelError as error:
-            return error
-        return None
+            return True, error
 
     def _channel_closed(self, exc: Exception | None, closing: asyncio.Future[None]) -> None:
         close_error = None if closing.cancelled() else closing.exception()
