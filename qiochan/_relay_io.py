@@ -21,16 +21,13 @@ from typing import Any
 from . import transport as _transport
 from .aio import aconnect
 from .channel import QIOChannel
-from .errors import RESOURCE_ERRNOS, ChannelError
+from .errors import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, ChannelError
 from .layer import aapply_layers, deadline_after
 from .plugin import Role
 
 __all__ = ["Acceptor", "accept_layers", "open_destination"]
 
 log = logging.getLogger("qiochan.relay")
-
-#: Seconds the accepting thread waits after ``accept()`` ran out of fds or memory.
-ACCEPT_RETRY_DELAY = 1.0
 
 #: Called on the loop with each raw accepted channel.
 ClientFunc = Callable[[QIOChannel], None]

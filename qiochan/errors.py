@@ -45,6 +45,7 @@ import errno as _errno
 import os
 
 __all__ = [
+    "ACCEPT_RETRY_DELAY",
     "RESOURCE_ERRNOS",
     "AddressError",
     "BrokenChannelError",
@@ -67,8 +68,11 @@ __all__ = [
 
 #: errnos saying the process or the system ran out of a resource (fds,
 #: buffers, memory): trying again at once fails again, so a server that gets
-#: one from ``accept()`` backs off for a while (qiochan's listeners wait a second).
+#: one from ``accept()`` backs off for :data:`ACCEPT_RETRY_DELAY` seconds.
 RESOURCE_ERRNOS = frozenset({_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM})
+#: Seconds qiochan's listeners stop accepting after one of :data:`RESOURCE_ERRNOS`
+#: (as asyncio does).
+ACCEPT_RETRY_DELAY = 1.0
 
 
 class Error(Exception):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from qiochan.address import Address, InetAddress, as_address
 from qiochan.channel import Feature
-from qiochan.errors import RESOURCE_ERRNOS, ChannelError, from_oserror
+from qiochan.errors import ACCEPT_RETRY_DELAY, RESOURCE_ERRNOS, ChannelError, from_oserror
 from qiochan.watch import Condition, Watch
 
 from .channel import QIOChannelSocket
@@ -38,10 +38,6 @@ log = logging.getLogger("qiochan.socket")
 ClientFunc = Callable[..., object]
 
 _PORT_RETRIES = 10
-
-#: Seconds a listening channel stops accepting after ``accept()`` ran out of
-#: a resource (:data:`~qiochan.errors.RESOURCE_ERRNOS`), as asyncio does.
-ACCEPT_RETRY_DELAY = 1.0
 
 
 def _with_port(endpoint: Endpoint, port: int) -> Endpoint:
@@ -254,7 +250,7 @@ class QIONetListener:
         return True
 
     def _back_off(self, sioc: QIOChannelSocket, exc: ChannelError) -> None:
-        """Stop accepting on ``sioc`` for :data:`ACCEPT_RETRY_DELAY` seconds.
+        """Stop accepting on ``sioc`` for :data:`~qiochan.errors.ACCEPT_RETRY_DELAY` seconds.
 
         The client that could not be accepted is still queued, so the fd keeps
         reporting readable: without a pause the loop would spin (and log) until
