@@ -6,9 +6,9 @@ import asyncio
 import errno
 import hashlib
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -17,26 +17,14 @@ from qiochan import ChannelError, Shutdown
 from qiochan.aio import ChannelTransport, channel_streams, connect_channel
 from qiochan_memory import QIOChannelNull, memory_pipe
 from qiochan_socket import QIOChannelSocket
-from tests.helpers.executors import NoThreads
-
-T = TypeVar("T")
-Runner = Callable[[Callable[[], Awaitable[T]]], T]
-
-
-def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-        return factory
-    return asyncio.new_event_loop
+from tests.helpers.aio import Ends, NoThreads, Runner, bounded_runner, warm_loop
 
 
 @pytest.fixture(scope="module")
 def _warm_loops() -> None:
     """Let uvloop make its process-wide fds (libuv's signal pipe) before fds are counted."""
     for kind in ("asyncio", "uvloop"):
-        with asyncio.Runner(loop_factory=_loop_factory(kind)) as runner:
-            runner.run(asyncio.sleep(0))
+        warm_loop(kind)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -44,16 +32,7 @@ def run(
     request: pytest.FixtureRequest, _warm_loops: None, no_fd_leak: None
 ) -> Iterator[Runner[Any]]:
     """Run a coroutine function on a fresh loop of the parametrized kind."""
-    factory = _loop_factory(request.param)
-
-    def runner(main: Callable[[], Awaitable[T]]) -> T:
-        async def bounded() -> T:
-            return await asyncio.wait_for(main(), 30)
-
-        with asyncio.Runner(loop_factory=factory) as loop_runner:
-            return loop_runner.run(bounded())
-
-    yield runner
+    yield bounded_runner(request.param, 30)
 
 
 def _pattern(size: int) -> bytes:
@@ -592,17 +571,6 @@ def test_the_loop_forgets_the_channel_before_it_is_closed(run: Runner[None], how
     run(main)
 
 
-class _Ends(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.lost: list[Exception | None] = []
-        self.ended = (loop or asyncio.get_running_loop()).create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.append(exc)
-        if not self.ended.get_loop().is_closed():
-            self.ended.set_result(None)
-
-
 def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
     """A socket connects on the loop and closes on it, its end reported on a later turn."""
     _require("tcp")
@@ -617,7 +585,7 @@ def test_tcp_connect_and_socket_close_need_no_thread(run: Runner[None]) -> None:
             assert channel.blocking  # as connect() returns it
             peer, _ = server.accept()
             with peer:
-                transport, protocol = await connect_channel(channel, _Ends)
+                transport, protocol = await connect_channel(channel, Ends)
                 transport.close()
                 assert not protocol.lost  # never from inside close()
                 await protocol.ended
@@ -634,7 +602,7 @@ def test_a_socket_transport_aborted_after_its_loop_closed_still_ends(no_fd_leak:
     with theirs:
         channel = QIOChannelSocket.from_socket(mine)
         loop = asyncio.new_event_loop()
-        transport, protocol = loop.run_until_complete(connect_channel(channel, lambda: _Ends(loop)))
+        transport, protocol = loop.run_until_complete(connect_channel(channel, lambda: Ends(loop)))
         loop.close()
         transport.abort()  # nothing runs on a closed loop: the protocol is told at once
         assert channel.closed and protocol.lost == [None]

@@ -8,22 +8,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import qiochan.aio
 from qiochan.aio import connect_channel
 from qiochan.errors import HandshakeError
-from tests.helpers.executors import NoThreads
+from tests.helpers.aio import Ends, NoThreads, Runner, bounded_runner, warm_loop
 
 pytest.importorskip("websockets")
-
-T = TypeVar("T")
-Runner = Callable[[Callable[[], Awaitable[T]]], T]
 
 TLS_HELLO_START = b"\x16\x03\x01"
 
@@ -31,23 +28,8 @@ TLS_HELLO_START = b"\x16\x03\x01"
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Iterator[Runner[Any]]:
     """Run a coroutine function on a fresh loop of the parametrized kind, bounded in time."""
-    if request.param == "uvloop":
-        factory: Callable[[], asyncio.AbstractEventLoop] = pytest.importorskip(
-            "uvloop"
-        ).new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as warm:
-        warm.run(asyncio.sleep(0))  # uvloop makes its process-wide fds (signal pipe) once
-
-    def runner(main: Callable[[], Awaitable[T]]) -> T:
-        async def bounded() -> T:
-            return await asyncio.wait_for(main(), 50)
-
-        with asyncio.Runner(loop_factory=factory) as loop_runner:
-            return loop_runner.run(bounded())
-
-    yield runner
+    warm_loop(request.param)
+    yield bounded_runner(request.param, 50)
 
 
 @pytest.fixture(params=["tls", "websocket", "tls+websocket"])
@@ -189,14 +171,6 @@ def test_aconnect_timeout_bounds_the_handshakes(
     run(main)
 
 
-class _Ends(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.ended = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended.set_result(exc)
-
-
 def test_a_layered_transport_says_goodbye_and_closes_on_the_loop(
     run: Runner[None], chain: tuple[list[str], list[str]], no_fd_leak: None
 ) -> None:
@@ -215,10 +189,11 @@ def test_a_layered_transport_says_goodbye_and_closes_on_the_loop(
                 client = await connecting
                 no_threads = NoThreads()
                 loop.set_default_executor(no_threads)
-                transport, protocol = await connect_channel(client, _Ends)
+                transport, protocol = await connect_channel(client, Ends)
                 transport.write(b"last words")
                 transport.close()
-                assert await protocol.ended is None
+                await protocol.ended
+                assert protocol.lost == [None]
                 assert client.closed and no_threads.used == []
                 buf = bytearray(10)
                 await served.aread_all(buf)
