@@ -81,6 +81,9 @@ def _guests(
         _guest(qemu, workdir, "src", source_ram, incoming=False, capabilities=capabilities) as src,
         _guest(qemu, workdir, "dst", dest_ram, incoming=True, capabilities=capabilities) as dst,
     ):
+        if "multifd" in capabilities:
+            for vm in (src, dst):
+                vm.qmp.command("migrate-set-parameters", **{"multifd-channels": MULTIFD_CHANNELS})
         yield src, dst
 
 
@@ -196,10 +199,6 @@ CHAINS: dict[str, Chain] = {
 }
 
 
-def _set_multifd(vm: VM) -> None:
-    vm.qmp.command("migrate-set-parameters", **{"multifd-channels": MULTIFD_CHANNELS})
-
-
 def _outputs(relays: list[Background]) -> str:
     for relay in relays:
         relay.proc.send_signal(signal.SIGTERM)
@@ -235,8 +234,6 @@ def test_multifd_migration_through_gateway(
         _guests(qemu, tmp_path, random_ram, dest_ram, ("multifd",)) as (src, dst),
         contextlib.ExitStack() as stack,
     ):
-        _set_multifd(src)
-        _set_multifd(dst)
         incoming = incoming_tcp(dst)
         entry, relays = CHAINS[chain](stack, env, incoming, creds, 1 + MULTIFD_CHANNELS)
         src.qmp.command("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
@@ -263,8 +260,6 @@ def test_multifd_migration_through_a_tapped_relay_inspected(
         _guests(qemu, tmp_path, random_ram, dest_ram, ("multifd",)) as (src, dst),
         contextlib.ExitStack() as stack,
     ):
-        _set_multifd(src)
-        _set_multifd(dst)
         incoming = incoming_tcp(dst)
         relay = stack.enter_context(
             _relay(
