@@ -512,6 +512,18 @@ class Watch:
             return
         self._paused = True
 
+    def pause_for(self, seconds: float) -> None:
+        """:meth:`pause`, then :meth:`resume` after ``seconds`` on the watch's loop.
+
+        For a source that stays ready but cannot be served for a while (a
+        listening socket whose ``accept()`` ran out of fds).  Call it on the
+        loop's thread; a watch removed meanwhile stays removed.
+        """
+        if self.loop is None:
+            return
+        self.pause()
+        self.loop.call_later(seconds, self.resume)
+
     def resume(self) -> None:
         """Dispatch again after :meth:`pause` (a ready source is dispatched at once)."""
         if not self._paused or self._removed or self.loop is None:

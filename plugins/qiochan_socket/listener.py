@@ -257,15 +257,14 @@ class QIONetListener:
         an fd is freed.  Called on the watch's loop.
         """
         for watch in self._watches:
-            if watch.channel is sioc and watch.loop is not None:
+            if watch.channel is sioc:
                 log.warning(
                     "listener %r: accept failed: %s; accepting again in %g s",
                     self,
                     exc,
                     ACCEPT_RETRY_DELAY,
                 )
-                watch.pause()
-                watch.loop.call_later(ACCEPT_RETRY_DELAY, watch.resume)
+                watch.pause_for(ACCEPT_RETRY_DELAY)
                 return
 
     def wait_client(self, timeout: float | None = None) -> QIOChannelSocket:

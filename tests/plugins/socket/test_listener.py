@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from qiochan.address import InetAddress, UnixAddress
 from qiochan.errors import ChannelError
 from qiochan_socket import QIOChannelSocket, QIONetListener
+from tests.helpers.fds import no_free_fds, record_accepts
 from tests.helpers.pairs import has_ipv6_loopback
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
@@ -206,27 +206,17 @@ def test_out_of_fds_pauses_accepting_instead_of_spinning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """accept() failing with EMFILE leaves the client queued: back off, then take it."""
-    import resource
-
     from qiochan_socket import listener as listener_module
 
     monkeypatch.setattr(listener_module, "ACCEPT_RETRY_DELAY", 0.5)
     listener = QIONetListener()
     listener.open_sync("tcp:127.0.0.1:0")
     (sioc,) = listener.sioc
-    attempts: list[float] = []
-    real_accept = sioc.accept
-
-    def counting_accept() -> QIOChannelSocket | None:
-        attempts.append(loop.time())
-        return real_accept()
-
-    monkeypatch.setattr(sioc, "accept", counting_accept)
+    attempts = record_accepts(monkeypatch, sioc, loop.time)
     accepted: list[QIOChannelSocket] = []
     address = listener.address
     assert isinstance(address, InetAddress)
     client = socket.create_connection((address.host, address.port))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 
     async def scenario() -> None:
         got = asyncio.Event()
@@ -235,10 +225,7 @@ def test_out_of_fds_pauses_accepting_instead_of_spinning(
             accepted.append(channel)
             got.set()
 
-        lowest_free = os.dup(0)
-        os.close(lowest_free)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # accept: EMFILE
-        try:
+        with no_free_fds():  # accept: EMFILE
             listener.set_client_func(on_client)
             started = loop.time()
             while not attempts:
@@ -247,8 +234,6 @@ def test_out_of_fds_pauses_accepting_instead_of_spinning(
             spent = loop.time() - started
             # spinning would retry on every loop turn: thousands of attempts
             assert len(attempts) <= 2 + spent / 0.5, attempts
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         await asyncio.wait_for(got.wait(), 10)
 
     try:
