@@ -50,7 +50,15 @@ from typing import Any, Self, TypeVar
 from . import _hooks
 from . import transport as _transport
 from .channel import ERR_BLOCK, Feature, QIOChannel, Shutdown
-from .errors import ChannelError, Error, HandshakeError, PluginError, unsupported
+from .errors import (
+    ACCEPT_RETRY_DELAY,
+    RESOURCE_ERRNOS,
+    ChannelError,
+    Error,
+    HandshakeError,
+    PluginError,
+    unsupported,
+)
 from .layer import aapply_layers, acomplete_handshakes, deadline_after, layer_specs
 from .watch import Condition, Watch
 
@@ -810,6 +818,7 @@ class LayerAcceptor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watches: list[Watch] = []
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()  # wakes an accepting thread's back-off
         self._started = False
         self._closed = False
 
@@ -862,15 +871,25 @@ class LayerAcceptor:
             try:
                 client = channel.accept()
             except (ChannelError, OSError) as exc:
-                if not self._closed:
-                    log.warning("%r: accept failed, no more clients: %s", self, exc)
-                    self._deliver(exc)
-                    self.close()
+                if self._closed:
+                    return False
+                if exc.errno in RESOURCE_ERRNOS:  # the client stays queued: try again later
+                    self._log_retry(exc)
+                    for watch in self._watches:
+                        if watch.channel is channel:
+                            watch.pause_for(ACCEPT_RETRY_DELAY)
+                    return True
+                log.warning("%r: accept failed, no more clients: %s", self, exc)
+                self._deliver(exc)
+                self.close()
                 return False
             if client is None:
                 return True
             self._handshake(client)
         return True
+
+    def _log_retry(self, exc: BaseException) -> None:
+        log.warning("%r: accept failed: %s; accepting again in %g s", self, exc, ACCEPT_RETRY_DELAY)
 
     def _accept_in_thread(self) -> None:
         while not self._closed:
@@ -880,6 +899,10 @@ class LayerAcceptor:
                 self._loop.call_soon_threadsafe(self._deliver, exc)
                 continue
             except (Error, OSError, ValueError) as exc:  # a PluginError too: stop
+                if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS and not self._closed:
+                    self._log_retry(exc)
+                    self._closing.wait(ACCEPT_RETRY_DELAY)
+                    continue
                 if not self._closed:
                     log.warning("%r: accept failed, no more clients: %s", self, exc)
                     self._loop.call_soon_threadsafe(self._deliver, exc)
@@ -952,6 +975,7 @@ class LayerAcceptor:
         The listener itself is not closed.  Idempotent; call on the loop's thread.
         """
         self._closed = True
+        self._closing.set()
         for watch in self._watches:
             watch.remove()
         self._watches.clear()

@@ -18,6 +18,7 @@ from qiochan.aio import ChannelTransport, channel_streams, connect_channel
 from qiochan_memory import QIOChannelNull, memory_pipe
 from qiochan_socket import QIOChannelSocket
 from tests.helpers.aio import Ends, NoThreads, Runner, bounded_runner, warm_loop
+from tests.helpers.fds import no_free_fds, record_accepts
 
 
 @pytest.fixture(scope="module")
@@ -606,3 +607,35 @@ def test_a_socket_transport_aborted_after_its_loop_closed_still_ends(no_fd_leak:
         loop.close()
         transport.abort()  # nothing runs on a closed loop: the protocol is told at once
         assert channel.closed and protocol.lost == [None]
+
+
+def test_an_acceptor_out_of_fds_backs_off_and_goes_on(
+    run: Runner[None], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE from accept() pauses a LayerAcceptor's listening channel; the client comes later."""
+    monkeypatch.setattr(qiochan.aio, "ACCEPT_RETRY_DELAY", 0.5)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        acceptor = await qiochan.aio.alisten("tcp:127.0.0.1:0")
+        try:
+            (listening,) = acceptor.listener.sioc
+            attempts = record_accepts(monkeypatch, listening, loop.time)
+            with socket.create_connection(("127.0.0.1", acceptor.address.port)):
+                with no_free_fds():
+                    started = loop.time()
+                    while not attempts:
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.2)
+                    spent = loop.time() - started
+                    # spinning would retry on every loop turn; giving up would close it
+                    assert len(attempts) <= 2 + spent / 0.5, attempts
+                with await asyncio.wait_for(acceptor.accept(), 10) as served:
+                    assert isinstance(served, QIOChannelSocket)
+            assert attempts[-1] - attempts[0] >= 0.4, "accepting resumed after the delay"
+        finally:
+            acceptor.close()
+            acceptor.listener.close()
+
+    run(main)
+    assert "accepting again in 0.5 s" in caplog.text
