@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -42,3 +43,18 @@ def record_accepts(
 
     monkeypatch.setattr(listening, "accept", recording_accept)
     return attempts
+
+
+async def assert_accept_backs_off(attempts: list[float], delay: float) -> None:
+    """Wait for a first recorded ``accept()``, then 0.2 s; fail if it was retried more often
+    than once per ``delay`` seconds (a listener spinning on EMFILE retries every loop turn).
+
+    ``attempts`` is what :func:`record_accepts` returned, recording the running loop's time.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not attempts:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    spent = loop.time() - started
+    assert len(attempts) <= 2 + spent / delay, attempts
