@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["ByteQueue", "advance", "iov_size"]
+__all__ = ["ByteQueue", "advance", "clip", "iov_size"]
 
 
 def iov_size(iov: list[memoryview]) -> int:
@@ -32,6 +32,21 @@ def advance(views: list[memoryview], done: int) -> list[memoryview]:
     if done and rest:
         rest[0] = rest[0][done:]
     return rest
+
+
+def clip(views: list[memoryview], size: int) -> list[memoryview]:
+    """Return the first ``size`` bytes of ``views`` as views (no copying).
+
+    ``views`` itself is not modified; when it holds fewer bytes, all of them
+    are returned.
+    """
+    clipped: list[memoryview] = []
+    for view in views:
+        if size <= 0:
+            break
+        clipped.append(view if view.nbytes <= size else view[:size])
+        size -= view.nbytes
+    return clipped
 
 
 class ByteQueue:

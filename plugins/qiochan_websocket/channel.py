@@ -8,7 +8,10 @@ contract, as QEMU's ``io/channel-websock.c`` does for VNC, in both roles:
 
 * a write becomes binary frames of at most ``frame_size`` bytes, each a whole
   message (so peers with a message size limit accept them);
-* a read returns payload bytes across frame boundaries, as a stream;
+* a read returns payload bytes across frame boundaries, as a stream; a
+  plain binary frame's payload is read straight into the caller's buffer
+  (:mod:`~qiochan_websocket.inbound`), every other frame goes through the
+  protocol;
 * a text frame is a protocol error (the connection is failed with 1003);
 * a ping is answered while reading; a peer's close frame is EOF (an error
   when its code is not a normal one), and so is the master's EOF at a frame
@@ -42,7 +45,7 @@ from websockets.server import ServerProtocol
 
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Steps, WriteFlag
 from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
-from qiochan.iov import ByteQueue
+from qiochan.iov import ByteQueue, clip
 from qiochan.layer import QIOChannelLayer
 from qiochan.watch import ChildWatchSource, Condition, WatchSource
 
@@ -50,6 +53,7 @@ from . import handshake
 from .buffers import Outbox
 from .framing import binary_frame
 from .handshake import Origins
+from .inbound import Inbound
 from .reader import LendingReader
 
 __all__ = [
@@ -164,8 +168,9 @@ class QIOChannelWebsock(QIOChannelLayer):
         frame_size: int = DEFAULT_FRAME_SIZE,
         timeout: float | None = DEFAULT_TIMEOUT,
         max_request: int = DEFAULT_MAX_REQUEST,
+        max_size: int | None = DEFAULT_MAX_SIZE,
     ) -> None:
-        """Use :meth:`new_server` or :meth:`new_client`."""
+        """Use :meth:`new_server` or :meth:`new_client` (``max_size`` is the protocol's)."""
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
         super().__init__(master, handshake_timeout=timeout)
@@ -187,6 +192,8 @@ class QIOChannelWebsock(QIOChannelLayer):
         self._read_lock = threading.Lock()
         self._rx = ByteQueue()
         self._in_view = memoryview(bytearray(_FIRST_READ_SIZE))
+        self._inbound = Inbound(masked=role == "server", max_size=max_size)
+        self._inbox = memoryview(b"")  # read from the master, not yet through _inbound
         self._outbox = Outbox(master)
         # payload bytes already framed by a non-blocking write that returned ERR_BLOCK
         self._unacked = 0
@@ -251,6 +258,7 @@ class QIOChannelWebsock(QIOChannelLayer):
             frame_size=frame_size,
             timeout=timeout,
             max_request=max_request,
+            max_size=max_size,
         )
 
     @classmethod
@@ -305,6 +313,7 @@ class QIOChannelWebsock(QIOChannelLayer):
             host=host,
             frame_size=frame_size,
             timeout=timeout,
+            max_size=max_size,
         )
         channel.origin = origin
         return channel
@@ -365,21 +374,33 @@ class QIOChannelWebsock(QIOChannelLayer):
             ``(n, view, events, data to send)``: ``n`` is bytes read into
             ``view``, 0 at the master's EOF, or ERR_BLOCK (then nothing was fed).
         """
+        n, view, assembled = self._fill(size)
+        if n == ERR_BLOCK:
+            return n, view, [], []
+        if not n:
+            return n, view, *self._parse(None)
+        return n, view, *self._parse(b"" if assembled else view[:n])
+
+    def _fill(self, size: int) -> tuple[int, memoryview, bool]:
+        """Read the master once (at most ``size`` bytes, unless a payload is being assembled).
+
+        Returns:
+            ``(n, view, assembled)``: ``n`` bytes (0 at EOF, or ERR_BLOCK) read
+            into ``view``; ``assembled`` when they went straight into the
+            payload the reader is assembling (already committed to it).
+        """
         reader = self._reader
         space = reader.space()
         if space is not None:  # the rest of a payload: straight into its own buffer
             n = self.master.read(space)
-            if n == ERR_BLOCK:
-                return n, space, [], []
-            reader.commit(max(n, 0))
-            return n, space, *self._parse(b"" if n else None)
+            if n > 0:
+                reader.commit(n)
+            return n, space, True
         view = self._in_view
         n = self.master.read(view[:size] if size < view.nbytes else view)
-        if n == ERR_BLOCK:
-            return n, view, [], []
         if n == view.nbytes and n < _MAX_READ_SIZE:
             self._in_view = memoryview(bytearray(2 * n))  # the master has more: read more at once
-        return n, view, *self._parse(view[:n] if n else None)
+        return n, view, False
 
     def _parse(self, data: memoryview | bytes | None) -> tuple[list[Any], list[bytes]]:
         """Feed ``data`` (None: the master's EOF) to the protocol; return its events and output.
@@ -484,6 +505,7 @@ class QIOChannelWebsock(QIOChannelLayer):
     def _opened(self, subprotocol: str | None) -> None:
         self._hs_done = True
         self._reader.lending = True  # only frames from here on
+        self._cut_from_here()
         self.subprotocol = subprotocol
 
     def _handshake_timed_out(self) -> None:
@@ -523,23 +545,104 @@ class QIOChannelWebsock(QIOChannelLayer):
                     return 0, []
                 if self._outbox.pending:
                     self._flush_quietly()
-                if self._receive() == ERR_BLOCK:
+                inbound = self._inbound
+                if inbound.active:
+                    n = self._split_step(iov)
+                    if n:
+                        return n, []
+                elif self._receive() == ERR_BLOCK:
                     return ERR_BLOCK, []
+
+    def _split_step(self, iov: list[memoryview]) -> int:
+        """Take the stream one step through :attr:`_inbound`.
+
+        Returns:
+            The payload bytes put into ``iov``; 0 when none (look at the
+            state again: frames may have been delivered, the stream may have
+            ended); ERR_BLOCK when the master has nothing to read.
+        """
+        inbound = self._inbound
+        inbox = self._inbox
+        if not inbox:
+            if inbound.payload_left:
+                return self._read_payload(iov)
+            n, view, assembled = self._fill(_MAX_READ_SIZE)
+            if n == ERR_BLOCK:
+                return n
+            if not n:
+                self._master_ended(mid_frame=not inbound.at_boundary)
+                return 0
+            if assembled:  # the rest of a delegated payload, read where websockets wants it
+                inbound.delegated_left -= n
+                self._feed(b"")
+                return 0
+            inbox = view[:n]
+        if inbound.payload_left:
+            n = inbound.payload_into(iov, inbox)
+            self._inbox = inbox[n:]
+            return n
+        if inbound.delegated_left:
+            take = min(inbox.nbytes, inbound.delegated_left)
+            inbound.delegated_left -= take
+            self._inbox = inbox[take:]
+            self._feed(inbox[:take])
+            return 0
+        used, header = inbound.begin(inbox, carry=self._protocol.state is OPEN)
+        self._inbox = inbox[used:]
+        if header is not None:
+            self._feed(header)
+        return 0
+
+    def _read_payload(self, iov: list[memoryview]) -> int:
+        """Read the carried frame's payload from the master straight into ``iov``.
+
+        Returns:
+            The bytes read (unmasked in place), 0 at the master's EOF (which
+            cuts the frame short), or ERR_BLOCK.
+        """
+        inbound = self._inbound
+        target = clip(iov, inbound.payload_left)
+        n = self.master.readv(target)
+        if n > 0:
+            inbound.payload_read(target, n)
+        elif not n:
+            self._master_ended(mid_frame=True)
+        return n
+
+    def _feed(self, data: memoryview | bytes | None) -> None:
+        """Feed ``data`` (None: the EOF) to the protocol; deliver frames, send its output."""
+        events, out = self._parse(data)
+        if out:
+            self._outbox.push(out)
+        self._deliver(events, self._protocol)
+        if self._outbox.pending:
+            self._flush_quietly()
 
     def _receive(self) -> int:
         """Pump once and deliver the frames; return bytes read, 0 at EOF, or ERR_BLOCK."""
-        n, _view, events, out = self._pump(_MAX_READ_SIZE)
+        n, view, assembled = self._fill(_MAX_READ_SIZE)
         if n == ERR_BLOCK:
             return n
-        if out:
-            self._outbox.push(out)
-        protocol = self._protocol
-        self._deliver(events, protocol)
-        if n == 0 and not (self._eof or self._read_error):
-            self._transport_eof(_truncated(protocol.parser_exc))
-        if self._outbox.pending:
-            self._flush_quietly()
+        if n:
+            self._feed(b"" if assembled else view[:n])
+        else:
+            self._master_ended(mid_frame=False)
+        self._cut_from_here()
         return n
+
+    def _cut_from_here(self) -> None:
+        """Let :attr:`_inbound` cut the frames once the protocol is between two of them."""
+        self._inbound.active = self._reader.between_frames
+
+    def _master_ended(self, *, mid_frame: bool) -> None:
+        """The master's EOF: tell the protocol, then end the stream.
+
+        It ends in error when it cut a frame short: ``mid_frame``, or inside a
+        frame the protocol was parsing.
+        """
+        self._feed(None)
+        if not (self._eof or self._read_error):
+            self._transport_eof(mid_frame or _truncated(self._protocol.parser_exc))
 
     def _deliver(self, events: list[Any], protocol: _Protocol) -> None:
         """Queue the payload of data frames; act on text and close frames; note a failure."""
@@ -834,7 +937,7 @@ class QIOChannelWebsock(QIOChannelLayer):
 
     def _ready_now(self) -> Condition:
         ready = Condition(0)
-        if self._rx or self._eof or self._read_error is not None:
+        if self._rx or self._inbox or self._eof or self._read_error is not None:
             ready |= Condition.IN
         if self._write_error is not None:
             ready |= Condition.OUT

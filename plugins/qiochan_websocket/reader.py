@@ -55,6 +55,9 @@ class LendingReader(StreamReader):
         self._target: memoryview | None = None  # a payload being assembled in place
         self._filled = 0
         self._spares: list[bytearray] = []  # recent assembly buffers, reused when free
+        #: True while the parser waits for the next frame with nothing buffered
+        #: (it asks :meth:`at_eof` between frames): the stream is at a frame boundary.
+        self.between_frames = False
 
     # -- the pump's side -----------------------------------------------------------
 
@@ -175,7 +178,9 @@ class LendingReader(StreamReader):
                 return False
             if self.eof:
                 return True
+            self.between_frames = True
             yield
+            self.between_frames = False
 
     def discard(self) -> None:
         """Drop everything buffered, lent or being assembled (the stream goes on)."""

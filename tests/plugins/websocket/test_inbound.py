@@ -1,0 +1,253 @@
+"""Inbound: frames cut at their boundaries, plain binary payloads carried, the rest delegated.
+
+Frames are serialized by the ``websockets`` library itself (masked by a
+client protocol, unmasked by a server one), then fed to :class:`Inbound` and
+to our channel in pieces of every size, so the header layout is checked
+against the library.  The channel tests run a real scripted peer over a
+memory pipe and compare every delivered byte.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import BINARY, CONT, PING, PONG, TEXT, Frame
+from websockets.protocol import OPEN, Protocol
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from qiochan import QIOChannel, Shutdown, WebsocketError
+from qiochan_memory import memory_pipe
+from qiochan_websocket import QIOChannelWebsock
+from qiochan_websocket.inbound import Inbound
+from qiochan_websocket.testing import ProtocolPeer
+
+
+def _wire(frames: list[Frame], *, masked: bool) -> bytes:
+    """``frames`` as a client (masked) or a server (unmasked) puts them on the wire."""
+    sender: Protocol = (
+        ClientProtocol(parse_uri("ws://localhost/"), state=OPEN)
+        if masked
+        else ServerProtocol(state=OPEN)
+    )
+    for frame in frames:
+        sender.send_frame(frame)
+    return b"".join(sender.data_to_send())
+
+
+def _cut(data: bytes, sizes: Callable[[], int]) -> Iterator[memoryview]:
+    view = memoryview(data)
+    while view.nbytes:
+        size = sizes()
+        yield view[:size]
+        view = view[size:]
+
+
+def _run(inbound: Inbound, chunks: Iterator[memoryview]) -> tuple[bytes, bytes, int]:
+    """Drive ``inbound`` over ``chunks``: return (carried payload, delegated bytes, frames)."""
+    carried, delegated = bytearray(), bytearray()
+    frames = 0
+    for piece in chunks:
+        chunk = piece
+        while chunk.nbytes:
+            if inbound.payload_left:
+                target = bytearray(chunk.nbytes)
+                n = inbound.payload_into([memoryview(target)], chunk)
+                carried += target[:n]
+            elif inbound.delegated_left:
+                n = min(chunk.nbytes, inbound.delegated_left)
+                inbound.delegated_left -= n
+                delegated += chunk[:n]
+            else:
+                n, header = inbound.begin(chunk, carry=True)
+                if header is not None:
+                    delegated += header
+                if inbound.payload_left or header is not None:
+                    frames += 1
+            chunk = chunk[n:]
+    return bytes(carried), bytes(delegated), frames
+
+
+_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
+@pytest.mark.parametrize("piece", [1, 3, 7, 4096])
+def test_binary_frames_are_carried_and_unmasked_whatever_the_cuts(masked: bool, piece: int) -> None:
+    payloads = [random.Random(size).randbytes(size) for size in _SIZES]
+    wire = _wire([Frame(BINARY, p) for p in payloads], masked=masked)
+    inbound = Inbound(masked=masked, max_size=None)
+    carried, delegated, _frames = _run(inbound, _cut(wire, lambda: piece))
+    assert (carried, delegated) == (b"".join(payloads), b"")
+    assert inbound.at_boundary
+
+
+def test_payload_read_unmasks_in_place_from_any_offset() -> None:
+    payload = random.Random(1).randbytes(300_001)
+    wire = _wire([Frame(BINARY, payload)], masked=True)
+    inbound = Inbound(masked=True, max_size=None)
+    used, header = inbound.begin(memoryview(wire), carry=True)
+    assert header is None and inbound.payload_left == len(payload)
+    body = bytearray(wire[used:])
+    done = 0
+    for size in (1, 2, 3, 65537, 5, 100_000, 134_453):  # as reads of the master would come
+        views = [memoryview(body)[done : done + size // 2], memoryview(body)[done + size // 2 :]]
+        inbound.payload_read(views, size)
+        done += size
+    assert bytes(body) == payload and inbound.at_boundary
+
+
+def test_every_other_frame_is_delegated_whole() -> None:
+    frames = [
+        Frame(PING, b"ping"),
+        Frame(BINARY, b"first", fin=False),  # a fragmented message...
+        Frame(PONG, b""),
+        Frame(CONT, b"second", fin=False),
+        Frame(CONT, b"last"),  # ...ends here
+        Frame(TEXT, b"text"),
+    ]
+    wire = _wire([*frames, Frame(BINARY, b"plain")], masked=True)
+    inbound = Inbound(masked=True, max_size=None)
+    carried, delegated, count = _run(inbound, _cut(wire, lambda: 5))
+    assert carried == b"plain"
+    assert delegated == wire[: -6 - 5]  # all but the carried frame (6 header bytes, 5 payload)
+    assert count == len(frames) + 1
+
+
+def test_a_binary_frame_inside_a_fragmented_message_is_left_to_the_protocol() -> None:
+    # not valid (websockets rejects it): it must reach the protocol to be rejected
+    wire = _wire([Frame(BINARY, b"a", fin=False), Frame(BINARY, b"b")], masked=True)
+    inbound = Inbound(masked=True, max_size=None)
+    carried, delegated, _frames = _run(inbound, _cut(wire, lambda: len(wire)))
+    assert (carried, delegated) == (b"", wire)
+
+
+@pytest.mark.parametrize(
+    ("masked_wire", "max_size", "carry"),
+    [(False, None, True), (True, 99, True), (True, None, False)],
+    ids=["wrong-masking", "over-max-size", "session-not-open"],
+)
+def test_frames_the_protocol_must_judge_are_delegated(
+    masked_wire: bool, max_size: int | None, carry: bool
+) -> None:
+    wire = _wire([Frame(BINARY, b"z" * 100)], masked=masked_wire)
+    inbound = Inbound(masked=True, max_size=max_size)
+    used, header = inbound.begin(memoryview(wire), carry=carry)
+    assert header == wire[:used] and inbound.delegated_left == 100
+    assert inbound.payload_left == 0
+
+
+# -- through the channel ------------------------------------------------------------
+
+
+def _mixed_frames(rng: random.Random) -> tuple[list[Frame], bytes, int]:
+    """Frames as a peer may send them: return (frames, the byte stream in them, pings)."""
+    frames: list[Frame] = []
+    stream = bytearray()
+    pings = 0
+    for index in range(60):
+        kind = rng.choice(["binary", "binary", "binary", "ping", "fragments"])
+        size = rng.choice([0, 1, 125, 126, 4000, 65536, 300_000, 1 << 20])
+        payload = rng.randbytes(size)
+        if kind == "binary":
+            frames.append(Frame(BINARY, payload))
+        elif kind == "ping":
+            frames.append(Frame(PING, str(index).encode()))
+            pings += 1
+            continue
+        else:
+            cut = size // 2
+            frames += [Frame(BINARY, payload[:cut], fin=False), Frame(CONT, payload[cut:])]
+        stream += payload
+    return frames, bytes(stream), pings
+
+
+def _write_all(channel: QIOChannel, pieces: list[memoryview]) -> None:
+    for piece in pieces:
+        channel.write_all(piece)
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_mixed_stream_arrives_whole_and_in_order(role: str, seed: int) -> None:
+    rng = random.Random(seed)
+    frames, expected, pings = _mixed_frames(rng)
+    ours, theirs = memory_pipe()
+    if role == "server":
+        channel = QIOChannelWebsock.new_server(ours)
+        peer = ProtocolPeer.client(theirs)
+        channel.handshake()
+        peer.receive(bool)
+    else:
+        channel = QIOChannelWebsock.new_client(ours, "localhost")
+        peer = ProtocolPeer.server(theirs)
+        accepting = threading.Thread(target=peer.accept)
+        accepting.start()
+        channel.handshake()
+        accepting.join()
+    wire = _wire(frames, masked=role == "server")
+    # the peer writes in odd pieces; we read with one to three buffers of odd sizes
+    pieces = list(_cut(wire, lambda: rng.randrange(1, 200_000)))
+    writer = threading.Thread(target=_write_all, args=(theirs, pieces))
+    received = bytearray()
+    with channel, theirs:
+        writer.start()
+        while len(received) < len(expected):
+            buffers = [bytearray(rng.randrange(1, 300_000)) for _ in range(rng.randrange(1, 4))]
+            n = channel.readv(buffers)
+            assert n > 0
+            received += b"".join(buffers)[:n]
+        writer.join()
+        assert bytes(received) == expected
+        assert channel._inbound.active  # the payloads were carried, not parsed
+        pongs = peer.frames(lambda got: sum(f.opcode is PONG for f in got) == pings)
+        assert [f.data for f in pongs if f.opcode is PONG] == [
+            f.data for f in frames if f.opcode is PING
+        ]
+
+
+@pytest.mark.parametrize("cut", [1, 3, 9], ids=["in-the-header", "in-the-mask", "in-the-payload"])
+def test_eof_inside_a_carried_frame_is_an_error(cut: int) -> None:
+    ours, theirs = memory_pipe()
+    server = QIOChannelWebsock.new_server(ours)
+    peer = ProtocolPeer.client(theirs)
+    server.handshake()
+    peer.receive(bool)
+    with server, theirs:
+        peer.send(lambda p: p.send_binary(b"whole"))
+        assert server.read(bytearray(8)) == 5
+        assert server._inbound.active
+        peer.send_raw(_wire([Frame(BINARY, b"0123456789")], masked=True)[:cut])
+        theirs.shutdown(Shutdown.WRITE)
+        received = bytearray(16)
+        if cut > 6:  # 6 header bytes: the first payload bytes came before the end
+            assert received[: server.read(received)] == b"012"
+        with pytest.raises(WebsocketError, match="middle of a frame"):
+            server.read(received)
+
+
+def test_frames_right_behind_the_upgrade_request_are_read() -> None:
+    # a client that does not wait for the 101: frames come in the request's read
+    ours, theirs = memory_pipe()
+    server = QIOChannelWebsock.new_server(ours)
+    client = ClientProtocol(parse_uri("ws://localhost/"), subprotocols=[Subprotocol("binary")])
+    client.send_request(client.connect())
+    client.state = OPEN  # as if the answer had come: frames go out at once
+    client.send_binary(b"a" * 3000)
+    client.send_binary(b"b" * 200_000)
+    writer = threading.Thread(target=theirs.write_all, args=(b"".join(client.data_to_send()),))
+    with server, theirs:
+        writer.start()
+        server.handshake()
+        received = bytearray()
+        while len(received) < 203_000:
+            buf = bytearray(65536)
+            received += buf[: server.read(buf)]
+        writer.join()
+        assert received == b"a" * 3000 + b"b" * 200_000
+        assert server._inbound.active  # on from the end of the frame being parsed
