@@ -45,7 +45,7 @@ from websockets.server import ServerProtocol
 
 from qiochan.channel import ERR_BLOCK, Feature, QIOChannel, ReadFlag, Steps, WriteFlag
 from qiochan.errors import ChannelError, WebsocketError, WebsocketHandshakeError
-from qiochan.iov import ByteQueue, clip
+from qiochan.iov import ByteQueue, advance, clip, iov_size
 from qiochan.layer import QIOChannelLayer
 from qiochan.watch import ChildWatchSource, Condition, WatchSource
 
@@ -82,6 +82,9 @@ CLOSE_FLUSH_TIMEOUT = 5.0
 # reads from the master start small (idle channels stay cheap) and grow while they fill up
 _FIRST_READ_SIZE = 16 << 10
 _MAX_READ_SIZE = 256 << 10
+# a carried payload read straight into the caller's buffer at least this large; less
+# is read with whatever follows it (frames after it) into the read buffer, then copied
+_DIRECT_READ_MIN = 64 << 10
 _SERVER_HANDSHAKE_READ = 4096
 _WRITE_BATCH = 256 << 10
 _HEAD_KEPT = 256
@@ -366,23 +369,10 @@ class QIOChannelWebsock(QIOChannelLayer):
             protocol.send_request(request)
             self._outbox.push(protocol.data_to_send())
 
-    def _pump(self, size: int) -> tuple[int, memoryview, list[Any], list[bytes]]:
-        """The one inbound pump: read the master once (at most ``size`` bytes, non-blocking)
-        and feed the protocol, for the handshake and for frames alike.
-
-        Returns:
-            ``(n, view, events, data to send)``: ``n`` is bytes read into
-            ``view``, 0 at the master's EOF, or ERR_BLOCK (then nothing was fed).
-        """
-        n, view, assembled = self._fill(size)
-        if n == ERR_BLOCK:
-            return n, view, [], []
-        if not n:
-            return n, view, *self._parse(None)
-        return n, view, *self._parse(b"" if assembled else view[:n])
-
     def _fill(self, size: int) -> tuple[int, memoryview, bool]:
-        """Read the master once (at most ``size`` bytes, unless a payload is being assembled).
+        """Read the master once: the one inbound pump, for the handshake and frames alike.
+
+        At most ``size`` bytes are read, unless a payload is being assembled.
 
         Returns:
             ``(n, view, assembled)``: ``n`` bytes (0 at EOF, or ERR_BLOCK) read
@@ -425,9 +415,10 @@ class QIOChannelWebsock(QIOChannelLayer):
             size = max(1, min(_SERVER_HANDSHAKE_READ, self._max_request - self._hs_fed))
         else:
             size = _FIRST_READ_SIZE
-        n, view, events, out = self._pump(size)
+        n, view, _assembled = self._fill(size)  # nothing is assembled before frames
         if n == ERR_BLOCK:
             return n
+        events, out = self._parse(view[:n] if n else None)
         if n and len(self._hs_head) < _HEAD_KEPT:
             self._hs_head += view[: min(n, _HEAD_KEPT - len(self._hs_head))]
         self._hs_fed += max(n, 0)
@@ -545,13 +536,32 @@ class QIOChannelWebsock(QIOChannelLayer):
                     return 0, []
                 if self._outbox.pending:
                     self._flush_quietly()
-                inbound = self._inbound
-                if inbound.active:
-                    n = self._split_step(iov)
+                if self._inbound.active:
+                    n = self._split_read(iov)
                     if n:
                         return n, []
                 elif self._receive() == ERR_BLOCK:
                     return ERR_BLOCK, []
+
+    def _split_read(self, iov: list[memoryview]) -> int:
+        """Fill ``iov`` with carried payload, across frames, as far as it goes without waiting.
+
+        Returns:
+            The bytes put into ``iov``; 0 when none but the state changed
+            (frames delivered to the queue, the stream ended, an error);
+            ERR_BLOCK when the master has nothing to read.
+        """
+        done = 0
+        room = iov_size(iov)
+        while True:
+            n = self._split_step(advance(iov, done) if done else iov)
+            if n == ERR_BLOCK:
+                return done or n
+            done += n
+            if done == room or self._rx or self._eof or self._read_error is not None:
+                return done
+            if done and not self._inbox:
+                return done  # reading the master again could wait, with bytes to return
 
     def _split_step(self, iov: list[memoryview]) -> int:
         """Take the stream one step through :attr:`_inbound`.
@@ -564,7 +574,7 @@ class QIOChannelWebsock(QIOChannelLayer):
         inbound = self._inbound
         inbox = self._inbox
         if not inbox:
-            if inbound.payload_left:
+            if min(inbound.payload_left, iov_size(iov)) >= _DIRECT_READ_MIN:
                 return self._read_payload(iov)
             n, view, assembled = self._fill(_MAX_READ_SIZE)
             if n == ERR_BLOCK:

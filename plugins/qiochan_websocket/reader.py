@@ -20,6 +20,11 @@ and changes only where the bytes live, once the opening handshake is over
 The views handed out stay valid while the pump does not read into the same
 buffer again: the websocket channel reads only once every payload delivered
 so far has been consumed.
+
+The parser asks :meth:`LendingReader.at_eof` between two frames, which sets
+:attr:`LendingReader.between_frames` while it waits there: from that point
+the channel cuts the frames itself (:mod:`~qiochan_websocket.inbound`), and
+only the frames it does not carry come through here.
 """
 
 from __future__ import annotations

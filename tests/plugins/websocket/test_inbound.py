@@ -211,24 +211,43 @@ def test_a_mixed_stream_arrives_whole_and_in_order(role: str, seed: int) -> None
         ]
 
 
-@pytest.mark.parametrize("cut", [1, 3, 9], ids=["in-the-header", "in-the-mask", "in-the-payload"])
+def _write_then_end(channel: QIOChannel, data: bytes) -> None:
+    channel.write_all(data)
+    channel.shutdown(Shutdown.WRITE)
+
+
+_HEADER = 14  # of a masked frame with a 64-bit length
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [1, 12, _HEADER + 3, _HEADER + 150_000],
+    ids=["in-the-header", "in-the-mask", "in-the-payload", "in-a-large-payload"],
+)
 def test_eof_inside_a_carried_frame_is_an_error(cut: int) -> None:
     ours, theirs = memory_pipe()
     server = QIOChannelWebsock.new_server(ours)
     peer = ProtocolPeer.client(theirs)
     server.handshake()
     peer.receive(bool)
+    payload = random.Random(cut).randbytes(200_000)
+    writer = threading.Thread(
+        target=_write_then_end, args=(theirs, _wire([Frame(BINARY, payload)], masked=True)[:cut])
+    )
     with server, theirs:
         peer.send(lambda p: p.send_binary(b"whole"))
         assert server.read(bytearray(8)) == 5
         assert server._inbound.active
-        peer.send_raw(_wire([Frame(BINARY, b"0123456789")], masked=True)[:cut])
-        theirs.shutdown(Shutdown.WRITE)
-        received = bytearray(16)
-        if cut > 6:  # 6 header bytes: the first payload bytes came before the end
-            assert received[: server.read(received)] == b"012"
+        writer.start()
+        received = bytearray()
         with pytest.raises(WebsocketError, match="middle of a frame"):
-            server.read(received)
+            while True:
+                buf = bytearray(1 << 20)
+                n = server.read(buf)
+                assert n > 0
+                received += buf[:n]
+        writer.join()
+        assert received == payload[: max(0, cut - _HEADER)]  # what came before the end
 
 
 def test_frames_right_behind_the_upgrade_request_are_read() -> None:
