@@ -769,23 +769,30 @@ class QIOChannelWebsock(QIOChannelLayer):
             self.master.wait(Condition.OUT)
 
     def _write_nonblocking(self, iov: list[memoryview], total: int) -> int:
-        """Frame at most one frame's worth; ERR_BLOCK until that frame is fully out.
+        """Frame and send as much as the master takes now, one frame at a time.
 
-        As with non-blocking TLS writes, a frame the master took only part of
-        stays queued and the call returns ERR_BLOCK; the caller retries with
-        the same data, and the retry reports the frame's bytes once it is out.
-        So nothing is ever left unsent behind the caller's back.
+        A frame counts once it is fully out.  As with non-blocking TLS writes,
+        a frame the master took only part of stays queued and is not counted:
+        the call returns the bytes of the frames before it, or ERR_BLOCK when
+        there are none; the caller retries with the rest of its data, and the
+        retry reports that frame's bytes once it is out.  So nothing is ever
+        left unsent behind the caller's back, and no byte is framed twice.
         """
         outbox = self._outbox
         if outbox.pending and not outbox.flush(wait=False):
             return ERR_BLOCK
-        payload = next(_payloads(iov, self._frame_size, min(total, self._frame_size)))
-        self._encode(payload, copy=True)  # the frame may stay queued after ERR_BLOCK
-        size = len(payload)
-        if outbox.flush(wait=False):
-            return size
-        self._unacked = size
-        return ERR_BLOCK
+        done = 0
+        try:
+            for payload in _payloads(iov, self._frame_size, total):
+                self._encode(payload, copy=False)
+                if not outbox.flush(wait=False):
+                    self._unacked = len(payload)
+                    return done or ERR_BLOCK
+                done += len(payload)
+        finally:
+            if outbox.pending:
+                outbox.own()  # what stays queued must not change with the caller's buffers
+        return done
 
     def _acknowledge(self, total: int) -> int:
         """Report the frame of an earlier ERR_BLOCK write once it is fully out.

@@ -568,14 +568,31 @@ def test_nonblocking_write_reports_a_frame_only_once_it_is_out() -> None:
         assert client.write(b"more") == 4
 
 
-def test_nonblocking_write_frames_at_most_one_frame_per_call() -> None:
-    client, peer = _client_with_peer(frame_size=100)
-    with client, peer.channel:
+def test_nonblocking_write_frames_what_the_master_takes_and_counts_whole_frames() -> None:
+    # masked frames of 100 bytes take 106 on the wire: two and part of a third fit
+    ours, theirs = memory_pipe(capacity=300)
+    client = QIOChannelWebsock.new_client(ours, "localhost", frame_size=100)
+    peer = ProtocolPeer.server(theirs)
+    accepting = threading.Thread(target=peer.accept)
+    accepting.start()
+    client.handshake()
+    accepting.join()
+    data = os.urandom(1000)
+    with client, theirs:
         client.set_blocking(False)
-        assert client.write(b"z" * 250) == 100
-        assert client.writev([b"a" * 30, b"b" * 30, b"c" * 70]) == 100
-        frames = peer.frames(lambda got: len(got) == 2)
-        assert [bytes(f.data) for f in frames] == [b"z" * 100, b"a" * 30 + b"b" * 30 + b"c" * 40]
+        assert client.writev([data[:30], data[30:60], data[60:]]) == 200
+        assert client.write(data[200:]) == ERR_BLOCK  # the third frame is not all out
+        received = bytearray()
+        done = 200
+        while done < len(data):
+            theirs.wait(Condition.IN, timeout=5)
+            received += _data_frames([e for e in peer.pump() if isinstance(e, Frame)])
+            written = client.write(data[done:])
+            if written != ERR_BLOCK:
+                assert written % 100 == 0 or done + written == len(data)
+                done += written
+        frames = peer.frames(lambda got: len(received) + len(_data_frames(got)) >= len(data))
+        assert bytes(received) + _data_frames(frames) == data  # each byte framed once
 
 
 # -- threads, features, passthrough ---------------------------------------------------------
