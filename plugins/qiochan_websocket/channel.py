@@ -547,6 +547,10 @@ class QIOChannelWebsock(QIOChannelLayer):
     def _split_read(self, iov: list[memoryview]) -> int:
         """Fill ``iov`` with carried payload, across frames, as far as it goes without waiting.
 
+        A non-blocking read goes on until ``iov`` is full or the master has
+        nothing more; a blocking one returns what it has before reading the
+        master again (that read could wait).
+
         Returns:
             The bytes put into ``iov``; 0 when none but the state changed
             (frames delivered to the queue, the stream ended, an error);
@@ -561,8 +565,8 @@ class QIOChannelWebsock(QIOChannelLayer):
             done += n
             if done == room or self._rx or self._eof or self._read_error is not None:
                 return done
-            if done and not self._inbox:
-                return done  # reading the master again could wait, with bytes to return
+            if done and not self._inbox and self._blocking:
+                return done
 
     def _split_step(self, iov: list[memoryview]) -> int:
         """Take the stream one step through :attr:`_inbound`.

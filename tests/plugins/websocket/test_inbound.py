@@ -270,3 +270,23 @@ def test_frames_right_behind_the_upgrade_request_are_read() -> None:
         writer.join()
         assert received == b"a" * 3000 + b"b" * 200_000
         assert server._inbound.active  # on from the end of the frame being parsed
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["non-blocking", "blocking"])
+def test_a_nonblocking_read_fills_the_buffer_across_frames(blocking: bool) -> None:
+    ours, theirs = memory_pipe(capacity=1 << 20)
+    server = QIOChannelWebsock.new_server(ours)
+    peer = ProtocolPeer.client(theirs)
+    server.handshake()
+    peer.receive(bool)
+    payloads = [random.Random(n).randbytes(100_000) for n in range(3)]
+    with server, theirs:
+        theirs.write_all(_wire([Frame(BINARY, p) for p in payloads], masked=True))  # buffered
+        server.set_blocking(blocking)
+        buf = bytearray(250_000)
+        n = server.read(buf)
+        if blocking:  # it returns before reading the master again: that read could wait
+            assert 0 < n < len(buf)
+        else:  # one read, one chunk for the caller: two frames and half of the third
+            assert n == len(buf)
+        assert buf[:n] == b"".join(payloads)[:n]
