@@ -35,35 +35,12 @@ from qiochan_socket import socket_pair
 from qiochan_websocket import DEFAULT_FRAME_SIZE, QIOChannelWebsock
 from qiochan_websocket import channel as websock_module
 from qiochan_websocket.testing import ProtocolPeer, handshake_pair
-
-
-def _server_with_peer(
-    **options: object,
-) -> tuple[QIOChannelWebsock, ProtocolPeer]:
-    """Our server, handshake done, and a scripted client peer on a memory pipe."""
-    ours, theirs = memory_pipe()
-    server = QIOChannelWebsock.new_server(ours, **options)  # type: ignore[arg-type]
-    peer = ProtocolPeer.client(theirs)
-    server.handshake()
-    peer.receive(bool)
-    return server, peer
-
-
-def _client_with_peer(**options: object) -> tuple[QIOChannelWebsock, ProtocolPeer]:
-    """Our client, handshake done, and a scripted server peer on a memory pipe."""
-    ours, theirs = memory_pipe()
-    client = QIOChannelWebsock.new_client(ours, "localhost", **options)  # type: ignore[arg-type]
-    peer = ProtocolPeer.server(theirs)
-    accepting = threading.Thread(target=peer.accept)
-    accepting.start()
-    client.handshake()
-    accepting.join()
-    return client, peer
+from tests.helpers.websocket import client_with_peer, server_with_peer
 
 
 @pytest.fixture
 def server_peer() -> Iterator[tuple[QIOChannelWebsock, ProtocolPeer]]:
-    server, peer = _server_with_peer()
+    server, peer = server_with_peer()
     yield server, peer
     server.close()
     peer.channel.close()
@@ -185,7 +162,7 @@ def test_bad_arguments_are_refused() -> None:
 
 
 def test_large_write_becomes_bounded_binary_frames() -> None:
-    client, peer = _client_with_peer(frame_size=1000)
+    client, peer = client_with_peer(frame_size=1000)
     with client, peer.channel:
         data = os.urandom(10_500)
         client.writev_all([data[:7], data[7:6000], data[6000:]])
@@ -197,7 +174,7 @@ def test_large_write_becomes_bounded_binary_frames() -> None:
 
 
 def test_default_frames_stay_within_the_frame_size() -> None:
-    client, peer = _client_with_peer()
+    client, peer = client_with_peer()
     with client, peer.channel:
         data = os.urandom(3 * DEFAULT_FRAME_SIZE + 5)
         writer = threading.Thread(target=client.write_all, args=(data,))
@@ -268,7 +245,7 @@ def test_text_frame_is_a_protocol_error(
 
 
 def test_message_over_max_size_closes_with_1009() -> None:
-    server, peer = _server_with_peer(max_size=1000)
+    server, peer = server_with_peer(max_size=1000)
     with server, peer.channel:
         peer.send(lambda p: p.send_binary(b"x" * 1000))
         peer.send(lambda p: p.send_binary(b"y" * 1001))
@@ -281,7 +258,7 @@ def test_message_over_max_size_closes_with_1009() -> None:
 
 
 def test_fragmented_message_over_max_size_closes_with_1009() -> None:
-    server, peer = _server_with_peer(max_size=1000)
+    server, peer = server_with_peer(max_size=1000)
     with server, peer.channel:
         peer.send(lambda p: p.send_binary(b"a" * 600, fin=False))
         peer.send(lambda p: p.send_continuation(b"b" * 600, fin=True))
@@ -293,7 +270,7 @@ def test_fragmented_message_over_max_size_closes_with_1009() -> None:
 
 
 def test_oversized_frame_header_fails_without_waiting_for_the_payload() -> None:
-    server, peer = _server_with_peer(max_size=1 << 20)
+    server, peer = server_with_peer(max_size=1 << 20)
     with server, peer.channel:
         # a masked binary frame announcing 2**40 bytes: refused on the header alone
         peer.send_raw(b"\x82\xff" + (1 << 40).to_bytes(8, "big") + b"mask")
@@ -306,7 +283,7 @@ def test_oversized_frame_header_fails_without_waiting_for_the_payload() -> None:
 
 def test_close_sends_a_close_frame_with_the_status_code() -> None:
     for code, reason in ((1000, ""), (4000, "bye now")):
-        server, peer = _server_with_peer()
+        server, peer = server_with_peer()
         with peer.channel:
             server.close(code, reason)
             assert server.closed
@@ -316,7 +293,7 @@ def test_close_sends_a_close_frame_with_the_status_code() -> None:
 
 def test_close_nowait_sends_the_close_frame_at_once() -> None:
     """On an event loop a websocket closes without a worker thread when its goodbye fits."""
-    server, peer = _server_with_peer()
+    server, peer = server_with_peer()
     with peer.channel:
         server.set_blocking(False)
         assert server.close_nowait() is True
@@ -327,11 +304,8 @@ def test_close_nowait_sends_the_close_frame_at_once() -> None:
 
 def test_close_nowait_leaves_a_stalled_flush_to_close() -> None:
     """A master too full for the close frame: close_nowait() says False, close() sends it all."""
-    ours, theirs = socket_pair()
-    server = QIOChannelWebsock.new_server(ours)
-    peer = ProtocolPeer.client(theirs)
-    server.handshake()
-    peer.receive(bool)
+    server, peer = server_with_peer(socket_pair())
+    theirs = peer.channel
     server.set_blocking(False)
     data = os.urandom(1 << 16)
     sent = 0
@@ -428,7 +402,7 @@ def test_garbage_after_the_handshake_is_a_protocol_error(
 
 
 def test_send_close_starts_the_close_handshake_and_reading_goes_on() -> None:
-    client, peer = _client_with_peer()
+    client, peer = client_with_peer()
     with client, peer.channel:
         peer.send(lambda p: p.send_binary(b"queued before"))
         client.send_close()
@@ -442,7 +416,7 @@ def test_send_close_starts_the_close_handshake_and_reading_goes_on() -> None:
 
 
 def test_close_closes_the_master() -> None:
-    server, peer = _server_with_peer()
+    server, peer = server_with_peer()
     server.close()
     server.close()
     assert server.master.closed
@@ -451,13 +425,8 @@ def test_close_closes_the_master() -> None:
 
 def test_close_gives_up_on_a_peer_that_never_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(websock_module, "CLOSE_FLUSH_TIMEOUT", 0.2)
-    ours, theirs = memory_pipe(capacity=4096)
-    client = QIOChannelWebsock.new_client(ours, "localhost")
-    peer = ProtocolPeer.server(theirs)
-    accepting = threading.Thread(target=peer.accept)
-    accepting.start()
-    client.handshake()
-    accepting.join()
+    client, peer = client_with_peer(memory_pipe(capacity=4096))
+    theirs = peer.channel
     client.set_blocking(False)
     data = os.urandom(20_000)
     assert client.write(data) == ERR_BLOCK  # the frame is only partly out
@@ -544,13 +513,8 @@ def test_nonblocking_read_and_watch_on_decoded_data(
 
 
 def test_nonblocking_write_reports_a_frame_only_once_it_is_out() -> None:
-    ours, theirs = memory_pipe(capacity=4096)
-    client = QIOChannelWebsock.new_client(ours, "localhost")
-    peer = ProtocolPeer.server(theirs)
-    accepting = threading.Thread(target=peer.accept)
-    accepting.start()
-    client.handshake()
-    accepting.join()
+    client, peer = client_with_peer(memory_pipe(capacity=4096))
+    theirs = peer.channel
     with client, theirs:
         client.set_blocking(False)
         data = os.urandom(10_000)
@@ -570,13 +534,8 @@ def test_nonblocking_write_reports_a_frame_only_once_it_is_out() -> None:
 
 def test_nonblocking_write_frames_what_the_master_takes_and_counts_whole_frames() -> None:
     # masked frames of 100 bytes take 106 on the wire: two and part of a third fit
-    ours, theirs = memory_pipe(capacity=300)
-    client = QIOChannelWebsock.new_client(ours, "localhost", frame_size=100)
-    peer = ProtocolPeer.server(theirs)
-    accepting = threading.Thread(target=peer.accept)
-    accepting.start()
-    client.handshake()
-    accepting.join()
+    client, peer = client_with_peer(memory_pipe(capacity=300), frame_size=100)
+    theirs = peer.channel
     data = os.urandom(1000)
     with client, theirs:
         client.set_blocking(False)
@@ -600,11 +559,8 @@ def test_nonblocking_write_frames_what_the_master_takes_and_counts_whole_frames(
 
 def test_pings_during_a_concurrent_write_are_answered_in_order() -> None:
     """A reader thread answering pings never interleaves its pongs into a writer's frames."""
-    ours, theirs = socket_pair()
-    server = QIOChannelWebsock.new_server(ours)
-    peer = ProtocolPeer.client(theirs)
-    server.handshake()
-    peer.receive(bool)
+    server, peer = server_with_peer(socket_pair())
+    theirs = peer.channel
     data = os.urandom(4 << 20)
     pings = 50
     with server, theirs:

@@ -25,7 +25,7 @@ from qiochan import QIOChannel, Shutdown, WebsocketError
 from qiochan_memory import memory_pipe
 from qiochan_websocket import QIOChannelWebsock
 from qiochan_websocket.inbound import Inbound
-from qiochan_websocket.testing import ProtocolPeer
+from tests.helpers.websocket import client_with_peer, server_with_peer
 
 
 def _wire(frames: list[Frame], *, masked: bool) -> bytes:
@@ -177,19 +177,8 @@ def _write_all(channel: QIOChannel, pieces: list[memoryview]) -> None:
 def test_a_mixed_stream_arrives_whole_and_in_order(role: str, seed: int) -> None:
     rng = random.Random(seed)
     frames, expected, pings = _mixed_frames(rng)
-    ours, theirs = memory_pipe()
-    if role == "server":
-        channel = QIOChannelWebsock.new_server(ours)
-        peer = ProtocolPeer.client(theirs)
-        channel.handshake()
-        peer.receive(bool)
-    else:
-        channel = QIOChannelWebsock.new_client(ours, "localhost")
-        peer = ProtocolPeer.server(theirs)
-        accepting = threading.Thread(target=peer.accept)
-        accepting.start()
-        channel.handshake()
-        accepting.join()
+    channel, peer = server_with_peer() if role == "server" else client_with_peer()
+    theirs = peer.channel
     wire = _wire(frames, masked=role == "server")
     # the peer writes in odd pieces; we read with one to three buffers of odd sizes
     pieces = list(_cut(wire, lambda: rng.randrange(1, 200_000)))
@@ -225,11 +214,8 @@ _HEADER = 14  # of a masked frame with a 64-bit length
     ids=["in-the-header", "in-the-mask", "in-the-payload", "in-a-large-payload"],
 )
 def test_eof_inside_a_carried_frame_is_an_error(cut: int) -> None:
-    ours, theirs = memory_pipe()
-    server = QIOChannelWebsock.new_server(ours)
-    peer = ProtocolPeer.client(theirs)
-    server.handshake()
-    peer.receive(bool)
+    server, peer = server_with_peer()
+    theirs = peer.channel
     payload = random.Random(cut).randbytes(200_000)
     writer = threading.Thread(
         target=_write_then_end, args=(theirs, _wire([Frame(BINARY, payload)], masked=True)[:cut])
@@ -274,11 +260,8 @@ def test_frames_right_behind_the_upgrade_request_are_read() -> None:
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["non-blocking", "blocking"])
 def test_a_nonblocking_read_fills_the_buffer_across_frames(blocking: bool) -> None:
-    ours, theirs = memory_pipe(capacity=1 << 20)
-    server = QIOChannelWebsock.new_server(ours)
-    peer = ProtocolPeer.client(theirs)
-    server.handshake()
-    peer.receive(bool)
+    server, peer = server_with_peer(memory_pipe(capacity=1 << 20))
+    theirs = peer.channel
     payloads = [random.Random(n).randbytes(100_000) for n in range(3)]
     with server, theirs:
         theirs.write_all(_wire([Frame(BINARY, p) for p in payloads], masked=True))  # buffered
