@@ -9,11 +9,15 @@ memory pipe and compare every delivered byte.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.frames import BINARY, CONT, PING, PONG, TEXT, Frame
 from websockets.protocol import OPEN, Protocol
@@ -140,6 +144,72 @@ def test_frames_the_protocol_must_judge_are_delegated(
     used, header = inbound.begin(memoryview(wire), carry=carry)
     assert header == wire[:used] and inbound.delegated_left == 100
     assert inbound.payload_left == 0
+
+
+def _message(draw: st.DrawFn) -> list[Frame]:
+    """One message (a final binary frame, or fragments), pings and pongs among its frames."""
+    sizes = st.sampled_from([0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
+    pieces = draw(st.lists(sizes, min_size=1, max_size=3))
+    frames: list[Frame] = []
+    for index, size in enumerate(pieces):
+        opcode = BINARY if index == 0 else CONT
+        frames.append(Frame(opcode, bytes([index]) * size, fin=index == len(pieces) - 1))
+        if draw(st.booleans()):
+            control = draw(st.sampled_from([PING, PONG]))
+            frames.append(Frame(control, draw(st.binary(max_size=125))))
+    return frames
+
+
+def _frames_of(events: list[Any]) -> list[tuple[int, bytes]]:
+    return [(event.opcode, bytes(event.data)) for event in events if isinstance(event, Frame)]
+
+
+_messages = st.lists(st.composite(_message)(), min_size=1, max_size=6)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=_messages, cuts=st.lists(st.integers(1, 70_000), min_size=1, max_size=8))
+def test_cutting_frames_out_changes_nothing_websockets_sees(
+    messages: list[list[Frame]], cuts: list[int]
+) -> None:
+    """Inbound plus the protocol for what it delegates == the protocol alone, for any cuts."""
+    wire = _wire([frame for message in messages for frame in message], masked=True)
+    sizes = itertools.cycle(cuts)
+
+    reference = ServerProtocol(state=OPEN)
+    for chunk in _cut(wire, lambda: next(sizes)):
+        reference.receive_data(bytes(chunk))
+    expected = reference.events_received()
+
+    protocol = ServerProtocol(state=OPEN)
+    inbound = Inbound(masked=True, max_size=None)
+    got: list[tuple[int, bytes]] = []  # (opcode, payload) in arrival order
+    for piece in _cut(wire, lambda: next(sizes)):
+        chunk = piece
+        while chunk.nbytes:
+            if inbound.payload_left:
+                target = bytearray(chunk.nbytes)
+                n = inbound.payload_into([memoryview(target)], chunk)
+                got.append((BINARY, bytes(target[:n])))
+            else:
+                if inbound.delegated_left:
+                    n = min(chunk.nbytes, inbound.delegated_left)
+                    inbound.delegated_left -= n
+                    protocol.receive_data(bytes(chunk[:n]))
+                else:
+                    n, header = inbound.begin(chunk, carry=True)
+                    if header is not None:
+                        protocol.receive_data(header)
+                got += _frames_of(protocol.events_received())
+            chunk = chunk[n:]
+    assert protocol.parser_exc is None and inbound.at_boundary
+
+    def stream(events: list[tuple[int, bytes]]) -> tuple[bytes, list[tuple[int, bytes]]]:
+        data = b"".join(payload for opcode, payload in events if opcode in (BINARY, CONT))
+        return data, [(opcode, payload) for opcode, payload in events if opcode in (PING, PONG)]
+
+    assert stream(got) == stream(_frames_of(expected))
+    assert protocol.data_to_send() == reference.data_to_send()  # the same pongs
 
 
 # -- through the channel ------------------------------------------------------------
