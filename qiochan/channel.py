@@ -413,9 +413,15 @@ class QIOChannel(abc.ABC):
     def _io_read(
         self, views: list[memoryview], want_fds: bool, flags: ReadFlag
     ) -> tuple[int, list[int]]:
-        """Call the backend's io_readv on prepared views, translating OS errors."""
+        """Call the backend's io_readv on prepared views, translating OS errors.
+
+        A read into no bytes (and no fds) returns 0 at once, as ``read(2)``
+        does: the backend is not asked, so none waits for data it cannot take.
+        """
         if self._closed:
             raise closed_error(self._name)
+        if not want_fds and not sum(map(len, views)):
+            return 0, []
         try:
             return self.io_readv(views, want_fds, flags)
         except ChannelError:

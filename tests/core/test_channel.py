@@ -212,6 +212,22 @@ def test_zero_length_reads_and_writes() -> None:
             buf.writev_full_all([], fds=[1])
 
 
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "non-blocking"])
+def test_a_read_of_no_bytes_returns_0_at_once_and_takes_nothing(blocking: bool) -> None:
+    # a blocking memory pipe used to wait here for data it could not take
+    writer, reader = memory_pipe()
+    with writer, reader:
+        reader.set_blocking(blocking)
+        assert reader.read(bytearray(0)) == 0
+        assert reader.readv([bytearray(0), memoryview(bytearray(4))[:0]]) == 0
+        assert reader.readv([]) == 0
+        writer.write_all(b"abc")
+        assert reader.read(bytearray(0)) == 0
+        buf = bytearray(3)
+        reader.wait(Condition.IN, timeout=5)
+        assert reader.read(buf) == 3 and buf == b"abc"
+
+
 def test_os_errors_become_channel_errors() -> None:
     writer, reader = pipe_pair()
     reader.close()
