@@ -87,18 +87,19 @@ class Inbound:
             (the frame is carried, or its header is not all there yet).
         """
         gathered = self._header
-        if not gathered and data.nbytes >= 2 and data.nbytes >= header_size(data):
-            used = header_size(data)
+        if not gathered and data.nbytes >= 2 and data.nbytes >= (size := header_size(data)):
+            used = size
             header: bytes | bytearray | memoryview = data[:used]
         else:
             used = min(data.nbytes, max(0, 2 - len(gathered)))
             gathered += data[:used]
             if len(gathered) < 2:
                 return used, None
-            more = min(header_size(gathered) - len(gathered), data.nbytes - used)
+            size = header_size(gathered)
+            more = min(size - len(gathered), data.nbytes - used)
             gathered += data[used : used + more]
             used += more
-            if len(gathered) < header_size(gathered):
+            if len(gathered) < size:
                 return used, None
             header = bytes(gathered)
             gathered.clear()
