@@ -66,8 +66,9 @@ class Outbox:
     def own(self) -> None:
         """Replace queued views of buffers that are not ``bytes`` by copies.
 
-        For a writer leaving early (an exception): the frames it queued point
-        into its caller's buffers, which may change once it returns.
+        For a writer leaving frames queued (an exception, or a non-blocking
+        write the master took only part of): they point into its caller's
+        buffers, which may change once it returns.
         """
         with self._queue_lock:
             self._queue = deque(
